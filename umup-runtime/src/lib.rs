@@ -1,0 +1,38 @@
+//! # umup-runtime
+//!
+//! The runtime half of [umup](https://docs.rs/umup): u-μP (the Unit-Scaled Maximal Update
+//! Parametrization, Blake et al. 2024) on [`dfdx`].
+//!
+//! * [`constraint`]: the scale constraints (`gmean`, `to_output_scale`, ...), spec §1.2.
+//! * [`scales`]: every scale rule of every op, computed in one place (spec §1–§4).
+//! * [`ops`]: unit-scaled ops on dfdx tensors, generic over dtype and device, with custom
+//!   backward scales (spec §1.1, §4).
+//! * [`params`]: parameter roles and the per-parameter learning-rate and weight-decay rules
+//!   (spec §2, §7).
+//! * [`optim`]: Adam, AdamW and SGD with per-parameter LR multipliers, LR schedules and
+//!   gradient clipping (spec §7).
+//! * [`formats`]: FP8 (OCP and the reference's simulation formats), f16 and bf16 rounding (spec §8).
+//! * [`conformance`]: a runner for the reference library's float64 fixture files.
+//!
+//! The reference is the Python library `unit-scaling` 0.3.5; `spec §N` in these docs refers to
+//! the project's normative specification of it (`UMUP.md`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+// Tensor types with const-generic shapes, dtype, device and tape are long by nature.
+#![allow(clippy::type_complexity)]
+
+pub mod conformance;
+pub mod constraint;
+pub mod error;
+pub mod formats;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod scales;
+
+pub use constraint::Constraint;
+pub use error::{Error, Result};
+pub use ops::Backend;
+
+/// Re-export of the dfdx version this runtime is built on.
+pub use dfdx;

@@ -1,0 +1,44 @@
+//! Unit-scaled `embedding` (spec §4.5).
+
+use dfdx::prelude::*;
+
+use super::{check_dim, scale_grad, Backend};
+use crate::error::{DeviceResultExt, Error, Result};
+use crate::scales;
+
+/// Embedding lookup `table[ids]` with the u-μP gradient scale (spec §4.5).
+///
+/// There is no forward scale: a unit-initialised table gives unit outputs. The table gradient is
+/// `√(V / B_tok) · scatter_add(G)` with `B_tok = numel(ids)`; repeated ids accumulate.
+/// The training tape rides on `ids` (`ids.traced(grads)`), as in dfdx's own `Embedding`.
+/// An id `≥ V` is an [`Error::TokenOutOfRange`].
+pub fn embedding<N: Dim, V: Dim, M: Dim, E: Dtype, D: Backend<E> + Storage<usize>, T: Tape<E, D>>(
+    ids: Tensor<(N,), usize, D, T>,
+    table: &Tensor<(V, M), E, D>,
+) -> Result<Tensor<(N, M), E, D, T>> {
+    let vocab = table.shape().0.size();
+    let tokens = ids.shape().0.size();
+    check_ids(&ids.as_vec(), vocab)?;
+    if tokens == 0 {
+        check_dim("embedding", "number of ids", tokens, 1)?;
+    }
+    let (ids, tape) = ids.split_tape();
+    let table = scale_grad(
+        table.clone().put_tape(tape),
+        1.0,
+        scales::embedding_grad(vocab, tokens)?,
+    )?;
+    table.try_gather(ids).dev()
+}
+
+/// Checks that every id indexes a row of a `vocab`-row table.
+pub(crate) fn check_ids(ids: &[usize], vocab: usize) -> Result<()> {
+    match ids.iter().position(|&id| id >= vocab) {
+        None => Ok(()),
+        Some(position) => Err(Error::TokenOutOfRange {
+            id: ids[position],
+            position,
+            vocab,
+        }),
+    }
+}

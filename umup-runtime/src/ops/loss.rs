@@ -1,0 +1,121 @@
+//! Unit-scaled losses (spec §4.13, §4.14).
+
+use std::fmt;
+use std::str::FromStr;
+
+use dfdx::prelude::*;
+
+use super::{check_dim, scale_fwd, scale_grad, Backend};
+use crate::error::{DeviceResultExt, Error, Result};
+use crate::scales;
+
+/// How a loss reduces over its elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Reduction {
+    /// Divide the sum by the number of rows (cross entropy) or elements (MSE), forward only.
+    #[default]
+    Mean,
+    /// The plain sum.
+    Sum,
+}
+
+impl FromStr for Reduction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Reduction::Mean),
+            "sum" => Ok(Reduction::Sum),
+            _ => Err(Error::UnknownName {
+                kind: "reduction",
+                name: s.to_string(),
+                expected: "mean, sum",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Reduction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reduction::Mean => "mean",
+            Reduction::Sum => "sum",
+        })
+    }
+}
+
+/// Unit-scaled cross entropy of `logits[B, V]` against class `targets` (spec §4.13).
+///
+/// The value is exactly the standard cross entropy of `mult·logits` (mean over rows or sum).
+/// The gradient is `(softmax(mult·x) − onehot(t))·V/√(V−1)·G`: **neither `mult` (α_loss-softmax)
+/// nor `1/B` enters it**, so the logits gradient has unit RMS at a uniform softmax.
+/// A target `≥ V` is an [`Error::TargetOutOfRange`].
+pub fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+    logits: Tensor<(R, V), E, D, T>,
+    targets: &[usize],
+    mult: f64,
+    reduction: Reduction,
+) -> Result<Tensor<(), E, D, T>> {
+    let shape = *logits.shape();
+    let (rows, classes) = (shape.0.size(), shape.1.size());
+    check_dim("cross_entropy", "number of targets vs logits rows", targets.len(), rows)?;
+    if let Some(row) = targets.iter().position(|&t| t >= classes) {
+        return Err(Error::TargetOutOfRange {
+            target: targets[row],
+            row,
+            classes,
+        });
+    }
+    let mult = crate::error::check_positive("mult (alpha_loss_softmax)", mult)?;
+    let x = scale_grad(logits, mult, scales::cross_entropy_grad(classes)?)?;
+    let mut onehot = vec![E::default(); rows * classes];
+    for (row, &t) in targets.iter().enumerate() {
+        onehot[row * classes + t] = E::ONE;
+    }
+    let onehot = x.device().try_tensor_from_vec(onehot, shape).dev()?;
+    let loss = x
+        .try_log_softmax::<Axis<1>>()
+        .dev()?
+        .try_mul(onehot)
+        .dev()?
+        .try_sum::<(), _>()
+        .dev()?
+        .try_negate()
+        .dev()?;
+    match reduction {
+        Reduction::Sum => Ok(loss),
+        Reduction::Mean => scale_fwd(loss, 1.0 / rows as f64),
+    }
+}
+
+/// Unit-scaled mean-squared error (spec §4.14): the value is `Σ(input−target)²` (divided by
+/// `numel` for [`Reduction::Mean`], forward only); `grad input = 8^-½·2(input−target)·G` and
+/// `grad target = −grad input`.
+pub fn mse_loss<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    input: Tensor<S, E, D, T>,
+    target: Tensor<S, E, D, T>,
+    reduction: Reduction,
+) -> Result<Tensor<(), E, D, T>> {
+    let (si, st) = (input.shape().concrete(), target.shape().concrete());
+    if si.as_ref() != st.as_ref() {
+        return Err(Error::ShapeMismatch {
+            op: "mse_loss",
+            detail: format!(
+                "input has shape {:?}, target has shape {:?}",
+                si.as_ref(),
+                st.as_ref()
+            ),
+        });
+    }
+    let numel = input.shape().num_elements();
+    let diff = input.try_sub(target).dev()?;
+    let loss = scale_grad(diff, 1.0, scales::mse_grad())?
+        .try_square()
+        .dev()?
+        .try_sum::<(), _>()
+        .dev()?;
+    match reduction {
+        Reduction::Sum => Ok(loss),
+        Reduction::Mean => scale_fwd(loss, 1.0 / numel.max(1) as f64),
+    }
+}
+

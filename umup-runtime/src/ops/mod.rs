@@ -1,0 +1,47 @@
+//! Unit-scaled ops on dfdx tensors (spec §4).
+//!
+//! Every op is generic over the dtype `E` and the device `D` ([`Backend`]), takes its activation
+//! input with whatever tape it carries (`NoneTape` for inference, `OwnedTape` for training), and
+//! takes parameters by reference (they join the activation's tape). Feature dims may be
+//! `Const<N>` or runtime `usize`; batch and sequence dims are usually runtime `usize`.
+//! Row-wise ops take `[rows, features]`: flatten leading dims first with `reshape_like`
+//! (free for contiguous tensors, gradients are shared).
+//!
+//! Each op computes its scales through [`crate::scales`] and folds them into the cheapest tensor
+//! it can (usually the weight), so a scaled op costs almost exactly what the unscaled dfdx op does.
+//! Runtime dims are checked up front: a mismatch is an [`crate::Error::ShapeMismatch`], not a panic.
+
+mod activation;
+mod attention;
+mod embedding;
+mod kernels;
+mod linear;
+mod loss;
+mod norm;
+mod residual;
+pub(crate) mod scale;
+mod sum;
+
+pub use activation::{dropout, gelu, silu, silu_glu, softmax};
+pub use attention::scaled_dot_product_attention;
+pub use embedding::embedding;
+pub use linear::{linear, linear_readout, matmul, matmul_batched};
+pub use loss::{cross_entropy, mse_loss, Reduction};
+pub use norm::{layer_norm, rms_norm};
+pub use residual::{residual_add, residual_apply, residual_split};
+pub use scale::{scale_bwd, scale_fwd, scale_grad, scale_grad_generic, Backend};
+pub use sum::{add, add_broadcast};
+
+use crate::error::{Error, Result};
+
+/// Checks that two runtime dims agree, naming the op and the dims in the error.
+pub(crate) fn check_dim(op: &'static str, what: &str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            op,
+            detail: format!("{what}: expected {expected}, got {got}"),
+        })
+    }
+}

@@ -1,0 +1,91 @@
+//! `rms_norm` and `layer_norm` (spec §4.6, §4.7).
+//!
+//! Neither has a forward or input-gradient scale; their gains and biases get the weight-gradient
+//! scale `√(d/numel(x)) = B_tok^-½`.
+
+use dfdx::prelude::*;
+
+use super::{check_dim, scale::elem, scale_grad, Backend};
+use crate::error::{check_positive, DeviceResultExt, Result};
+use crate::scales;
+
+/// RMSNorm over the last dim of `x[R, d]` (spec §4.7):
+/// `output = x / √(mean_last(x²) + eps) (· weight)`. `grad x` is the true gradient;
+/// `grad weight = B_tok^-½ ×` the true gradient. The reference's default has no gain (`None`).
+pub fn rms_norm<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<(R, K), E, D, T>,
+    weight: Option<&Tensor<(K,), E, D>>,
+    eps: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let eps: E = elem("eps", check_positive("eps", eps)?)?;
+    let shape = *x.shape();
+    let gain_scale = norm_gain_scale("rms_norm", &shape, weight, None)?;
+    let inv_rms = x
+        .with_empty_tape()
+        .try_square()
+        .dev()?
+        .try_mean::<(R,), Axis<1>>()
+        .dev()?
+        .try_add(eps)
+        .dev()?
+        .try_sqrt()
+        .dev()?
+        .try_recip()
+        .dev()?;
+    let y = x
+        .try_mul(inv_rms.try_broadcast_like::<_, Axis<1>>(&shape).dev()?)
+        .dev()?;
+    apply_gain(y, weight, None, gain_scale)
+}
+
+/// LayerNorm over the last dim of `x[R, d]` with biased variance (spec §4.6):
+/// `output = (x−μ)/√(var+eps) (· weight) (+ bias)`. `grad x` is the true gradient; `grad weight`
+/// and `grad bias` are `B_tok^-½ ×` the true gradient.
+pub fn layer_norm<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<(R, K), E, D, T>,
+    weight: Option<&Tensor<(K,), E, D>>,
+    bias: Option<&Tensor<(K,), E, D>>,
+    eps: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let eps = check_positive("eps", eps)?;
+    let shape = *x.shape();
+    let gain_scale = norm_gain_scale("layer_norm", &shape, weight, bias)?;
+    let y = x.try_normalize::<Axis<1>>(eps).dev()?;
+    apply_gain(y, weight, bias, gain_scale)
+}
+
+fn norm_gain_scale<R: Dim, K: Dim, E: Dtype, D: Backend<E>>(
+    op: &'static str,
+    shape: &(R, K),
+    weight: Option<&Tensor<(K,), E, D>>,
+    bias: Option<&Tensor<(K,), E, D>>,
+) -> Result<f64> {
+    let (rows, d) = (shape.0.size(), shape.1.size());
+    for p in [weight, bias].into_iter().flatten() {
+        check_dim(op, "gain/bias length vs x.shape[-1]", p.shape().0.size(), d)?;
+    }
+    scales::norm_param_grad(d, rows * d)
+}
+
+fn apply_gain<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    y: Tensor<(R, K), E, D, T>,
+    weight: Option<&Tensor<(K,), E, D>>,
+    bias: Option<&Tensor<(K,), E, D>>,
+    grad_scale: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let shape = *y.shape();
+    let mut y = y;
+    if let Some(w) = weight {
+        let w = scale_grad(w.retaped::<T>(), 1.0, grad_scale)?;
+        y = y
+            .try_mul(w.try_broadcast_like::<_, Axis<0>>(&shape).dev()?)
+            .dev()?;
+    }
+    if let Some(b) = bias {
+        let b = scale_grad(b.retaped::<T>(), 1.0, grad_scale)?;
+        y = y
+            .try_add(b.try_broadcast_like::<_, Axis<0>>(&shape).dev()?)
+            .dev()?;
+    }
+    Ok(y)
+}

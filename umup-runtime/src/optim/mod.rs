@@ -1,0 +1,430 @@
+//! Adam, AdamW and SGD with per-parameter u-μP learning rates (spec §7).
+//!
+//! An [`Optimizer`] is built from the model's parameter table ([`ParamSpec`]s, one per tensor
+//! path). Each parameter's peak LR is `η · lr_scale` and its weight decay follows
+//! [`crate::params::weight_decay`]; the schedule scales only η. The update walks the model with
+//! dfdx's named tensor visitor and runs dfdx's own Adam/SGD kernels (`Cpu` and `Cuda`) per
+//! tensor. A tensor whose path is not in the table is an [`Error::MissingRole`] unless
+//! [`OptimConfig::allow_non_unit_scaling_params`] is set (then it trains with the raw η).
+
+mod schedule;
+
+use std::collections::HashMap;
+
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
+    ViewTensorName, ViewTensorRef,
+};
+use dfdx::optim::{AdamConfig, Momentum, SgdConfig, WeightDecay};
+use dfdx::prelude::*;
+
+pub use schedule::{Decay, LrSchedule};
+
+use crate::constraint::Constraint;
+use crate::error::{check_finite, check_positive, DeviceResultExt, Error, Result};
+use crate::ops::Backend;
+use crate::params::{self, LrRule, ParamGroup, ParamSpec};
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OptimizerKind {
+    /// Adam with L2 weight decay added to the gradient (torch `Adam`).
+    Adam,
+    /// Adam with decoupled weight decay `p ← p·(1 − lr_p·wd_p)` (torch `AdamW`).
+    #[default]
+    AdamW,
+    /// SGD with optional momentum and L2 weight decay (torch `SGD`).
+    Sgd,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "sgd" => Ok(OptimizerKind::Sgd),
+            _ => Err(Error::UnknownName {
+                kind: "optimizer",
+                name: s.to_string(),
+                expected: "adam, adamw, sgd",
+            }),
+        }
+    }
+}
+
+/// Optimizer settings. Defaults follow the reference (`uu.optim`): AdamW, betas (0.9, 0.999),
+/// eps 1e-8, no weight decay, independent weight decay on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimConfig {
+    /// The update rule.
+    pub kind: OptimizerKind,
+    /// The global learning rate η.
+    pub lr: f64,
+    /// Adam betas.
+    pub betas: [f64; 2],
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Weight decay (see [`crate::params::weight_decay`]).
+    pub weight_decay: f64,
+    /// Independent weight decay: divide by each parameter's peak LR (spec §7.3).
+    pub independent_weight_decay: bool,
+    /// SGD momentum (0 = none).
+    pub momentum: f64,
+    /// Nesterov momentum for SGD.
+    pub nesterov: bool,
+    /// The readout's constraint, which selects SGD's LR rule (spec §7.2).
+    pub sgd_readout_constraint: Constraint,
+    /// Clip the global gradient norm to this value before the update.
+    pub grad_clip: Option<f64>,
+    /// Schedule of η.
+    pub schedule: LrSchedule,
+    /// Train tensors that have no u-μP role with the raw η instead of refusing them.
+    pub allow_non_unit_scaling_params: bool,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            kind: OptimizerKind::AdamW,
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            independent_weight_decay: true,
+            momentum: 0.0,
+            nesterov: false,
+            sgd_readout_constraint: Constraint::None,
+            grad_clip: None,
+            schedule: LrSchedule::constant(),
+            allow_non_unit_scaling_params: false,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// AdamW with global LR `lr`.
+    pub fn adamw(lr: f64) -> Self {
+        OptimConfig {
+            lr,
+            ..Default::default()
+        }
+    }
+
+    /// Adam with global LR `lr`.
+    pub fn adam(lr: f64) -> Self {
+        OptimConfig {
+            kind: OptimizerKind::Adam,
+            lr,
+            ..Default::default()
+        }
+    }
+
+    /// SGD with global LR `lr`.
+    pub fn sgd(lr: f64) -> Self {
+        OptimConfig {
+            kind: OptimizerKind::Sgd,
+            lr,
+            ..Default::default()
+        }
+    }
+
+    /// The per-parameter LR rule this configuration implies.
+    pub fn lr_rule(&self) -> Result<LrRule> {
+        match self.kind {
+            OptimizerKind::Adam | OptimizerKind::AdamW => Ok(LrRule::Adam),
+            OptimizerKind::Sgd => LrRule::for_sgd(self.sgd_readout_constraint),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_positive("learning rate", self.lr)?;
+        check_finite("weight decay", self.weight_decay)?;
+        check_positive("eps", self.eps)?;
+        for b in self.betas {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::InvalidValue {
+                    what: "Adam beta",
+                    value: b,
+                    reason: "must be in [0, 1)",
+                });
+            }
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::InvalidValue {
+                what: "momentum",
+                value: self.momentum,
+                reason: "must be in [0, 1)",
+            });
+        }
+        if let Some(c) = self.grad_clip {
+            check_positive("gradient clip norm", c)?;
+        }
+        self.schedule.validated()?;
+        Ok(())
+    }
+}
+
+/// An optimizer with per-parameter u-μP learning rates and weight decay.
+#[derive(Debug)]
+pub struct Optimizer<E: Dtype, D: Backend<E>> {
+    cfg: OptimConfig,
+    groups: Vec<ParamGroup>,
+    index: HashMap<String, usize>,
+    numel: Vec<usize>,
+    m: Gradients<E, D>,
+    v: Gradients<E, D>,
+    steps: usize,
+}
+
+impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
+    /// Builds the optimizer for the parameters in `params` (the model's table).
+    pub fn new(cfg: OptimConfig, params: &[ParamSpec]) -> Result<Self> {
+        cfg.validate()?;
+        let groups = params::param_groups(
+            params,
+            cfg.lr_rule()?,
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.independent_weight_decay,
+        )?;
+        let mut index = HashMap::new();
+        for (i, p) in params.iter().enumerate() {
+            if index.insert(p.path.clone(), i).is_some() {
+                return Err(Error::BadParameter {
+                    path: p.path.clone(),
+                    reason: "appears twice in the parameter table".into(),
+                });
+            }
+        }
+        Ok(Optimizer {
+            numel: params.iter().map(|p| p.shape.iter().product()).collect(),
+            cfg,
+            groups,
+            index,
+            m: Gradients::leaky(),
+            v: Gradients::leaky(),
+            steps: 0,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OptimConfig {
+        &self.cfg
+    }
+
+    /// Each parameter's peak LR and weight decay, in table order.
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// Number of updates taken so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Sets the number of updates taken (when resuming from a checkpoint; the moments are not
+    /// restored by this call).
+    pub fn set_steps(&mut self, steps: usize) {
+        self.steps = steps;
+    }
+
+    /// The global η the next update will use (η × schedule factor).
+    pub fn current_lr(&self) -> f64 {
+        self.cfg.lr * self.cfg.schedule.factor(self.steps)
+    }
+
+    /// Sets the global η (e.g. for a custom schedule); per-parameter LRs keep their factors and
+    /// independent weight decay stays tied to the peak LR given at construction.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        let lr = check_positive("learning rate", lr)?;
+        let ratio = lr / self.cfg.lr;
+        for g in &mut self.groups {
+            g.lr *= ratio;
+        }
+        self.cfg.lr = lr;
+        Ok(())
+    }
+
+    /// One update of every tensor of `model` from `grads` (as returned by `loss.backward()`).
+    /// Returns the global gradient norm before clipping when clipping is on.
+    pub fn update<M: TensorCollection<E, D>>(
+        &mut self,
+        model: &mut M,
+        grads: &mut Gradients<E, D>,
+    ) -> Result<Option<f64>> {
+        let norm = match self.cfg.grad_clip {
+            None => None,
+            Some(max) => {
+                let mut v = ClipVisitor {
+                    grads,
+                    sum_sq: 0.0,
+                    factor: None,
+                };
+                M::iter_tensors(&mut RecursiveWalker {
+                    m: (&*model, String::new()),
+                    f: &mut v,
+                })?;
+                let norm = v.sum_sq.sqrt();
+                let c = max / (norm + 1e-6);
+                if c < 1.0 {
+                    v.factor = Some(crate::ops::scale::elem("clip factor", c)?);
+                    M::iter_tensors(&mut RecursiveWalker {
+                        m: (&*model, String::new()),
+                        f: &mut v,
+                    })?;
+                }
+                Some(norm)
+            }
+        };
+        let mut step = StepVisitor { opt: self, grads };
+        M::iter_tensors(&mut RecursiveWalker {
+            m: (model, String::new()),
+            f: &mut step,
+        })?;
+        self.steps += 1;
+        Ok(norm)
+    }
+
+    /// One update of an explicit list of named tensors (for parameters that do not live in a
+    /// dfdx module). No clipping; the paths are looked up in the table as in [`Self::update`].
+    pub fn update_named<S: Shape>(
+        &mut self,
+        params: &mut [(&str, &mut Tensor<S, E, D>)],
+        grads: &mut Gradients<E, D>,
+    ) -> Result<()> {
+        for (path, p) in params.iter_mut() {
+            self.update_one(path, p, grads)?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn update_one<S: Shape>(
+        &mut self,
+        path: &str,
+        p: &mut Tensor<S, E, D>,
+        grads: &mut Gradients<E, D>,
+    ) -> Result<()> {
+        let factor = self.cfg.schedule.factor(self.steps);
+        let (lr, wd) = match self.index.get(path) {
+            Some(&i) => {
+                let n = p.shape().num_elements();
+                if self.numel[i] != n {
+                    return Err(Error::BadParameter {
+                        path: path.to_string(),
+                        reason: format!(
+                            "table says {} elements, the tensor has {n}",
+                            self.numel[i]
+                        ),
+                    });
+                }
+                (self.groups[i].lr, self.groups[i].weight_decay)
+            }
+            None if self.cfg.allow_non_unit_scaling_params => (
+                self.cfg.lr,
+                params::weight_decay(
+                    self.cfg.weight_decay,
+                    self.cfg.lr,
+                    self.cfg.independent_weight_decay,
+                ),
+            ),
+            None => {
+                return Err(Error::MissingRole {
+                    path: path.to_string(),
+                })
+            }
+        };
+        let lr = lr * factor;
+        let g = grads.get_or_alloc_mut(&*p).dev()?;
+        let m = self.m.get_or_alloc_mut(&*p).dev()?;
+        match self.cfg.kind {
+            OptimizerKind::Adam | OptimizerKind::AdamW => {
+                let decay = match self.cfg.kind {
+                    _ if wd == 0.0 => None,
+                    OptimizerKind::AdamW => Some(WeightDecay::Decoupled(wd)),
+                    _ => Some(WeightDecay::L2(wd)),
+                };
+                let cfg = AdamConfig {
+                    lr,
+                    betas: self.cfg.betas,
+                    eps: self.cfg.eps,
+                    weight_decay: decay,
+                };
+                let v = self.v.get_or_alloc_mut(&*p).dev()?;
+                cfg.try_update(self.steps as i32 + 1, p, m, v, g).dev()
+            }
+            OptimizerKind::Sgd => {
+                let mu = self.cfg.momentum;
+                let momentum = match self.cfg.nesterov {
+                    _ if mu == 0.0 => None,
+                    false => Some(Momentum::Classic(mu)),
+                    true => Some(Momentum::Nesterov(mu)),
+                };
+                let cfg = SgdConfig {
+                    lr,
+                    momentum,
+                    weight_decay: (wd != 0.0).then_some(WeightDecay::L2(wd)),
+                };
+                cfg.try_update(p, m, g).dev()
+            }
+        }
+    }
+}
+
+struct StepVisitor<'a, E: Dtype, D: Backend<E>> {
+    opt: &'a mut Optimizer<E, D>,
+    grads: &'a mut Gradients<E, D>,
+}
+
+impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = Error;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, D>,
+        (p, name): (&mut Tensor<S, E, D>, String),
+    ) -> Result<Option<Tensor<S, E, D>>> {
+        if opts.do_gradient_update {
+            self.opt.update_one(&name, p, self.grads)?;
+        }
+        Ok(None)
+    }
+}
+
+/// First pass: sums squared gradients; second pass (with `factor`): scales them.
+struct ClipVisitor<'a, E: Dtype, D: Backend<E>> {
+    grads: &'a mut Gradients<E, D>,
+    sum_sq: f64,
+    factor: Option<E>,
+}
+
+impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ClipVisitor<'_, E, D> {
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = Error;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, D>,
+        (p, _name): (&Tensor<S, E, D>, String),
+    ) -> Result<Option<Tensor<S, E, D>>> {
+        if !opts.do_gradient_update {
+            return Ok(None);
+        }
+        self.grads.try_alloc_for(p).dev()?;
+        match self.factor {
+            None => {
+                let g = self.grads.get(p);
+                let ss = g.try_square().dev()?.try_sum::<(), _>().dev()?.as_vec();
+                self.sum_sq += ss.first().and_then(|x| x.to_f64()).unwrap_or(0.0);
+            }
+            Some(f) => D::scale_gradient(self.grads, p, f).dev()?,
+        }
+        Ok(None)
+    }
+}

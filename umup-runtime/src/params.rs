@@ -1,0 +1,347 @@
+//! Parameter roles and the per-parameter learning-rate and weight-decay rules (spec §2, §3.3, §7).
+//!
+//! Every rule is one documented function here: the optimizers, the conformance runner and the
+//! `#[umup_model]` macro call them instead of re-deriving a formula.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::constraint::Constraint;
+use crate::error::{Error, Result};
+
+/// The u-μP role of a parameter tensor (the reference's `mup_type`, spec §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A hidden weight `W[fan_out, fan_in]` (reference `"weight"`): forward `1/√fan_in`.
+    Weight,
+    /// An embedding table `E[V, d]`. The reference tags it `"weight"`, so its fan-in is `d` and
+    /// its Adam LR is `η/√d` (spec §2.1); its gradient scale is `√(V/B_tok)`.
+    Embedding,
+    /// The readout weight (reference `"output"`): forward `1/fan_in`, LR `η`.
+    Output,
+    /// A bias (reference `"bias"`), zero-initialised.
+    Bias,
+    /// A norm gain (reference `"norm"`), initialised to ones.
+    Norm,
+}
+
+impl Role {
+    /// All roles.
+    pub const ALL: [Role; 5] = [
+        Role::Weight,
+        Role::Embedding,
+        Role::Output,
+        Role::Bias,
+        Role::Norm,
+    ];
+
+    /// This crate's name for the role.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Weight => "weight",
+            Role::Embedding => "embedding",
+            Role::Output => "output",
+            Role::Bias => "bias",
+            Role::Norm => "norm",
+        }
+    }
+
+    /// The reference library's `mup_type` for the role (`"weight"` for embeddings).
+    pub fn mup_type(self) -> &'static str {
+        match self {
+            Role::Weight | Role::Embedding => "weight",
+            Role::Output => "output",
+            Role::Bias => "bias",
+            Role::Norm => "norm",
+        }
+    }
+
+    /// The init standard deviation under u-μP (spec §2): 1 for weights, embeddings and the
+    /// readout; biases are zeros and norm gains ones (std 0).
+    pub fn init_std(self) -> f64 {
+        match self {
+            Role::Weight | Role::Embedding | Role::Output => 1.0,
+            Role::Bias | Role::Norm => 0.0,
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    /// Accepts this crate's names, the reference's `mup_type` names and `hidden` for `weight`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "weight" | "hidden" => Ok(Role::Weight),
+            "embedding" => Ok(Role::Embedding),
+            "output" | "readout" => Ok(Role::Output),
+            "bias" => Ok(Role::Bias),
+            "norm" | "gain" => Ok(Role::Norm),
+            _ => Err(Error::UnknownName {
+                kind: "parameter role",
+                name: s.to_string(),
+                expected: "weight (hidden), embedding, output, bias, norm",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything the rules need to know about one parameter tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParamSpec {
+    /// The tensor path, e.g. `layers.0.mlp.fc1.weight` (dfdx's visitor names).
+    pub path: String,
+    /// Its u-μP role.
+    pub role: Role,
+    /// Its shape, torch layout (`[fan_out, fan_in]` for weights, `[V, d]` for embeddings).
+    pub shape: Vec<usize>,
+    /// The length of the enclosing depth container (`DepthSequential`), if any (spec §3.3).
+    pub depth: Option<usize>,
+}
+
+impl ParamSpec {
+    /// A spec with no depth.
+    pub fn new(path: impl Into<String>, role: Role, shape: &[usize]) -> Self {
+        ParamSpec {
+            path: path.into(),
+            role,
+            shape: shape.to_vec(),
+            depth: None,
+        }
+    }
+
+    /// The same spec inside a depth container of length `depth`.
+    pub fn with_depth(mut self, depth: usize) -> Self {
+        self.depth = Some(depth);
+        self
+    }
+
+    /// `fan_in` of this parameter (spec §2.1), see [`fan_in`].
+    pub fn fan_in(&self) -> Result<usize> {
+        fan_in(&self.shape).map_err(|reason| Error::BadParameter {
+            path: self.path.clone(),
+            reason,
+        })
+    }
+
+    /// The depth LR factor `depth^-½` (1 without depth) (spec §3.3).
+    pub fn depth_factor(&self) -> Result<f64> {
+        match self.depth {
+            None => Ok(1.0),
+            Some(0) => Err(Error::BadParameter {
+                path: self.path.clone(),
+                reason: "depth must be at least 1".into(),
+            }),
+            Some(d) => Ok((d as f64).powf(-0.5)),
+        }
+    }
+
+    fn first_dim(&self) -> Result<f64> {
+        match self.shape.first() {
+            Some(&n) if n > 0 => Ok(n as f64),
+            _ => Err(Error::BadParameter {
+                path: self.path.clone(),
+                reason: format!("shape {:?} has no leading dim", self.shape),
+            }),
+        }
+    }
+}
+
+/// `fan_in` as the reference computes it (`optim.py::_get_fan_in`, spec §2.1): `shape[0]` for
+/// 1-D, `shape[1]` for 2-D, `shape[1]·shape[2]` for 3-D; other ranks (and zero dims) are errors.
+pub fn fan_in(shape: &[usize]) -> std::result::Result<usize, String> {
+    let f = match shape {
+        [n] => *n,
+        [_, i] => *i,
+        [_, i, k] => i * k,
+        _ => {
+            return Err(format!(
+                "fan_in is defined for 1-D, 2-D and 3-D parameters, got shape {shape:?}"
+            ))
+        }
+    };
+    if f == 0 {
+        Err(format!("fan_in of shape {shape:?} is 0"))
+    } else {
+        Ok(f)
+    }
+}
+
+/// The per-parameter LR rule an optimizer uses (spec §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LrRule {
+    /// `lr_scale_func_adam` (Adam and AdamW, and SGD with an unconstrained readout).
+    #[default]
+    Adam,
+    /// `lr_scale_func_sgd("to_output_scale")`: SGD when the readout's backward scale is
+    /// constrained to its output scale.
+    SgdConstrainedReadout,
+}
+
+impl LrRule {
+    /// The rule for an optimizer: Adam/AdamW always use [`LrRule::Adam`]; SGD depends on the
+    /// readout constraint (`None` → Adam rule, `to_output_scale` → constrained rule; any other
+    /// constraint is an error, as in the reference).
+    pub fn for_sgd(readout_constraint: Constraint) -> Result<Self> {
+        match readout_constraint {
+            Constraint::None => Ok(LrRule::Adam),
+            Constraint::ToOutputScale => Ok(LrRule::SgdConstrainedReadout),
+            other => Err(Error::UnknownName {
+                kind: "SGD readout constraint",
+                name: other.name().to_string(),
+                expected: "none, to_output_scale",
+            }),
+        }
+    }
+
+    /// The LR multiplier of one parameter (multiply by η to get its LR).
+    ///
+    /// * Adam rule: weight/embedding `δ·fan_in^-½`; bias, norm, output `δ`.
+    /// * SGD with constrained readout: weight/embedding `δ·fan_in^+½`; bias, norm `δ·shape[0]`;
+    ///   output `δ`.
+    ///
+    /// `δ = depth^-½` (spec §3.3, §7.2).
+    pub fn lr_scale(self, p: &ParamSpec) -> Result<f64> {
+        let delta = p.depth_factor()?;
+        let factor = match (self, p.role) {
+            (LrRule::Adam, Role::Weight | Role::Embedding) => (p.fan_in()? as f64).powf(-0.5),
+            (LrRule::SgdConstrainedReadout, Role::Weight | Role::Embedding) => {
+                (p.fan_in()? as f64).sqrt()
+            }
+            (LrRule::SgdConstrainedReadout, Role::Bias | Role::Norm) => p.first_dim()?,
+            (_, Role::Bias | Role::Norm | Role::Output) => 1.0,
+        };
+        Ok(delta * factor)
+    }
+}
+
+/// The weight decay handed to the optimizer for one parameter (spec §7.3): with independent
+/// weight decay, `wd / param_lr` (so that the per-step decay `param_lr·wd_p` equals `wd` times
+/// the schedule factor, independent of η and the per-tensor factors); otherwise `wd`.
+pub fn weight_decay(weight_decay: f64, param_lr: f64, independent: bool) -> f64 {
+    if independent && weight_decay != 0.0 {
+        weight_decay / param_lr
+    } else {
+        weight_decay
+    }
+}
+
+/// One parameter's resolved optimizer settings (the reference's param group).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamGroup {
+    /// The tensor path.
+    pub path: String,
+    /// Its peak learning rate `η · lr_scale`.
+    pub lr: f64,
+    /// Its weight decay as passed to the optimizer (see [`weight_decay`]).
+    pub weight_decay: f64,
+}
+
+/// Resolves every parameter's LR and weight decay (`scaled_parameters`, spec §7.3).
+pub fn param_groups(
+    params: &[ParamSpec],
+    rule: LrRule,
+    lr: f64,
+    wd: f64,
+    independent_weight_decay: bool,
+) -> Result<Vec<ParamGroup>> {
+    crate::error::check_positive("learning rate", lr)?;
+    crate::error::check_finite("weight decay", wd)?;
+    params
+        .iter()
+        .map(|p| {
+            let param_lr = lr * rule.lr_scale(p)?;
+            Ok(ParamGroup {
+                path: p.path.clone(),
+                lr: param_lr,
+                weight_decay: weight_decay(wd, param_lr, independent_weight_decay),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 * b.abs()
+    }
+
+    // The reference's optimizer test model (spec §7.3): Embedding(256,16) -> DepthSequential(3x
+    // Linear(16,16,bias)) -> LinearReadout(16,1024), lr 0.1, wd 0.001.
+    fn test_model() -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::new("embedding.weight", Role::Embedding, &[256, 16]),
+            ParamSpec::new("stack.0.weight", Role::Weight, &[16, 16]).with_depth(3),
+            ParamSpec::new("stack.0.bias", Role::Bias, &[16]).with_depth(3),
+            ParamSpec::new("readout.weight", Role::Output, &[1024, 16]),
+        ]
+    }
+
+    #[test]
+    fn reference_adam_table() {
+        let g = param_groups(&test_model(), LrRule::Adam, 0.1, 0.001, true).unwrap();
+        let want = [0.1 / 4.0, 0.1 / 4.0 / 3f64.sqrt(), 0.1 / 3f64.sqrt(), 0.1];
+        for (g, w) in g.iter().zip(want) {
+            assert!(close(g.lr, w), "{}: {} vs {}", g.path, g.lr, w);
+            assert!(close(g.weight_decay, 0.001 / w));
+        }
+    }
+
+    #[test]
+    fn reference_sgd_constrained_table() {
+        let rule = LrRule::for_sgd(Constraint::ToOutputScale).unwrap();
+        let g = param_groups(&test_model(), rule, 0.1, 0.0, true).unwrap();
+        let adam = param_groups(&test_model(), LrRule::Adam, 0.1, 0.0, true).unwrap();
+        for i in 0..3 {
+            assert!(close(g[i].lr, adam[i].lr * 16.0), "{}", g[i].path);
+        }
+        assert!(close(g[3].lr, 0.1));
+        assert!(LrRule::for_sgd(Constraint::Gmean).is_err());
+    }
+
+    // Spec §7.3 group tests.
+    #[test]
+    fn group_examples() {
+        let w = ParamSpec::new("w", Role::Weight, &[1, 16]);
+        assert!(close(0.3 * LrRule::Adam.lr_scale(&w).unwrap(), 0.3 / 4.0));
+        let o = ParamSpec::new("o", Role::Output, &[2, 64]);
+        assert!(close(LrRule::Adam.lr_scale(&o).unwrap(), 1.0));
+        let d = ParamSpec::new("d", Role::Weight, &[3, 64]).with_depth(5);
+        assert!(close(
+            0.02 * LrRule::Adam.lr_scale(&d).unwrap(),
+            0.02 / 8.0 / 5f64.sqrt()
+        ));
+    }
+
+    #[test]
+    fn fan_in_rule_and_errors() {
+        assert_eq!(fan_in(&[7]).unwrap(), 7);
+        assert_eq!(fan_in(&[7, 3]).unwrap(), 3);
+        assert_eq!(fan_in(&[8, 4, 3]).unwrap(), 12);
+        assert!(fan_in(&[1, 2, 3, 4]).is_err());
+        let bad = ParamSpec::new("x.w", Role::Weight, &[2, 2, 2, 2]);
+        let e = LrRule::Adam.lr_scale(&bad).unwrap_err();
+        assert!(e.to_string().contains("x.w"));
+        assert!(ParamSpec::new("d", Role::Bias, &[3])
+            .with_depth(0)
+            .depth_factor()
+            .is_err());
+    }
+
+    #[test]
+    fn role_names() {
+        for r in Role::ALL {
+            assert_eq!(r.name().parse::<Role>().unwrap(), r);
+        }
+        assert_eq!("hidden".parse::<Role>().unwrap(), Role::Weight);
+        assert!("hiden".parse::<Role>().is_err());
+        assert_eq!(Role::Embedding.mup_type(), "weight");
+    }
+}
