@@ -29,11 +29,7 @@ fn every_op_of_the_schema_is_covered() {
 fn the_runner_can_fail() {
     let mut file = public();
     // A perturbed expected value fails.
-    let case = file
-        .cases
-        .iter_mut()
-        .find(|c| c.op == "linear")
-        .unwrap();
+    let case = file.cases.iter_mut().find(|c| c.op == "linear").unwrap();
     let out = case.expected.outputs.get_mut("output").unwrap();
     out.data[0] += 1e-6 * (1.0 + out.data[0].abs());
     let r = conformance::run_case(case);

@@ -247,7 +247,10 @@ fn compare(case: &Case, c: &Computed, r: &mut CaseResult) -> std::result::Result
             }
         }
         if bad > 0 {
-            failures.push(format!("{what}: {bad} of {} values out of tolerance", exp.len()));
+            failures.push(format!(
+                "{what}: {bad} of {} values out of tolerance",
+                exp.len()
+            ));
         }
     };
     for (kind, exp_map, got_map) in [
@@ -275,7 +278,11 @@ fn compare(case: &Case, c: &Computed, r: &mut CaseResult) -> std::result::Result
             .as_ref()
             .ok_or_else(|| "param_groups were not produced".to_string())?;
         if got.len() != exp.len() {
-            return Err(format!("{} param groups, expected {}", got.len(), exp.len()));
+            return Err(format!(
+                "{} param groups, expected {}",
+                got.len(),
+                exp.len()
+            ));
         }
         for (g, e) in got.iter().zip(exp) {
             if g.path != e.name {
@@ -385,7 +392,10 @@ fn untaped<S: Shape>(t: &Tensor<S, f64, Dev, Tp>) -> Tensor<S, f64, Dev> {
 }
 
 /// `Σ y ⊙ g` for one output: its backward pass is the vector–Jacobian product with `g`.
-fn vjp_term<S: Shape>(y: Tensor<S, f64, Dev, Tp>, g: &TensorData) -> Result<Tensor<(), f64, Dev, Tp>> {
+fn vjp_term<S: Shape>(
+    y: Tensor<S, f64, Dev, Tp>,
+    g: &TensorData,
+) -> Result<Tensor<(), f64, Dev, Tp>> {
     let n = y.shape().num_elements();
     if g.data.len() != n {
         return Err(Error::BadInput(format!(
@@ -394,7 +404,10 @@ fn vjp_term<S: Shape>(y: Tensor<S, f64, Dev, Tp>, g: &TensorData) -> Result<Tens
         )));
     }
     let shape = *y.shape();
-    let g = y.device().try_tensor_from_vec(g.data.clone(), shape).dev()?;
+    let g = y
+        .device()
+        .try_tensor_from_vec(g.data.clone(), shape)
+        .dev()?;
     y.try_mul(g).dev()?.try_sum::<(), _>().dev()
 }
 
@@ -596,7 +609,9 @@ fn compute(case: &Case) -> Result<Computed> {
             let x = input(case, "x")?;
             let format: Format = str_param(case, "format")?.unwrap_or("").parse()?;
             if !bool_param(case, "saturate", true)? {
-                return Err(Error::BadInput("only saturating quantisation is supported".into()));
+                return Err(Error::BadInput(
+                    "only saturating quantisation is supported".into(),
+                ));
             }
             let out = x.data.iter().map(|&v| format.quantise(v)).collect();
             c.outputs.insert("output".into(), (x.shape.clone(), out));
@@ -617,7 +632,9 @@ fn matmul(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     let con = constraint_param(case, Constraint::ToOutputScale)?;
     let (lr, rr) = (l.shape.len(), r.shape.len());
     if lr < 2 || rr < 2 {
-        return Err(Error::BadInput("matmul operands must be at least 2-D".into()));
+        return Err(Error::BadInput(
+            "matmul operands must be at least 2-D".into(),
+        ));
     }
     let (m, k) = (l.shape[lr - 2], l.shape[lr - 1]);
     let (k2, n) = (r.shape[rr - 2], r.shape[rr - 1]);
@@ -662,7 +679,12 @@ fn linear(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     let has_bias = bool_param(case, "has_bias", case.inputs.contains_key("bias"))?;
     let (fan_out, fan_in) = match w.shape[..] {
         [o, i] => (o, i),
-        _ => return Err(Error::BadInput(format!("weight shape {:?} is not 2-D", w.shape))),
+        _ => {
+            return Err(Error::BadInput(format!(
+                "weight shape {:?} is not 2-D",
+                w.shape
+            )))
+        }
     };
     let xt = t2(dev, x, x.last_dim())?;
     let wt = t2(dev, w, fan_in)?;
@@ -700,8 +722,16 @@ fn norm(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     let xt = t2(dev, x, d)?;
     let has_w = bool_param(case, "has_weight", case.inputs.contains_key("weight"))?;
     let has_b = bool_param(case, "has_bias", case.inputs.contains_key("bias"))?;
-    let wt = if has_w { Some(t1(dev, input(case, "weight")?)?) } else { None };
-    let bt = if has_b { Some(t1(dev, input(case, "bias")?)?) } else { None };
+    let wt = if has_w {
+        Some(t1(dev, input(case, "weight")?)?)
+    } else {
+        None
+    };
+    let bt = if has_b {
+        Some(t1(dev, input(case, "bias")?)?)
+    } else {
+        None
+    };
     let y = if case.op == "rms_norm" {
         if bt.is_some() {
             return Err(Error::BadInput("rms_norm has no bias".into()));
@@ -734,7 +764,9 @@ fn sdpa(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     let dims4 = |t: &TensorData| -> Result<(usize, usize, usize, usize)> {
         let r = t.shape.len();
         if r < 2 {
-            return Err(Error::BadInput("attention inputs must be at least 2-D".into()));
+            return Err(Error::BadInput(
+                "attention inputs must be at least 2-D".into(),
+            ));
         }
         let (s, d) = (t.shape[r - 2], t.shape[r - 1]);
         let h = if r >= 3 { t.shape[r - 3] } else { 1 };
@@ -826,11 +858,13 @@ fn add(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
             bt.retaped::<Tp>(),
             con,
         )?)?,
-        [(false, p), (true, q), (false, r)] => flat3(ops::add_broadcast::<_, _, Axes2<0, 2>, _, _, _>(
-            at.leaky_trace().try_reshape_like(&(p, q, r)).dev()?,
-            bt.retaped::<Tp>(),
-            con,
-        )?)?,
+        [(false, p), (true, q), (false, r)] => {
+            flat3(ops::add_broadcast::<_, _, Axes2<0, 2>, _, _, _>(
+                at.leaky_trace().try_reshape_like(&(p, q, r)).dev()?,
+                bt.retaped::<Tp>(),
+                con,
+            )?)?
+        }
         [(true, p), (false, q), (true, r)] => flat3(ops::add_broadcast::<_, _, Axis<1>, _, _, _>(
             at.leaky_trace().try_reshape_like(&(p, q, r)).dev()?,
             bt.retaped::<Tp>().try_reshape_like(&(p, r)).dev()?,
@@ -894,7 +928,8 @@ fn scale_factor(case: &Case, c: &mut Computed) -> Result<()> {
             })
         }
     };
-    c.outputs.insert("output_scale".into(), (vec![], vec![s.output]));
+    c.outputs
+        .insert("output_scale".into(), (vec![], vec![s.output]));
     c.outputs
         .insert("grad_input_scale".into(), (vec![], vec![s.grad_input]));
     Ok(())
@@ -932,7 +967,10 @@ fn param_specs(case: &Case) -> Result<Vec<ParamSpec>> {
 
 fn adamw_step(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     let specs = param_specs(case)?;
-    let betas = match param(case, "betas").and_then(Value::as_array).map(|b| b.as_slice()) {
+    let betas = match param(case, "betas")
+        .and_then(Value::as_array)
+        .map(|b| b.as_slice())
+    {
         Some([b1, b2]) => [
             b1.as_f64().unwrap_or(f64::NAN),
             b2.as_f64().unwrap_or(f64::NAN),
@@ -954,7 +992,9 @@ fn adamw_step(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
         .iter()
         .map(|s| t1(dev, input(case, &s.path)?))
         .collect::<Result<_>>()?;
-    let steps = param(case, "steps").and_then(Value::as_u64).unwrap_or(case.step_grads.len() as u64);
+    let steps = param(case, "steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(case.step_grads.len() as u64);
     if steps as usize != case.step_grads.len() {
         return Err(Error::BadInput(format!(
             "steps = {steps} but {} step_grads",

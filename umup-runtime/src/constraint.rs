@@ -144,12 +144,27 @@ mod tests {
         assert!(close(g[0], 0.8884322) && g[0] == g[2]);
         assert!(close(Constraint::Hmean.apply([8.0, 2.0]).unwrap()[1], 3.2));
         assert_eq!(Constraint::Amean.apply([8.0, 2.0]).unwrap(), [5.0, 5.0]);
-        assert_eq!(Constraint::ToOutputScale.apply([2.0, 3.0]).unwrap(), [2.0, 2.0]);
-        assert_eq!(Constraint::ToOutputScale.apply([2.0, 3.0, 4.0]).unwrap(), [2.0; 3]);
-        assert_eq!(Constraint::ToGradInputScale.apply([2.0, 3.0]).unwrap(), [3.0, 3.0]);
+        assert_eq!(
+            Constraint::ToOutputScale.apply([2.0, 3.0]).unwrap(),
+            [2.0, 2.0]
+        );
+        assert_eq!(
+            Constraint::ToOutputScale.apply([2.0, 3.0, 4.0]).unwrap(),
+            [2.0; 3]
+        );
+        assert_eq!(
+            Constraint::ToGradInputScale.apply([2.0, 3.0]).unwrap(),
+            [3.0, 3.0]
+        );
         assert_eq!(Constraint::Gmean.apply([1.0, 4.0, 2.0]).unwrap(), [2.0; 3]);
-        assert_eq!(Constraint::ToLeftGradScale.apply([1.0, 4.0, 2.0]).unwrap(), [4.0; 3]);
-        assert_eq!(Constraint::ToRightGradScale.apply([1.0, 4.0, 2.0]).unwrap(), [2.0; 3]);
+        assert_eq!(
+            Constraint::ToLeftGradScale.apply([1.0, 4.0, 2.0]).unwrap(),
+            [4.0; 3]
+        );
+        assert_eq!(
+            Constraint::ToRightGradScale.apply([1.0, 4.0, 2.0]).unwrap(),
+            [2.0; 3]
+        );
         assert_eq!(Constraint::None.apply([1.0, 4.0]).unwrap(), [1.0, 4.0]);
     }
 
@@ -169,7 +184,11 @@ mod tests {
     fn bad_arity_and_bad_scales_are_errors() {
         assert!(matches!(
             Constraint::ToGradInputScale.apply([1.0, 2.0, 3.0]),
-            Err(Error::ConstraintArity { needed: 2, got: 3, .. })
+            Err(Error::ConstraintArity {
+                needed: 2,
+                got: 3,
+                ..
+            })
         ));
         assert!(Constraint::ToRightGradScale.apply([1.0, 2.0]).is_err());
         assert!(Constraint::Gmean.apply([f64::NAN, 2.0]).is_err());

@@ -305,7 +305,10 @@ mod tests {
         ];
         for (m, go, gs, ss) in rows {
             let g = gelu(m).unwrap();
-            assert!(close(g.output, go, 1e-6) && close(g.grad_input, gs, 1e-6), "{m}");
+            assert!(
+                close(g.output, go, 1e-6) && close(g.grad_input, gs, 1e-6),
+                "{m}"
+            );
             let s = silu(m).unwrap();
             assert!(close(s.output, go, 1e-6) && close(s.grad_input, ss, 1e-6));
             assert!(close(silu_glu(m).unwrap(), ss, 1e-6));
@@ -331,11 +334,17 @@ mod tests {
     #[test]
     fn residual_rule_values_and_invariants() {
         let t2 = transformer_residual_taus(1.0, 1.0, 2).unwrap();
-        for (t, v) in t2.iter().zip([std::f64::consts::FRAC_1_SQRT_2, 0.57735, 0.5, 0.44721]) {
+        for (t, v) in t2
+            .iter()
+            .zip([std::f64::consts::FRAC_1_SQRT_2, 0.57735, 0.5, 0.44721])
+        {
             assert!(close(*t, v, 1e-4));
         }
         let t3 = transformer_residual_taus(0.5, 1.0 / 3.0, 3).unwrap();
-        for (t, v) in t3.iter().zip([0.1291, 0.38411, 0.11952, 0.35603, 0.1118, 0.33333]) {
+        for (t, v) in t3
+            .iter()
+            .zip([0.1291, 0.38411, 0.11952, 0.35603, 0.1118, 0.33333])
+        {
             assert!(close(*t, v, 1e-3));
         }
         // With both HPs = 1, tau_i = 1/sqrt(L + i).
@@ -355,12 +364,18 @@ mod tests {
     #[test]
     fn linear_and_matmul_rules() {
         let s = linear(1024, 4096, 256, Constraint::ToOutputScale).unwrap();
-        assert_eq!((s.output, s.grad_input, s.grad_weight), (1.0 / 32.0, 1.0 / 32.0, 1.0 / 16.0));
+        assert_eq!(
+            (s.output, s.grad_input, s.grad_weight),
+            (1.0 / 32.0, 1.0 / 32.0, 1.0 / 16.0)
+        );
         let s = linear(1024, 4096, 256, Constraint::None).unwrap();
         assert_eq!(s.grad_input, 1.0 / 64.0);
         let r = linear_readout(1024, 4096, 256, Constraint::None).unwrap();
         assert_eq!(r.output, 1.0 / 1024.0);
-        assert_eq!(matmul(256, 1024, 4096, Constraint::ToOutputScale).unwrap(), [1.0 / 32.0; 3]);
+        assert_eq!(
+            matmul(256, 1024, 4096, Constraint::ToOutputScale).unwrap(),
+            [1.0 / 32.0; 3]
+        );
         assert!(linear(0, 4, 4, Constraint::None).is_err());
         assert!(close(cross_entropy_grad(256).unwrap(), 16.031, 1e-4));
         assert!(close(cross_entropy_grad(32000).unwrap(), 178.888, 1e-5));

@@ -91,7 +91,11 @@ pub fn silu_glu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     if xs.as_ref() != gs.as_ref() {
         return Err(crate::Error::ShapeMismatch {
             op: "silu_glu",
-            detail: format!("x has shape {:?}, gate has shape {:?}", xs.as_ref(), gs.as_ref()),
+            detail: format!(
+                "x has shape {:?}, gate has shape {:?}",
+                xs.as_ref(),
+                gs.as_ref()
+            ),
         });
     }
     let s = scales::silu_glu(mult)?;

@@ -63,9 +63,5 @@ pub fn scaled_dot_product_attention<
     } else {
         logits
     };
-    logits
-        .try_softmax::<Axis<3>>()
-        .dev()?
-        .try_matmul(v)
-        .dev()
+    logits.try_softmax::<Axis<3>>().dev()?.try_matmul(v).dev()
 }

@@ -12,7 +12,14 @@ use crate::scales;
 /// `√(V / B_tok) · scatter_add(G)` with `B_tok = numel(ids)`; repeated ids accumulate.
 /// The training tape rides on `ids` (`ids.traced(grads)`), as in dfdx's own `Embedding`.
 /// An id `≥ V` is an [`Error::TokenOutOfRange`].
-pub fn embedding<N: Dim, V: Dim, M: Dim, E: Dtype, D: Backend<E> + Storage<usize>, T: Tape<E, D>>(
+pub fn embedding<
+    N: Dim,
+    V: Dim,
+    M: Dim,
+    E: Dtype,
+    D: Backend<E> + Storage<usize>,
+    T: Tape<E, D>,
+>(
     ids: Tensor<(N,), usize, D, T>,
     table: &Tensor<(V, M), E, D>,
 ) -> Result<Tensor<(N, M), E, D, T>> {

@@ -25,12 +25,17 @@ pub(crate) fn axpy<E: Dtype>(acc: &mut [E], x: &[E], s: E) {
 // helpers, bounded only by `E: Dtype`, do the unwrapping.
 
 /// Moves the data out of a gradient buffer, leaving it empty (see [`put`]).
-pub(crate) fn take<E: Dtype>(v: &mut <dfdx::tensor::Cpu as dfdx::tensor::Storage<E>>::Vec) -> Vec<E> {
+pub(crate) fn take<E: Dtype>(
+    v: &mut <dfdx::tensor::Cpu as dfdx::tensor::Storage<E>>::Vec,
+) -> Vec<E> {
     std::mem::take(&mut **v)
 }
 
 /// Moves data back into a gradient buffer emptied by [`take`].
-pub(crate) fn put<E: Dtype>(v: &mut <dfdx::tensor::Cpu as dfdx::tensor::Storage<E>>::Vec, data: Vec<E>) {
+pub(crate) fn put<E: Dtype>(
+    v: &mut <dfdx::tensor::Cpu as dfdx::tensor::Storage<E>>::Vec,
+    data: Vec<E>,
+) {
     **v = data;
 }
 

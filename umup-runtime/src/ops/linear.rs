@@ -64,9 +64,8 @@ pub fn linear<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + M
     bias: Option<&Tensor<(O,), E, D>>,
     constraint: Constraint,
 ) -> Result<Tensor<(R, O), E, D, T>> {
-    let (rows, fan_in, fan_out) = linear_dims("linear", &x, weight, bias)?;
-    let s = scales::linear(fan_in, fan_out, rows, constraint)?;
-    linear_scaled(x, weight, bias, s)
+    let s = linear_scales(false, &x, weight, bias, constraint)?;
+    linear_scaled(x, weight.retaped(), bias.map(|b| b.retaped()), s)
 }
 
 /// Unit-scaled readout layer (spec §4.3): as [`linear`] with output scale `1/fan_in`
@@ -78,35 +77,54 @@ pub fn linear_readout<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E
     bias: Option<&Tensor<(O,), E, D>>,
     constraint: Constraint,
 ) -> Result<Tensor<(R, O), E, D, T>> {
-    let (rows, fan_in, fan_out) = linear_dims("linear_readout", &x, weight, bias)?;
-    let s = scales::linear_readout(fan_in, fan_out, rows, constraint)?;
-    linear_scaled(x, weight, bias, s)
+    let s = linear_scales(true, &x, weight, bias, constraint)?;
+    linear_scaled(x, weight.retaped(), bias.map(|b| b.retaped()), s)
 }
 
-fn linear_dims<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T>(
-    op: &'static str,
+/// Checks the runtime dims of a linear layer and computes its scales ([`scales::linear`] or
+/// [`scales::linear_readout`]).
+pub(crate) fn linear_scales<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T>(
+    readout: bool,
     x: &Tensor<(R, I), E, D, T>,
     weight: &Tensor<(O, I), E, D>,
     bias: Option<&Tensor<(O,), E, D>>,
-) -> Result<(usize, usize, usize)> {
+    constraint: Constraint,
+) -> Result<LinearScales> {
+    let op = if readout { "linear_readout" } else { "linear" };
     let (rows, fan_in) = (x.shape().0.size(), x.shape().1.size());
     let (fan_out, w_in) = (weight.shape().0.size(), weight.shape().1.size());
     check_dim(op, "weight.shape[1] (fan_in) vs x.shape[-1]", w_in, fan_in)?;
     if let Some(b) = bias {
-        check_dim(op, "bias length vs weight.shape[0] (fan_out)", b.shape().0.size(), fan_out)?;
+        check_dim(
+            op,
+            "bias length vs weight.shape[0] (fan_out)",
+            b.shape().0.size(),
+            fan_out,
+        )?;
     }
-    Ok((rows, fan_in, fan_out))
+    if readout {
+        scales::linear_readout(fan_in, fan_out, rows, constraint)
+    } else {
+        scales::linear(fan_in, fan_out, rows, constraint)
+    }
 }
 
 /// `o·(x·Wᵀ + b)` with the scales folded into the weight and bias (`value o·W`, gradient
 /// `s_w`), plus a backward-only `s_x/o` on `x` when the constraint leaves them unequal.
-fn linear_scaled<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+pub(crate) fn linear_scaled<
+    R: Dim,
+    I: Dim,
+    O: Dim,
+    E: Dtype,
+    D: Backend<E>,
+    T: Tape<E, D> + Merge<T>,
+>(
     x: Tensor<(R, I), E, D, T>,
-    weight: &Tensor<(O, I), E, D>,
-    bias: Option<&Tensor<(O,), E, D>>,
+    weight: Tensor<(O, I), E, D, T>,
+    bias: Option<Tensor<(O,), E, D, T>>,
     s: LinearScales,
 ) -> Result<Tensor<(R, O), E, D, T>> {
-    let w = scale_grad(weight.retaped::<T>(), s.output, s.grad_weight)?;
+    let w = scale_grad(weight, s.output, s.grad_weight)?;
     let x = scale_grad(x, 1.0, s.grad_input / s.output)?;
     let y = x
         .try_matmul(w.try_permute::<(I, O), Axes2<1, 0>>().dev()?)
@@ -114,7 +132,7 @@ fn linear_scaled<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> 
     match bias {
         None => Ok(y),
         Some(b) => {
-            let b = scale_grad(b.retaped::<T>(), s.output, s.grad_weight)?;
+            let b = scale_grad(b, s.output, s.grad_weight)?;
             let shape = *y.shape();
             y.try_add(b.try_broadcast_like::<_, Axis<0>>(&shape).dev()?)
                 .dev()

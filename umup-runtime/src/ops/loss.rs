@@ -57,7 +57,12 @@ pub fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
 ) -> Result<Tensor<(), E, D, T>> {
     let shape = *logits.shape();
     let (rows, classes) = (shape.0.size(), shape.1.size());
-    check_dim("cross_entropy", "number of targets vs logits rows", targets.len(), rows)?;
+    check_dim(
+        "cross_entropy",
+        "number of targets vs logits rows",
+        targets.len(),
+        rows,
+    )?;
     if let Some(row) = targets.iter().position(|&t| t >= classes) {
         return Err(Error::TargetOutOfRange {
             target: targets[row],
@@ -118,4 +123,3 @@ pub fn mse_loss<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
         Reduction::Mean => scale_fwd(loss, 1.0 / numel.max(1) as f64),
     }
 }
-

@@ -38,17 +38,10 @@ pub trait Backend<E: Dtype>: Device<E> {
     ) -> std::result::Result<(), Self::Err> {
         grads.try_alloc_for(param)?;
         let scaled = grads.get(param).try_mul(factor)?;
-        let probe = param.device().try_zeros_like(param.shape())?;
-        // d/dprobe Σ(probe ⊙ scaled) = scaled: the backward pass writes it into a gradient buffer.
-        let mut out = probe
-            .clone()
-            .leaky_traced()
-            .try_mul(scaled)?
-            .try_sum::<(), _>()?
-            .backward();
+        let (mut store, probe) = super::quantise::gradient_buffer(scaled)?;
         std::mem::swap(
             grads.get_or_alloc_mut(param)?,
-            out.get_or_alloc_mut(&probe)?,
+            store.get_or_alloc_mut(&probe)?,
         );
         Ok(())
     }
@@ -88,7 +81,11 @@ where
                 // dfdx 0.13 lends one gradient buffer at a time: move grad_y out (no copy),
                 // accumulate into grad_x, and move it back.
                 let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
-                kernels::axpy(kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?), &gy, bwd);
+                kernels::axpy(
+                    kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?),
+                    &gy,
+                    bwd,
+                );
                 kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
                 Ok(())
             });

@@ -22,9 +22,7 @@ pub fn add<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     }
     let n = a.shape().num_elements();
     let [o, ga, gb] = scales::add(n, n, n, constraint)?;
-    scale_grad(a, o, ga)?
-        .try_add(scale_grad(b, o, gb)?)
-        .dev()
+    scale_grad(a, o, ga)?.try_add(scale_grad(b, o, gb)?).dev()
 }
 
 /// Unit-scaled `a + b` where `b` broadcasts to `a`'s shape along the axes `Ax` (spec §4.8):
@@ -43,10 +41,7 @@ pub fn add_broadcast<
 ) -> Result<Tensor<S, E, D, T>> {
     let a_dims = a.shape().concrete();
     let b_dims = b.shape().concrete();
-    let axes: Vec<usize> = Ax::as_array()
-        .into_iter()
-        .map(|ax| ax as usize)
-        .collect();
+    let axes: Vec<usize> = Ax::as_array().into_iter().map(|ax| ax as usize).collect();
     let kept: Vec<usize> = a_dims
         .as_ref()
         .iter()

@@ -1,0 +1,221 @@
+//! Simulated low-precision matmuls (spec §8.1): quantise the inputs of linear and attention
+//! matmuls in the forward pass (E4M3) and the gradients of their outputs in the backward pass
+//! (E5M2), with no scaling — unit scale is what keeps values in range.
+//!
+//! The simulation runs in the tensor's dtype: values are rounded to the format and stored back.
+//! Quantisation happens on the host (a round trip per call), so it works on every device.
+
+use std::sync::{Arc, Mutex};
+
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::linear::{linear_scaled, linear_scales};
+use super::{scaled_dot_product_attention, Backend};
+use crate::constraint::Constraint;
+use crate::error::{DeviceResultExt, Result};
+use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
+
+/// Rounds host values through `format` (via f32, as the reference's simulation does).
+fn quantise_values<E: Dtype>(
+    vals: Vec<E>,
+    format: Format,
+    rounding: Rounding,
+    rng: &mut StdRng,
+) -> (Vec<E>, QuantStats) {
+    let mut f: Vec<f32> = vals
+        .iter()
+        .map(|v| v.to_f32().unwrap_or(f32::NAN))
+        .collect();
+    let stats = format.quantise_slice(&mut f, rounding, rng);
+    let out = f
+        .into_iter()
+        .map(|v| E::from_f32(v).unwrap_or_default())
+        .collect();
+    (out, stats)
+}
+
+/// A gradient store in which `probe`'s gradient holds `values` (any device: one tiny backward
+/// pass of `Σ probe ⊙ values`). Swap the buffer into another store to overwrite a gradient.
+pub(crate) fn gradient_buffer<S: Shape, E: Dtype, D: Device<E>>(
+    values: Tensor<S, E, D>,
+) -> std::result::Result<(Gradients<E, D>, Tensor<S, E, D>), D::Err> {
+    let probe = values.device().try_zeros_like(values.shape())?;
+    let grads = probe
+        .clone()
+        .leaky_traced()
+        .try_mul(values)?
+        .try_sum::<(), _>()?
+        .backward();
+    Ok((grads, probe))
+}
+
+/// Quantisation of matmul inputs and output gradients for one model, with a seeded RNG for
+/// stochastic rounding and running overflow/underflow counts.
+#[derive(Debug, Clone)]
+pub struct MatmulQuantiser {
+    formats: MatmulFormats,
+    rng: StdRng,
+    forward_stats: QuantStats,
+    backward_stats: Arc<Mutex<QuantStats>>,
+}
+
+impl MatmulQuantiser {
+    /// A quantiser for `formats`; `seed` drives stochastic rounding.
+    pub fn new(formats: MatmulFormats, seed: u64) -> Self {
+        MatmulQuantiser {
+            formats,
+            rng: StdRng::seed_from_u64(seed),
+            forward_stats: QuantStats::default(),
+            backward_stats: Arc::default(),
+        }
+    }
+
+    /// The formats in use.
+    pub fn formats(&self) -> MatmulFormats {
+        self.formats
+    }
+
+    /// Counts over every forward (matmul input) value quantised so far.
+    pub fn forward_stats(&self) -> QuantStats {
+        self.forward_stats
+    }
+
+    /// Counts over every backward (output gradient) value quantised so far.
+    pub fn backward_stats(&self) -> QuantStats {
+        self.backward_stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Value rounded to the forward format; the gradient passes straight through
+    /// (`quantise_fwd`, spec §8.1). Identity when there is no forward format.
+    pub fn quantise_fwd<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+        &mut self,
+        x: Tensor<S, E, D, T>,
+    ) -> Result<Tensor<S, E, D, T>> {
+        let Some((format, rounding)) = self.formats.forward else {
+            return Ok(x);
+        };
+        let (xp, tape) = x.split_tape();
+        let (vals, stats) = quantise_values(xp.as_vec(), format, rounding, &mut self.rng);
+        self.forward_stats.merge(stats);
+        let q = xp.device().try_tensor_from_vec(vals, *xp.shape()).dev()?;
+        // (x·1 − x·1|detached) is exactly 0 with gradient 1, so the sum is exactly q(x).
+        let through = xp
+            .clone()
+            .put_tape(tape)
+            .try_mul(E::ONE)
+            .dev()?
+            .try_sub(xp.try_mul(E::ONE).dev()?)
+            .dev()?;
+        through.try_add(q).dev()
+    }
+
+    /// Value unchanged; the gradient flowing back is rounded to the backward format
+    /// (`quantise_bwd`, spec §8.1). Identity when there is no backward format.
+    pub fn quantise_bwd<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+        &mut self,
+        x: Tensor<S, E, D, T>,
+    ) -> Result<Tensor<S, E, D, T>> {
+        let Some((format, rounding)) = self.formats.backward else {
+            return Ok(x);
+        };
+        if !T::OWNS_TAPE {
+            return Ok(x);
+        }
+        let (x, mut tape) = x.split_tape();
+        let y = x.clone().try_mul(E::ONE).dev()?;
+        let (xg, yg, shape, dev) = (x.ghost(), y.ghost(), *x.shape(), x.device().clone());
+        let mut rng = StdRng::seed_from_u64(self.rng.gen());
+        let stats = Arc::clone(&self.backward_stats);
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&xg)?;
+            grads.try_alloc_for(&yg)?;
+            let (vals, st) = quantise_values(grads.get(&yg).as_vec(), format, rounding, &mut rng);
+            if let Ok(mut s) = stats.lock() {
+                s.merge(st);
+            }
+            let q = dev.try_tensor_from_vec(vals, shape)?;
+            let sum = grads.get(&xg).try_add(q)?;
+            let (mut store, probe) = gradient_buffer(sum)?;
+            std::mem::swap(
+                grads.get_or_alloc_mut(&xg)?,
+                store.get_or_alloc_mut(&probe)?,
+            );
+            Ok(())
+        });
+        Ok(y.put_tape(tape))
+    }
+
+    /// [`super::linear`] with its input and weight rounded to the forward format and its output
+    /// gradient rounded to the backward format (the reference's `simulate_format` on `U.linear`).
+    pub fn linear<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+        &mut self,
+        x: Tensor<(R, I), E, D, T>,
+        weight: &Tensor<(O, I), E, D>,
+        bias: Option<&Tensor<(O,), E, D>>,
+        constraint: Constraint,
+    ) -> Result<Tensor<(R, O), E, D, T>> {
+        self.linear_impl(false, x, weight, bias, constraint)
+    }
+
+    /// [`super::linear_readout`] with quantised matmul inputs and output gradient.
+    pub fn linear_readout<
+        R: Dim,
+        I: Dim,
+        O: Dim,
+        E: Dtype,
+        D: Backend<E>,
+        T: Tape<E, D> + Merge<T>,
+    >(
+        &mut self,
+        x: Tensor<(R, I), E, D, T>,
+        weight: &Tensor<(O, I), E, D>,
+        bias: Option<&Tensor<(O,), E, D>>,
+        constraint: Constraint,
+    ) -> Result<Tensor<(R, O), E, D, T>> {
+        self.linear_impl(true, x, weight, bias, constraint)
+    }
+
+    fn linear_impl<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+        &mut self,
+        readout: bool,
+        x: Tensor<(R, I), E, D, T>,
+        weight: &Tensor<(O, I), E, D>,
+        bias: Option<&Tensor<(O,), E, D>>,
+        constraint: Constraint,
+    ) -> Result<Tensor<(R, O), E, D, T>> {
+        let s = linear_scales(readout, &x, weight, bias, constraint)?;
+        let x = self.quantise_fwd(x)?;
+        let w = self.quantise_fwd(weight.retaped::<T>())?;
+        let y = linear_scaled(x, w, bias.map(|b| b.retaped()), s)?;
+        self.quantise_bwd(y)
+    }
+
+    /// [`super::scaled_dot_product_attention`] with `q`, `k`, `v` rounded to the forward format
+    /// and the output gradient rounded to the backward format.
+    pub fn scaled_dot_product_attention<
+        B: Dim,
+        H: Dim,
+        S: Dim,
+        K: Dim,
+        E: Dtype,
+        D: Backend<E>,
+        T: Tape<E, D> + Merge<T>,
+    >(
+        &mut self,
+        q: Tensor<(B, H, S, K), E, D, T>,
+        k: Tensor<(B, H, S, K), E, D, T>,
+        v: Tensor<(B, H, S, K), E, D, T>,
+        mult: f64,
+        is_causal: bool,
+    ) -> Result<Tensor<(B, H, S, K), E, D, T>> {
+        let (q, k, v) = (
+            self.quantise_fwd(q)?,
+            self.quantise_fwd(k)?,
+            self.quantise_fwd(v)?,
+        );
+        let y = scaled_dot_product_attention(q, k, v, mult, is_causal)?;
+        self.quantise_bwd(y)
+    }
+}
