@@ -26,7 +26,10 @@ fn time(f: &mut dyn FnMut()) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-fn run(name: &str, rounds: usize, variants: &mut [(&str, Box<dyn FnMut() + '_>)]) {
+/// A labelled benchmark body.
+type Variant<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+
+fn run(name: &str, rounds: usize, variants: &mut [Variant<'_>]) {
     for (_, f) in variants.iter_mut() {
         for _ in 0..3 {
             f();

@@ -274,9 +274,36 @@ fn embedding_token_out_of_range() {
             vocab: 8
         }
     );
+}
+
+// ---------------------------------------------------------------- degenerate sizes and ranges
+
+#[test]
+fn embedding_with_no_ids_is_an_error() {
+    let dev = dev();
+    let table: T2 = randn(&dev, (8, 4));
     let empty: Tensor<(usize,), usize, Cpu> = dev.tensor_from_vec(vec![], (0,));
     let e = expect_err(ops::embedding(empty, &table), &["embedding"]);
     assert_shape_mismatch(&e, "embedding");
+}
+
+#[test]
+fn losses_on_empty_input_are_errors() {
+    let dev = dev();
+    let empty: T2 = dev.zeros_like(&(0, 3));
+    assert!(ops::cross_entropy(empty.clone(), &[], 1.0, Reduction::Sum).is_err());
+    assert!(ops::mse_loss(empty.clone(), empty, Reduction::Mean).is_err());
+}
+
+#[test]
+fn scale_that_overflows_the_dtype_is_an_error() {
+    let dev = dev();
+    let x: T2 = randn(&dev, (2, 3));
+    expect_err(ops::scale_fwd(x.clone(), 1e300), &["not representable"]);
+    expect_err(
+        ops::gelu(x, 1e300, Constraint::None),
+        &["not representable"],
+    );
 }
 
 #[test]
@@ -521,7 +548,13 @@ fn optimizer_update_names_a_tensor_without_a_role() {
     let (mut model, mut grads) = model_and_grads(&dev);
     let table = [ParamSpec::new("0.weight", Role::Weight, &[3, 4])];
     let mut opt = Optimizer::<f32, Cpu>::new(OptimConfig::adam(0.1), &table).unwrap();
+    let weight_before = model.0.weight.as_vec();
     let e = expect_err(opt.update(&mut model, &mut grads), &["0.bias", "role"]);
+    assert_eq!(
+        model.0.weight.as_vec(),
+        weight_before,
+        "a failed update changes nothing"
+    );
     assert_eq!(
         e,
         Error::MissingRole {

@@ -158,10 +158,20 @@ fn silu_to_output_scale_gives_a_unit_output_only() {
 }
 
 #[test]
-fn silu_to_grad_input_scale_gives_a_unit_grad_only() {
+fn silu_to_grad_input_scale_gives_a_unit_grad() {
     let (y, gx) = unary_stats(|x| ops::silu(x, 1.0, Constraint::ToGradInputScale));
     assert_unit("silu(to_grad_input_scale) std(grad x)", gx);
-    assert_not_unit("silu(to_grad_input_scale) std(y)", y);
+    // The reference also asserts `not unit` for the output, but the expected std is
+    // 0.995 · gin_s/out_s = 0.995 · 1.681793/1.766783 = 0.947 (spec §4.10), inside the unit band;
+    // its 2^10-sample test passes or fails by sampling noise. Check the exact ratio instead:
+    // the same seed gives the same input, so only the output scale differs.
+    let (y_out, _) = unary_stats(|x| ops::silu(x, 1.0, Constraint::ToOutputScale));
+    assert_rel(
+        "silu std(y, to_grad_input_scale) / std(y, to_output_scale)",
+        y / y_out,
+        1.681793 / 1.766783,
+        1e-4,
+    );
 }
 
 #[test]

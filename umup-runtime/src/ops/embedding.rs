@@ -2,7 +2,7 @@
 
 use dfdx::prelude::*;
 
-use super::{check_dim, scale_grad, Backend};
+use super::{scale_grad, Backend};
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::scales;
 
@@ -25,10 +25,13 @@ pub fn embedding<
 ) -> Result<Tensor<(N, M), E, D, T>> {
     let vocab = table.shape().0.size();
     let tokens = ids.shape().0.size();
-    check_ids(&ids.as_vec(), vocab)?;
     if tokens == 0 {
-        check_dim("embedding", "number of ids", tokens, 1)?;
+        return Err(crate::Error::ShapeMismatch {
+            op: "embedding",
+            detail: "no ids (the id tensor is empty)".into(),
+        });
     }
+    check_ids(&ids.as_vec(), vocab)?;
     let (ids, tape) = ids.split_tape();
     let table = scale_grad(
         table.clone().put_tape(tape),

@@ -63,6 +63,12 @@ pub fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
         targets.len(),
         rows,
     )?;
+    if rows == 0 {
+        return Err(Error::ShapeMismatch {
+            op: "cross_entropy",
+            detail: "no rows (the logits are empty)".into(),
+        });
+    }
     if let Some(row) = targets.iter().position(|&t| t >= classes) {
         return Err(Error::TargetOutOfRange {
             target: targets[row],
@@ -112,6 +118,12 @@ pub fn mse_loss<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
         });
     }
     let numel = input.shape().num_elements();
+    if numel == 0 {
+        return Err(Error::ShapeMismatch {
+            op: "mse_loss",
+            detail: "the inputs are empty".into(),
+        });
+    }
     let diff = input.try_sub(target).dev()?;
     let loss = scale_grad(diff, 1.0, scales::mse_grad())?
         .try_square()
@@ -120,6 +132,6 @@ pub fn mse_loss<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
         .dev()?;
     match reduction {
         Reduction::Sum => Ok(loss),
-        Reduction::Mean => scale_fwd(loss, 1.0 / numel.max(1) as f64),
+        Reduction::Mean => scale_fwd(loss, 1.0 / numel as f64),
     }
 }

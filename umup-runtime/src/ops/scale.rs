@@ -109,12 +109,15 @@ where
 impl<E: Dtype> Backend<E> for Cuda where Cuda: Device<E> {}
 
 /// Converts a host scale to the tensor dtype.
+/// Errors if `v` is finite but not representable (it would overflow to ±inf, e.g. 1e300 in f32).
 pub(crate) fn elem<E: Dtype>(what: &'static str, v: f64) -> Result<E> {
-    E::from_f64(v).ok_or(crate::Error::InvalidValue {
-        what,
-        value: v,
-        reason: "not representable in the tensor dtype",
-    })
+    E::from_f64(v)
+        .filter(|e| !v.is_finite() || e.to_f64().is_some_and(f64::is_finite))
+        .ok_or(crate::Error::InvalidValue {
+            what,
+            value: v,
+            reason: "not representable in the tensor dtype",
+        })
 }
 
 /// `scale_grad(x, fwd, bwd)`: value `fwd·x`, gradient `bwd·grad_y` (spec §1.1).

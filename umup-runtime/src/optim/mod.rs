@@ -277,7 +277,22 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
                 Some(norm)
             }
         };
-        let mut step = StepVisitor { opt: self, grads };
+        // Resolve every tensor first, so that a missing role or a wrong shape fails before
+        // anything is updated.
+        let mut check = ResolveVisitor {
+            opt: self,
+            settings: Vec::new(),
+        };
+        M::iter_tensors(&mut RecursiveWalker {
+            m: (&*model, String::new()),
+            f: &mut check,
+        })?;
+        let settings = check.settings;
+        let mut step = StepVisitor {
+            opt: self,
+            grads,
+            settings: settings.into_iter(),
+        };
         M::iter_tensors(&mut RecursiveWalker {
             m: (model, String::new()),
             f: &mut step,
@@ -293,23 +308,21 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
         params: &mut [(&str, &mut Tensor<S, E, D>)],
         grads: &mut Gradients<E, D>,
     ) -> Result<()> {
-        for (path, p) in params.iter_mut() {
-            self.update_one(path, p, grads)?;
+        let settings = params
+            .iter()
+            .map(|(path, p)| self.resolve(path, p.shape().num_elements()))
+            .collect::<Result<Vec<_>>>()?;
+        for ((_, p), (lr, wd)) in params.iter_mut().zip(settings) {
+            self.apply(p, lr, wd, grads)?;
         }
         self.steps += 1;
         Ok(())
     }
 
-    fn update_one<S: Shape>(
-        &mut self,
-        path: &str,
-        p: &mut Tensor<S, E, D>,
-        grads: &mut Gradients<E, D>,
-    ) -> Result<()> {
-        let factor = self.cfg.schedule.factor(self.steps);
-        let (lr, wd) = match self.index.get(path) {
+    /// The peak LR and weight decay of the tensor at `path` with `n` elements.
+    fn resolve(&self, path: &str, n: usize) -> Result<(f64, f64)> {
+        Ok(match self.index.get(path) {
             Some(&i) => {
-                let n = p.shape().num_elements();
                 if self.numel[i] != n {
                     return Err(Error::BadParameter {
                         path: path.to_string(),
@@ -334,8 +347,18 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
                     path: path.to_string(),
                 })
             }
-        };
-        let lr = lr * factor;
+        })
+    }
+
+    /// One update of `p` with peak LR `lr` (scaled here by the schedule) and weight decay `wd`.
+    fn apply<S: Shape>(
+        &mut self,
+        p: &mut Tensor<S, E, D>,
+        lr: f64,
+        wd: f64,
+        grads: &mut Gradients<E, D>,
+    ) -> Result<()> {
+        let lr = lr * self.cfg.schedule.factor(self.steps);
         let g = grads.get_or_alloc_mut(&*p).dev()?;
         let m = self.m.get_or_alloc_mut(&*p).dev()?;
         match self.cfg.kind {
@@ -372,9 +395,34 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
     }
 }
 
+struct ResolveVisitor<'a, E: Dtype, D: Backend<E>> {
+    opt: &'a Optimizer<E, D>,
+    settings: Vec<(f64, f64)>,
+}
+
+impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ResolveVisitor<'_, E, D> {
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = Error;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, D>,
+        (p, name): (&Tensor<S, E, D>, String),
+    ) -> Result<Option<Tensor<S, E, D>>> {
+        if opts.do_gradient_update {
+            let s = self.opt.resolve(&name, p.shape().num_elements())?;
+            self.settings.push(s);
+        }
+        Ok(None)
+    }
+}
+
 struct StepVisitor<'a, E: Dtype, D: Backend<E>> {
     opt: &'a mut Optimizer<E, D>,
     grads: &'a mut Gradients<E, D>,
+    settings: std::vec::IntoIter<(f64, f64)>,
 }
 
 impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
@@ -389,7 +437,11 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
         (p, name): (&mut Tensor<S, E, D>, String),
     ) -> Result<Option<Tensor<S, E, D>>> {
         if opts.do_gradient_update {
-            self.opt.update_one(&name, p, self.grads)?;
+            let (lr, wd) = self.settings.next().ok_or_else(|| Error::BadParameter {
+                path: name.clone(),
+                reason: "the model changed between two passes of one update".into(),
+            })?;
+            self.opt.apply(p, lr, wd, self.grads)?;
         }
         Ok(None)
     }
