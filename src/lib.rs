@@ -1,15 +1,24 @@
 //! # umup
 //!
 //! u-μP (the Unit-Scaled Maximal Update Parametrization, Blake et al. 2024) for Rust, on
-//! [`dfdx`]. This facade re-exports the runtime ([`umup_runtime`]) and, as it lands, the
-//! `#[umup_model]` macro.
+//! [`dfdx`]. This facade re-exports the runtime ([`umup_runtime`]) and the `#[umup_model]`
+//! attribute ([`umup_model`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub use umup_macros::umup_model;
 pub use umup_runtime::*;
 
 #[doc(hidden)]
 pub mod __private {
-    //! Paths used by generated code. Not public API.
-    pub use umup_runtime;
+    //! Paths used by code that `#[umup_model]` generates. Not public API.
+    pub use core::marker::PhantomData;
+    pub use core::result::Result;
+    pub use std::string::String;
+    pub use std::vec::Vec;
+    pub use umup_runtime::dfdx;
+    pub use umup_runtime::nn;
+    pub use umup_runtime::params;
+    pub use umup_runtime::rand_distr::{Distribution, StandardNormal};
+    pub use umup_runtime::Error;
 }

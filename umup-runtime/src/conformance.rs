@@ -598,6 +598,7 @@ fn compute(case: &Case) -> Result<Computed> {
             };
             c.groups = Some(params::param_groups(
                 &specs,
+                params::Parametrization::Umup,
                 rule,
                 f64_param(case, "lr", None)?,
                 f64_param(case, "weight_decay", Some(0.0))?,

@@ -44,6 +44,36 @@ impl Constraint {
         Constraint::ToRightGradScale,
     ];
 
+    /// A small integer naming the constraint (its index in [`Constraint::ALL`]), used as a const
+    /// generic by layer types.
+    pub const fn code(self) -> u8 {
+        match self {
+            Constraint::None => 0,
+            Constraint::Gmean => 1,
+            Constraint::Hmean => 2,
+            Constraint::Amean => 3,
+            Constraint::ToOutputScale => 4,
+            Constraint::ToGradInputScale => 5,
+            Constraint::ToLeftGradScale => 6,
+            Constraint::ToRightGradScale => 7,
+        }
+    }
+
+    /// The constraint with [`Self::code`] `c`. Codes come from `code()` (the macro validates
+    /// names at compile time); an out-of-range code means the u-μP default, `to_output_scale`.
+    pub const fn from_code(c: u8) -> Self {
+        match c {
+            0 => Constraint::None,
+            1 => Constraint::Gmean,
+            2 => Constraint::Hmean,
+            3 => Constraint::Amean,
+            5 => Constraint::ToGradInputScale,
+            6 => Constraint::ToLeftGradScale,
+            7 => Constraint::ToRightGradScale,
+            _ => Constraint::ToOutputScale,
+        }
+    }
+
     /// The reference library's name (`"none"` for no constraint).
     pub fn name(self) -> &'static str {
         match self {
@@ -170,8 +200,10 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_is_an_error() {
-        for c in Constraint::ALL {
+        for (i, c) in Constraint::ALL.into_iter().enumerate() {
             assert_eq!(c.name().parse::<Constraint>().unwrap(), c);
+            assert_eq!(c.code() as usize, i);
+            assert_eq!(Constraint::from_code(c.code()), c);
         }
         assert_eq!(Constraint::from_option(None).unwrap(), Constraint::None);
         assert_eq!(Constraint::from_option(Some("")).unwrap(), Constraint::None);

@@ -11,6 +11,9 @@
 //!   (spec §2, §7).
 //! * [`optim`]: Adam, AdamW and SGD with per-parameter LR multipliers, LR schedules and
 //!   gradient clipping (spec §7).
+//! * [`nn`]: layer types with their role and parametrization in their type, depth stacks,
+//!   the parameter table, and the parametrization-aware forward pieces (what `#[umup_model]`
+//!   generates code for).
 //! * [`formats`]: FP8 (OCP and the reference's simulation formats), f16 and bf16 rounding (spec §8).
 //! * [`conformance`]: a runner for the reference library's float64 fixture files.
 //!
@@ -25,6 +28,7 @@ pub mod conformance;
 pub mod constraint;
 pub mod error;
 pub mod formats;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;
@@ -36,3 +40,5 @@ pub use ops::Backend;
 
 /// Re-export of the dfdx version this runtime is built on.
 pub use dfdx;
+#[doc(hidden)]
+pub use rand_distr;

@@ -242,9 +242,11 @@ pub struct ParamGroup {
     pub weight_decay: f64,
 }
 
-/// Resolves every parameter's LR and weight decay (`scaled_parameters`, spec §7.3).
+/// Resolves every parameter's LR and weight decay (`scaled_parameters`, spec §7.3) under a
+/// parametrization (the reference's rules are [`Parametrization::Umup`]).
 pub fn param_groups(
     params: &[ParamSpec],
+    parametrization: Parametrization,
     rule: LrRule,
     lr: f64,
     wd: f64,
@@ -255,7 +257,7 @@ pub fn param_groups(
     params
         .iter()
         .map(|p| {
-            let param_lr = lr * rule.lr_scale(p)?;
+            let param_lr = lr * parametrization.lr_scale(rule, p)?;
             Ok(ParamGroup {
                 path: p.path.clone(),
                 lr: param_lr,
@@ -263,6 +265,275 @@ pub fn param_groups(
             })
         })
         .collect()
+}
+
+/// Which parametrization a model is trained in, for baselines that run the same model code
+/// (spec §2 table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Parametrization {
+    /// u-μP (the default): unit init, unit-scaled ops, `η/√fan_in` hidden LRs, depth factors.
+    #[default]
+    Umup,
+    /// Classic μP relative to a base width: hidden init `1/√fan_in`, hidden Adam LR
+    /// `η·base/fan_in`, readout multiplier `base/fan_in`, plain (unscaled) ops.
+    Mup {
+        /// The base width the hyperparameters refer to.
+        base_width: usize,
+    },
+    /// Standard parametrization: `1/√fan_in` init for linear weights, N(0,1) embeddings, one η
+    /// for every tensor, plain ops.
+    Sp,
+}
+
+/// How a tensor is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Normal with mean 0 and this standard deviation.
+    Normal(f64),
+    /// All zeros (biases).
+    Zeros,
+    /// All ones (norm gains).
+    Ones,
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Init::Normal(s) => write!(f, "N(0,{})", fmt_num(*s)),
+            Init::Zeros => f.write_str("zeros"),
+            Init::Ones => f.write_str("ones"),
+        }
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v == v.round() && v.abs() < 1e6 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4e}")
+    }
+}
+
+impl Parametrization {
+    /// The short name: `umup`, `mup`, `sp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Parametrization::Umup => "umup",
+            Parametrization::Mup { .. } => "mup",
+            Parametrization::Sp => "sp",
+        }
+    }
+
+    /// The init of a parameter (spec §2): u-μP N(0,1) for every weight; SP and μP
+    /// `N(0, 1/√fan_in)` for hidden weights, N(0,1) for embeddings, and for the readout
+    /// `1/√fan_in` (SP) or `1/√base_width` (μP: σ constant in width, the `base/fan_in` multiplier
+    /// carries the width dependence). Biases zeros, norm gains ones in every parametrization.
+    pub fn init(self, p: &ParamSpec) -> Result<Init> {
+        Ok(match (self, p.role) {
+            (_, Role::Bias) => Init::Zeros,
+            (_, Role::Norm) => Init::Ones,
+            (Parametrization::Umup, _) | (_, Role::Embedding) => Init::Normal(1.0),
+            (Parametrization::Mup { base_width }, Role::Output) => {
+                Init::Normal((base_width.max(1) as f64).powf(-0.5))
+            }
+            (_, Role::Weight | Role::Output) => Init::Normal((p.fan_in()? as f64).powf(-0.5)),
+        })
+    }
+
+    /// The multiplier applied to the tensor's value in the forward pass. u-μP: hidden
+    /// `fan_in^-½`, readout `1/fan_in`, everything else 1 (a bias shares its layer's output scale,
+    /// which the layer reports). μP: readout `base/fan_in`. SP: 1.
+    pub fn forward_multiplier(self, p: &ParamSpec) -> Result<f64> {
+        Ok(match (self, p.role) {
+            (Parametrization::Umup, Role::Weight) => (p.fan_in()? as f64).powf(-0.5),
+            (Parametrization::Umup, Role::Output) => 1.0 / p.fan_in()? as f64,
+            (Parametrization::Mup { base_width }, Role::Output) => {
+                base_width as f64 / p.fan_in()? as f64
+            }
+            _ => 1.0,
+        })
+    }
+
+    /// The LR multiplier of a parameter under `rule` (multiply by η).
+    ///
+    /// * u-μP: [`LrRule::lr_scale`] (spec §7.2, with depth factors).
+    /// * μP, Adam: hidden `base/fan_in`, everything else 1 (Tensor Programs V, Table 3).
+    /// * μP, SGD: embeddings, biases and gains `fan_out/base`, hidden 1, readout `base/fan_in`.
+    /// * SP: 1.
+    pub fn lr_scale(self, rule: LrRule, p: &ParamSpec) -> Result<f64> {
+        match self {
+            Parametrization::Umup => rule.lr_scale(p),
+            Parametrization::Sp => Ok(1.0),
+            Parametrization::Mup { base_width } => {
+                let base = base_width.max(1) as f64;
+                let sgd = rule == LrRule::SgdConstrainedReadout;
+                Ok(match (p.role, sgd) {
+                    (Role::Weight, false) => base / p.fan_in()? as f64,
+                    (Role::Weight, true) => 1.0,
+                    (Role::Output, true) => base / p.fan_in()? as f64,
+                    (Role::Embedding, true) => p.shape.last().copied().unwrap_or(1) as f64 / base,
+                    (Role::Bias | Role::Norm, true) => p.first_dim()? / base,
+                    _ => 1.0,
+                })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Parametrization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Parametrization::Mup { base_width } => write!(f, "mup(base_width={base_width})"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+impl FromStr for Parametrization {
+    type Err = Error;
+    /// `umup`, `sp`, `mup` (base width 64) or `mup:<base_width>`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "umup" | "u-mup" => Ok(Parametrization::Umup),
+            "sp" => Ok(Parametrization::Sp),
+            "mup" => Ok(Parametrization::Mup { base_width: 64 }),
+            _ => s
+                .strip_prefix("mup:")
+                .and_then(|b| b.parse().ok())
+                .filter(|&b: &usize| b > 0)
+                .map(|base_width| Parametrization::Mup { base_width })
+                .ok_or_else(|| Error::UnknownName {
+                    kind: "parametrization",
+                    name: s.to_string(),
+                    expected: "umup, mup, mup:<base_width>, sp",
+                }),
+        }
+    }
+}
+
+/// One row of a model's parameter table: what the rules say about one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamRow {
+    /// Path, role, shape and depth.
+    pub spec: ParamSpec,
+    /// Its fan-in (spec §2.1).
+    pub fan_in: usize,
+    /// Its init.
+    pub init: Init,
+    /// Multiplier applied to its value in the forward pass.
+    pub forward_multiplier: f64,
+    /// LR multiplier for Adam/AdamW.
+    pub adam_lr: f64,
+    /// LR multiplier for SGD (u-μP: with the readout constrained to its output scale, spec §7.2).
+    pub sgd_lr: f64,
+}
+
+impl ParamRow {
+    /// Computes a row under `param`. `forward_multiplier` overrides the role's default (a bias
+    /// reports its layer's output scale).
+    pub fn new(
+        spec: ParamSpec,
+        param: Parametrization,
+        forward_multiplier: Option<f64>,
+    ) -> Result<Self> {
+        Ok(ParamRow {
+            fan_in: spec.fan_in()?,
+            init: param.init(&spec)?,
+            forward_multiplier: match forward_multiplier {
+                Some(m) => m,
+                None => param.forward_multiplier(&spec)?,
+            },
+            adam_lr: param.lr_scale(LrRule::Adam, &spec)?,
+            sgd_lr: param.lr_scale(LrRule::SgdConstrainedReadout, &spec)?,
+            spec,
+        })
+    }
+}
+
+/// The per-parameter table of a model: every tensor the optimizer updates, with its role,
+/// shape, fan-in, depth, init, forward multiplier and LR multipliers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamTable {
+    /// The parametrization the rows were computed under.
+    pub parametrization: Parametrization,
+    /// One row per tensor, in the model's visiting order.
+    pub rows: Vec<ParamRow>,
+}
+
+impl ParamTable {
+    /// The specs, for [`crate::optim::Optimizer::new`].
+    pub fn specs(&self) -> Vec<ParamSpec> {
+        self.rows.iter().map(|r| r.spec.clone()).collect()
+    }
+
+    /// The row of a path.
+    pub fn get(&self, path: &str) -> Option<&ParamRow> {
+        self.rows.iter().find(|r| r.spec.path == path)
+    }
+
+    /// Total number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.rows
+            .iter()
+            .map(|r| r.spec.shape.iter().product::<usize>())
+            .sum()
+    }
+}
+
+impl std::fmt::Display for ParamTable {
+    /// An aligned text table, one row per tensor.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let head = [
+            "path", "role", "shape", "fan_in", "depth", "init", "fwd mult", "adam lr", "sgd lr",
+        ];
+        let cells: Vec<[String; 9]> = self
+            .rows
+            .iter()
+            .map(|r| {
+                [
+                    r.spec.path.clone(),
+                    r.spec.role.to_string(),
+                    format!("{:?}", r.spec.shape),
+                    r.fan_in.to_string(),
+                    r.spec.depth.map_or("-".into(), |d| d.to_string()),
+                    r.init.to_string(),
+                    format!("{:.6}", r.forward_multiplier),
+                    format!("{:.6}", r.adam_lr),
+                    format!("{:.6}", r.sgd_lr),
+                ]
+            })
+            .collect();
+        let mut width = head.map(str::len);
+        for row in &cells {
+            for (w, c) in width.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        writeln!(
+            f,
+            "parametrization: {} ({} tensors, {} parameters); LR = η × multiplier",
+            self.parametrization,
+            self.rows.len(),
+            self.num_params()
+        )?;
+        let line = |f: &mut std::fmt::Formatter<'_>, row: &[String]| -> std::fmt::Result {
+            for (i, (c, w)) in row.iter().zip(width).enumerate() {
+                let pad = w - c.chars().count();
+                if i < 2 || i == 5 {
+                    write!(f, "{c}{}", " ".repeat(pad))?;
+                } else {
+                    write!(f, "{}{c}", " ".repeat(pad))?;
+                }
+                f.write_str(if i + 1 < row.len() { "  " } else { "\n" })?;
+            }
+            Ok(())
+        };
+        line(f, &head.map(String::from))?;
+        for row in &cells {
+            line(f, row)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -286,7 +557,15 @@ mod tests {
 
     #[test]
     fn reference_adam_table() {
-        let g = param_groups(&test_model(), LrRule::Adam, 0.1, 0.001, true).unwrap();
+        let g = param_groups(
+            &test_model(),
+            Parametrization::Umup,
+            LrRule::Adam,
+            0.1,
+            0.001,
+            true,
+        )
+        .unwrap();
         let want = [0.1 / 4.0, 0.1 / 4.0 / 3f64.sqrt(), 0.1 / 3f64.sqrt(), 0.1];
         for (g, w) in g.iter().zip(want) {
             assert!(close(g.lr, w), "{}: {} vs {}", g.path, g.lr, w);
@@ -297,8 +576,16 @@ mod tests {
     #[test]
     fn reference_sgd_constrained_table() {
         let rule = LrRule::for_sgd(Constraint::ToOutputScale).unwrap();
-        let g = param_groups(&test_model(), rule, 0.1, 0.0, true).unwrap();
-        let adam = param_groups(&test_model(), LrRule::Adam, 0.1, 0.0, true).unwrap();
+        let g = param_groups(&test_model(), Parametrization::Umup, rule, 0.1, 0.0, true).unwrap();
+        let adam = param_groups(
+            &test_model(),
+            Parametrization::Umup,
+            LrRule::Adam,
+            0.1,
+            0.0,
+            true,
+        )
+        .unwrap();
         for i in 0..3 {
             assert!(close(g[i].lr, adam[i].lr * 16.0), "{}", g[i].path);
         }

@@ -41,12 +41,35 @@ pub fn scaled_dot_product_attention<
     }
     let (seq, d_head) = (qs[2], qs[3]);
     let s = scales::sdpa(seq, d_head, mult, is_causal, 0.0)?;
+    attention_core(q, k, v, mult / d_head as f64, s, is_causal)
+}
+
+/// `out_scale · softmax(logit_scale · q·kᵀ [+ causal mask]) · v` with true gradients (a plain
+/// multiply by `out_scale`). Shapes must already be checked.
+pub(crate) fn attention_core<
+    B: Dim,
+    H: Dim,
+    S: Dim,
+    K: Dim,
+    E: Dtype,
+    D: Backend<E>,
+    T: Tape<E, D> + Merge<T>,
+>(
+    q: Tensor<(B, H, S, K), E, D, T>,
+    k: Tensor<(B, H, S, K), E, D, T>,
+    v: Tensor<(B, H, S, K), E, D, T>,
+    logit_scale: f64,
+    out_scale: f64,
+    is_causal: bool,
+) -> Result<Tensor<(B, H, S, K), E, D, T>> {
     // Fold the logit multiplier into q and the output scale into v: both are true-gradient
-    // multiplies, so q, k and v all receive s × their true gradient.
-    let q = q
-        .try_mul(elem::<E>("logit scale", mult / d_head as f64)?)
-        .dev()?;
-    let v = v.try_mul(elem::<E>("attention scale", s)?).dev()?;
+    // multiplies, so q, k and v all receive out_scale × their true gradient.
+    let q = q.try_mul(elem::<E>("logit scale", logit_scale)?).dev()?;
+    let v = if out_scale == 1.0 {
+        v
+    } else {
+        v.try_mul(elem::<E>("attention scale", out_scale)?).dev()?
+    };
     let logits = q
         .try_matmul(k.try_permute::<(B, H, K, S), Axes4<0, 1, 3, 2>>().dev()?)
         .dev()?;

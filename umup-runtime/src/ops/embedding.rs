@@ -31,13 +31,31 @@ pub fn embedding<
             detail: "no ids (the id tensor is empty)".into(),
         });
     }
-    check_ids(&ids.as_vec(), vocab)?;
+    embedding_scaled(ids, table, scales::embedding_grad(vocab, tokens)?)
+}
+
+/// The lookup with an explicit table-gradient scale (1 = the plain embedding). Ids are checked.
+pub(crate) fn embedding_scaled<
+    N: Dim,
+    V: Dim,
+    M: Dim,
+    E: Dtype,
+    D: Backend<E> + Storage<usize>,
+    T: Tape<E, D>,
+>(
+    ids: Tensor<(N,), usize, D, T>,
+    table: &Tensor<(V, M), E, D>,
+    grad_scale: f64,
+) -> Result<Tensor<(N, M), E, D, T>> {
+    if ids.shape().0.size() == 0 {
+        return Err(crate::Error::ShapeMismatch {
+            op: "embedding",
+            detail: "no ids (the id tensor is empty)".into(),
+        });
+    }
+    check_ids(&ids.as_vec(), table.shape().0.size())?;
     let (ids, tape) = ids.split_tape();
-    let table = scale_grad(
-        table.clone().put_tape(tape),
-        1.0,
-        scales::embedding_grad(vocab, tokens)?,
-    )?;
+    let table = scale_grad(table.clone().put_tape(tape), 1.0, grad_scale)?;
     table.try_gather(ids).dev()
 }
 

@@ -55,8 +55,30 @@ pub fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
     mult: f64,
     reduction: Reduction,
 ) -> Result<Tensor<(), E, D, T>> {
-    let shape = *logits.shape();
-    let (rows, classes) = (shape.0.size(), shape.1.size());
+    let (rows, classes) = (logits.shape().0.size(), logits.shape().1.size());
+    check_targets(targets, rows, classes)?;
+    let mult = crate::error::check_positive("mult (alpha_loss_softmax)", mult)?;
+    let grad_scale = scales::cross_entropy_grad(classes)?;
+    let x = scale_grad(logits, mult, grad_scale)?;
+    cross_entropy_core(x, targets, reduction, false)
+}
+
+/// The standard cross entropy of `mult·logits` with its true gradient (no u-μP scales): the
+/// loss used by the μP and SP baselines.
+pub fn cross_entropy_plain<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+    logits: Tensor<(R, V), E, D, T>,
+    targets: &[usize],
+    mult: f64,
+    reduction: Reduction,
+) -> Result<Tensor<(), E, D, T>> {
+    let (rows, classes) = (logits.shape().0.size(), logits.shape().1.size());
+    check_targets(targets, rows, classes)?;
+    let mult = crate::error::check_positive("mult (alpha_loss_softmax)", mult)?;
+    let x = scale_grad(logits, mult, mult)?;
+    cross_entropy_core(x, targets, reduction, true)
+}
+
+fn check_targets(targets: &[usize], rows: usize, classes: usize) -> Result<()> {
     check_dim(
         "cross_entropy",
         "number of targets vs logits rows",
@@ -76,8 +98,19 @@ pub fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
             classes,
         });
     }
-    let mult = crate::error::check_positive("mult (alpha_loss_softmax)", mult)?;
-    let x = scale_grad(logits, mult, scales::cross_entropy_grad(classes)?)?;
+    Ok(())
+}
+
+/// `Σ_rows −log_softmax(x)[t]`, divided by the rows for the mean: forward-only (`scale_fwd`)
+/// for u-μP, a true-gradient multiply when `plain`.
+fn cross_entropy_core<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+    x: Tensor<(R, V), E, D, T>,
+    targets: &[usize],
+    reduction: Reduction,
+    plain: bool,
+) -> Result<Tensor<(), E, D, T>> {
+    let shape = *x.shape();
+    let (rows, classes) = (shape.0.size(), shape.1.size());
     let mut onehot = vec![E::default(); rows * classes];
     for (row, &t) in targets.iter().enumerate() {
         onehot[row * classes + t] = E::ONE;
@@ -92,9 +125,11 @@ pub fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
         .dev()?
         .try_negate()
         .dev()?;
+    let inv_rows = 1.0 / rows as f64;
     match reduction {
         Reduction::Sum => Ok(loss),
-        Reduction::Mean => scale_fwd(loss, 1.0 / rows as f64),
+        Reduction::Mean if plain => scale_grad(loss, inv_rows, inv_rows),
+        Reduction::Mean => scale_fwd(loss, inv_rows),
     }
 }
 

@@ -12,12 +12,12 @@
 //! Runtime dims are checked up front: a mismatch is an [`crate::Error::ShapeMismatch`], not a panic.
 
 mod activation;
-mod attention;
-mod embedding;
+pub(crate) mod attention;
+pub(crate) mod embedding;
 mod kernels;
-mod linear;
-mod loss;
-mod norm;
+pub(crate) mod linear;
+pub(crate) mod loss;
+pub(crate) mod norm;
 mod quantise;
 mod residual;
 pub(crate) mod scale;
@@ -27,7 +27,7 @@ pub use activation::{dropout, gelu, silu, silu_glu, softmax};
 pub use attention::scaled_dot_product_attention;
 pub use embedding::embedding;
 pub use linear::{linear, linear_readout, matmul, matmul_batched};
-pub use loss::{cross_entropy, mse_loss, Reduction};
+pub use loss::{cross_entropy, cross_entropy_plain, mse_loss, Reduction};
 pub use norm::{layer_norm, rms_norm};
 pub use quantise::MatmulQuantiser;
 pub use residual::{residual_add, residual_apply, residual_split};

@@ -17,9 +17,21 @@ pub fn rms_norm<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T
     weight: Option<&Tensor<(K,), E, D>>,
     eps: f64,
 ) -> Result<Tensor<(R, K), E, D, T>> {
-    let eps: E = elem("eps", check_positive("eps", eps)?)?;
     let shape = *x.shape();
     let gain_scale = norm_gain_scale("rms_norm", &shape, weight, None)?;
+    rms_norm_scaled(x, weight, eps, gain_scale)
+}
+
+/// RMSNorm with an explicit gain-gradient scale (1 = the plain norm).
+pub(crate) fn rms_norm_scaled<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<(R, K), E, D, T>,
+    weight: Option<&Tensor<(K,), E, D>>,
+    eps: f64,
+    gain_scale: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let eps: E = elem("eps", check_positive("eps", eps)?)?;
+    let shape = *x.shape();
+    norm_gain_scale("rms_norm", &shape, weight, None)?;
     let inv_rms = x
         .with_empty_tape()
         .try_square()
@@ -47,9 +59,27 @@ pub fn layer_norm<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge
     bias: Option<&Tensor<(K,), E, D>>,
     eps: f64,
 ) -> Result<Tensor<(R, K), E, D, T>> {
-    let eps = check_positive("eps", eps)?;
     let shape = *x.shape();
     let gain_scale = norm_gain_scale("layer_norm", &shape, weight, bias)?;
+    layer_norm_scaled(x, weight, bias, eps, gain_scale)
+}
+
+/// LayerNorm with an explicit gain/bias-gradient scale (1 = the plain norm).
+pub(crate) fn layer_norm_scaled<
+    R: Dim,
+    K: Dim,
+    E: Dtype,
+    D: Backend<E>,
+    T: Tape<E, D> + Merge<T>,
+>(
+    x: Tensor<(R, K), E, D, T>,
+    weight: Option<&Tensor<(K,), E, D>>,
+    bias: Option<&Tensor<(K,), E, D>>,
+    eps: f64,
+    gain_scale: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let eps = check_positive("eps", eps)?;
+    norm_gain_scale("layer_norm", x.shape(), weight, bias)?;
     let y = x.try_normalize::<Axis<1>>(eps).dev()?;
     apply_gain(y, weight, bias, gain_scale)
 }

@@ -23,7 +23,7 @@ pub use schedule::{Decay, LrSchedule};
 use crate::constraint::Constraint;
 use crate::error::{check_finite, check_positive, DeviceResultExt, Error, Result};
 use crate::ops::Backend;
-use crate::params::{self, LrRule, ParamGroup, ParamSpec};
+use crate::params::{self, LrRule, ParamGroup, ParamSpec, ParamTable, Parametrization};
 
 /// Which update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -81,6 +81,8 @@ pub struct OptimConfig {
     pub schedule: LrSchedule,
     /// Train tensors that have no u-μP role with the raw η instead of refusing them.
     pub allow_non_unit_scaling_params: bool,
+    /// The parametrization whose LR rules apply (u-μP unless a baseline is being trained).
+    pub parametrization: Parametrization,
 }
 
 impl Default for OptimConfig {
@@ -98,6 +100,7 @@ impl Default for OptimConfig {
             grad_clip: None,
             schedule: LrSchedule::constant(),
             allow_non_unit_scaling_params: false,
+            parametrization: Parametrization::Umup,
         }
     }
 }
@@ -183,6 +186,7 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
         cfg.validate()?;
         let groups = params::param_groups(
             params,
+            cfg.parametrization,
             cfg.lr_rule()?,
             cfg.lr,
             cfg.weight_decay,
@@ -206,6 +210,17 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             v: Gradients::leaky(),
             steps: 0,
         })
+    }
+
+    /// Builds the optimizer for a model's [`ParamTable`], with the table's parametrization.
+    pub fn for_table(cfg: OptimConfig, table: &ParamTable) -> Result<Self> {
+        Self::new(
+            OptimConfig {
+                parametrization: table.parametrization,
+                ..cfg
+            },
+            &table.specs(),
+        )
     }
 
     /// The configuration.

@@ -1,0 +1,398 @@
+//! Step 2: check every field's role against its type and shapes, and the model-level rules.
+
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+use syn::{Attribute, Expr, GenericArgument, Ident, PathArguments, Type, TypePath, Visibility};
+
+use crate::parse::{Errors, FieldIr, ModelIr, RoleAttr, RoleKind};
+
+/// The runtime layer a field becomes.
+#[allow(clippy::enum_variant_names)] // `Layer::LayerNorm` names the layer type.
+pub enum Layer {
+    Linear {
+        fan_in: GenericArgument,
+        fan_out: GenericArgument,
+        readout: bool,
+        bias: bool,
+        constraint: u8,
+    },
+    Embedding {
+        vocab: GenericArgument,
+        dim: GenericArgument,
+    },
+    RmsNorm {
+        dim: GenericArgument,
+    },
+    LayerNorm {
+        dim: GenericArgument,
+    },
+    Model {
+        path: TypePath,
+    },
+}
+
+/// A checked field.
+pub struct Field {
+    pub attrs: Vec<Attribute>,
+    pub vis: Visibility,
+    pub ident: Ident,
+    pub layer: Layer,
+    /// The stack length for `#[depth]` fields.
+    pub depth: Option<TokenStream>,
+}
+
+/// A checked model.
+pub struct Model {
+    pub attrs: Vec<Attribute>,
+    pub vis: Visibility,
+    pub ident: Ident,
+    pub const_params: Vec<syn::ConstParam>,
+    pub fields: Vec<Field>,
+}
+
+/// Constraint names as the runtime's `Constraint::code` numbers them.
+const CONSTRAINTS: [&str; 8] = [
+    "none",
+    "gmean",
+    "hmean",
+    "amean",
+    "to_output_scale",
+    "to_grad_input_scale",
+    "to_left_grad_scale",
+    "to_right_grad_scale",
+];
+
+const LAYERS: [(&str, usize); 4] = [
+    ("Linear", 2),
+    ("Embedding", 2),
+    ("RmsNorm", 1),
+    ("LayerNorm", 1),
+];
+
+/// Checks the IR. Returns `None` when any error was found.
+pub fn validate(ir: ModelIr, errors: &mut Errors) -> Option<Model> {
+    let before = errors.count();
+    let const_names: Vec<String> = ir
+        .const_params
+        .iter()
+        .map(|c| c.ident.to_string())
+        .collect();
+    let mut fields = Vec::new();
+    let mut outputs = 0usize;
+    let mut embeddings = Vec::new();
+    for f in &ir.fields {
+        let Some(role) = &f.role else {
+            errors.at(
+                &f.ident,
+                format_args!(
+                    "field `{}` has no u-μP role: add one of `#[embedding]`, `#[hidden]`, `#[output]`, `#[norm]` or `#[model]` (there is no silent fallback to standard parametrization)",
+                    f.ident
+                ),
+            );
+            continue;
+        };
+        if role.kind == RoleKind::Embedding {
+            embeddings.push(f.ident.to_string());
+        }
+        if role.kind == RoleKind::Output {
+            outputs += 1;
+            if outputs > 1 {
+                errors.at(
+                    role.attr.path(),
+                    "duplicate `#[output]`: a model has exactly one readout; use `#[hidden]` for other linear layers",
+                );
+            }
+        }
+        if let Some(field) = check_field(f, role, &const_names, errors) {
+            fields.push(field);
+        }
+    }
+    if !embeddings.is_empty() && outputs == 0 {
+        errors.at(
+            &ir.ident,
+            format_args!(
+                "model `{}` has an `#[embedding]` but no `#[output]` readout; a token-to-logits model needs exactly one `#[output] readout: Linear<D, V>`",
+                ir.ident
+            ),
+        );
+    }
+    for f in &ir.fields {
+        if let Some(tie) = f.role.as_ref().and_then(|r| r.tie.as_ref()) {
+            check_tie(tie, &ir, errors);
+        }
+    }
+    if errors.count() > before {
+        return None;
+    }
+    Some(Model {
+        attrs: ir.attrs,
+        vis: ir.vis,
+        ident: ir.ident,
+        const_params: ir.const_params,
+        fields,
+    })
+}
+
+fn check_tie(tie: &syn::LitStr, ir: &ModelIr, errors: &mut Errors) {
+    let name = tie.value();
+    match ir.fields.iter().find(|f| f.ident == name) {
+        None => errors.at(
+            tie,
+            format_args!("`tie = \"{name}\"`: this model has no field named `{name}`"),
+        ),
+        Some(f) if f.role.as_ref().map(|r| r.kind) != Some(RoleKind::Embedding) => errors.at(
+            tie,
+            format_args!("`tie = \"{name}\"`: field `{name}` is not an `#[embedding]`"),
+        ),
+        Some(_) => errors.at(
+            tie,
+            "tied embedding/readout weights are not supported: under u-μP the embedding (N(0,1), LR η/√d, gradient √(V/B)) and the readout (forward 1/fan_in, LR η) follow different rules for the same tensor; remove `tie` to keep two tensors",
+        ),
+    }
+}
+
+fn check_field(
+    f: &FieldIr,
+    role: &RoleAttr,
+    const_names: &[String],
+    errors: &mut Errors,
+) -> Option<Field> {
+    let (elem, depth) = match (&f.depth, stack_of(&f.ty)) {
+        (Some(_), Some((elem, len))) => (elem, Some(len)),
+        (Some(d), None) => {
+            errors.at(
+                d,
+                "`#[depth]` needs a stack: write the field as `[Block; N]`, `Repeated<Block, N>` or `Stack<Block, N>`",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            errors.at(
+                &f.ty,
+                "a stack of blocks needs `#[depth]` next to its role, so that its parameters get the depth LR rule (×1/√N)",
+            );
+            return None;
+        }
+        (None, None) => (&f.ty, None),
+    };
+    let layer = check_layer(elem, role, const_names, errors)?;
+    Some(Field {
+        attrs: f.attrs.clone(),
+        vis: f.vis.clone(),
+        ident: f.ident.clone(),
+        layer,
+        depth,
+    })
+}
+
+/// `[T; N]`, `Repeated<T, N>` or `Stack<T, N>` → `(T, N)`.
+fn stack_of(ty: &Type) -> Option<(&Type, TokenStream)> {
+    match ty {
+        Type::Array(a) => Some((&a.elem, a.len.to_token_stream())),
+        Type::Path(p) if p.qself.is_none() => {
+            let seg = p.path.segments.last()?;
+            if seg.ident != "Repeated" && seg.ident != "Stack" {
+                return None;
+            }
+            let PathArguments::AngleBracketed(args) = &seg.arguments else {
+                return None;
+            };
+            match args.args.iter().collect::<Vec<_>>()[..] {
+                [GenericArgument::Type(t), len] => Some((t, len.to_token_stream())),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn check_layer(
+    ty: &Type,
+    role: &RoleAttr,
+    const_names: &[String],
+    errors: &mut Errors,
+) -> Option<Layer> {
+    let path = match ty {
+        Type::Path(p) if p.qself.is_none() => p,
+        Type::Paren(p) => return check_layer(&p.elem, role, const_names, errors),
+        other => {
+            errors.at(
+                other,
+                "unsupported field type: a field is a layer (`Linear<IN, OUT>`, `Embedding<V, D>`, `RmsNorm<D>`, `LayerNorm<D>`), a nested `#[umup_model]` struct, or a stack of them",
+            );
+            return None;
+        }
+    };
+    let seg = path.path.segments.last()?;
+    let name = seg.ident.to_string();
+    let layer = LAYERS.iter().find(|(n, _)| *n == name);
+    let kind = role.kind;
+    let wanted = match kind {
+        RoleKind::Embedding => "Embedding<V, D>",
+        RoleKind::Hidden | RoleKind::Output => "Linear<IN, OUT>",
+        RoleKind::Norm => "RmsNorm<D>` or `LayerNorm<D>",
+        RoleKind::Model => "a nested `#[umup_model]` struct",
+    };
+    let compatible = match (kind, name.as_str()) {
+        (RoleKind::Embedding, n) => n == "Embedding",
+        (RoleKind::Hidden | RoleKind::Output, n) => n == "Linear",
+        (RoleKind::Norm, n) => n == "RmsNorm" || n == "LayerNorm",
+        (RoleKind::Model, _) => layer.is_none(),
+    };
+    if !compatible {
+        let suggestion = match name.as_str() {
+            "Linear" => "; a `Linear` takes `#[hidden]` or `#[output]`",
+            "Embedding" => "; an `Embedding` takes `#[embedding]`",
+            "RmsNorm" | "LayerNorm" => "; a norm takes `#[norm]`",
+            _ => "; a nested model takes `#[model]`",
+        };
+        errors.at(
+            &role.attr,
+            format_args!(
+                "`#[{}]` needs a `{wanted}` field, found `{}`{suggestion}",
+                kind.name(),
+                seg.ident
+            ),
+        );
+        return None;
+    }
+    let Some(&(_, arity)) = layer else {
+        return Some(Layer::Model { path: path.clone() });
+    };
+    let args: Vec<&GenericArgument> = match &seg.arguments {
+        PathArguments::AngleBracketed(a) => a.args.iter().collect(),
+        _ => Vec::new(),
+    };
+    if args.len() != arity {
+        let form = match name.as_str() {
+            "Linear" => "Linear<IN, OUT>",
+            "Embedding" => "Embedding<VOCAB, DIM>",
+            "RmsNorm" => "RmsNorm<DIM>",
+            _ => "LayerNorm<DIM>",
+        };
+        errors.at(
+            seg,
+            format_args!(
+                "`{name}` takes {arity} dimension{}: write `{form}` with integer literals or const parameters",
+                if arity == 1 { "" } else { "s" }
+            ),
+        );
+        return None;
+    }
+    let mut ok = true;
+    for a in &args {
+        ok &= check_dim(a, const_names, errors);
+    }
+    if !ok {
+        return None;
+    }
+    let arg = |i: usize| args[i].clone();
+    Some(match name.as_str() {
+        "Linear" => Layer::Linear {
+            fan_in: arg(0),
+            fan_out: arg(1),
+            readout: kind == RoleKind::Output,
+            bias: role.bias,
+            constraint: constraint_code(role, errors)?,
+        },
+        "Embedding" => Layer::Embedding {
+            vocab: arg(0),
+            dim: arg(1),
+        },
+        "RmsNorm" => Layer::RmsNorm { dim: arg(0) },
+        _ => Layer::LayerNorm { dim: arg(0) },
+    })
+}
+
+fn constraint_code(role: &RoleAttr, errors: &mut Errors) -> Option<u8> {
+    let default = if role.kind == RoleKind::Output {
+        "none"
+    } else {
+        "to_output_scale"
+    };
+    let name = role
+        .constraint
+        .as_ref()
+        .map_or(default.to_string(), |l| l.value());
+    let name = if name.is_empty() {
+        "none".to_string()
+    } else {
+        name
+    };
+    match CONSTRAINTS.iter().position(|c| *c == name) {
+        Some(i) if i < 6 => u8::try_from(i).ok(),
+        Some(_) => {
+            errors.at(
+                &role.constraint,
+                format_args!(
+                    "`{name}` constrains three-scale ops (matmul); a linear layer has two scales: use none, gmean, hmean, amean, to_output_scale or to_grad_input_scale"
+                ),
+            );
+            None
+        }
+        None => {
+            errors.at(
+                &role.constraint,
+                format_args!(
+                    "unknown constraint `{name}`; expected one of: none, gmean, hmean, amean, to_output_scale, to_grad_input_scale"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A dimension: a nonzero integer literal, a const parameter or const item, or a braced
+/// expression that does not use the struct's const parameters.
+fn check_dim(arg: &GenericArgument, const_names: &[String], errors: &mut Errors) -> bool {
+    match arg {
+        GenericArgument::Const(Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        })) => match i.base10_parse::<u128>() {
+            Ok(0) => {
+                errors.at(i, "a dimension of 0 gives a layer without parameters; dimensions must be at least 1");
+                false
+            }
+            Ok(_) => true,
+            Err(e) => {
+                errors.push(e);
+                false
+            }
+        },
+        GenericArgument::Const(Expr::Block(b)) => {
+            let text = quote!(#b).to_string();
+            let uses: Vec<&String> = const_names
+                .iter()
+                .filter(|n| {
+                    text.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|w| w == n.as_str())
+                })
+                .collect();
+            if let Some(n) = uses.first() {
+                errors.at(
+                    b,
+                    format_args!(
+                        "a dimension computed from the const parameter `{n}` needs nightly Rust (generic_const_exprs); add a const parameter for it (e.g. `const F: usize`) and pass the value when you instantiate the model"
+                    ),
+                );
+                false
+            } else {
+                true
+            }
+        }
+        GenericArgument::Type(Type::Path(p))
+            if p.qself.is_none() && p.path.get_ident().is_some() =>
+        {
+            true
+        }
+        GenericArgument::Const(Expr::Path(p)) if p.path.get_ident().is_some() => true,
+        other => {
+            errors.at(
+                other,
+                "a dimension must be an integer literal, a const parameter (`D`) or a const item",
+            );
+            false
+        }
+    }
+}

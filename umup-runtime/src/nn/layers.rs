@@ -1,0 +1,604 @@
+//! Layer types with their role and parametrization in their type.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::prelude::*;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::{join_path, LinearRole, Param, UmupModule};
+use crate::error::{DeviceResultExt, Error, Result};
+use crate::ops::{self, Backend};
+use crate::params::{Init, ParamRow, ParamSpec, Parametrization, Role};
+use crate::scales::{self, LinearScales};
+
+/// The eps of the norm layers (the reference's default).
+const NORM_EPS: f64 = 1e-5;
+
+/// Fills `t` by `init` (the reset function of every layer tensor).
+fn init_tensor<S: Shape, E: Dtype, D: Device<E>>(
+    t: &mut Tensor<S, E, D>,
+    init: Init,
+) -> std::result::Result<(), D::Err>
+where
+    StandardNormal: Distribution<E>,
+{
+    match init {
+        Init::Zeros => t.try_fill_with_zeros(),
+        Init::Ones => t.try_fill_with_ones(),
+        Init::Normal(std) => {
+            t.try_fill_with_distr(StandardNormal)?;
+            if std != 1.0 {
+                *t = t.clone().try_mul(E::from_f64(std).unwrap_or(E::ONE))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The init the parametrization gives a tensor of this role and shape. A zero-sized tensor
+/// (whose fan-in rule fails) has nothing to initialise.
+fn init_of<P: Param>(role: Role, shape: &[usize]) -> Init {
+    P::parametrization()
+        .init(&ParamSpec::new("", role, shape))
+        .unwrap_or(Init::Normal(1.0))
+}
+
+/// The output multiplier of a linear layer: the constrained u-μP output scale, or the
+/// baseline's multiplier.
+fn linear_output_scale<R: LinearRole, P: Param>(fan_in: usize, fan_out: usize) -> Result<f64> {
+    match P::parametrization() {
+        Parametrization::Umup if R::ROLE == Role::Output => {
+            Ok(scales::linear_readout(fan_in, fan_out, 1, R::CONSTRAINT)?.output)
+        }
+        Parametrization::Umup => Ok(scales::linear(fan_in, fan_out, 1, R::CONSTRAINT)?.output),
+        p => p.forward_multiplier(&ParamSpec::new("", R::ROLE, &[fan_out, fan_in])),
+    }
+}
+
+fn linear_forward<R: LinearRole, P: Param, Rw: Dim, const I: usize, const O: usize, E, D, T>(
+    x: Tensor<(Rw, Const<I>), E, D, T>,
+    weight: &Tensor<Rank2<O, I>, E, D>,
+    bias: Option<&Tensor<Rank1<O>, E, D>>,
+) -> Result<Tensor<(Rw, Const<O>), E, D, T>>
+where
+    E: Dtype,
+    D: Backend<E>,
+    T: Tape<E, D> + Merge<T>,
+{
+    match P::parametrization() {
+        Parametrization::Umup if R::ROLE == Role::Output => {
+            ops::linear_readout(x, weight, bias, R::CONSTRAINT)
+        }
+        Parametrization::Umup => ops::linear(x, weight, bias, R::CONSTRAINT),
+        _ => {
+            let m = linear_output_scale::<R, P>(I, O)?;
+            let s = LinearScales {
+                output: m,
+                grad_input: m,
+                grad_weight: m,
+            };
+            ops::linear::linear_scaled(x, weight.retaped(), bias.map(|b| b.retaped()), s)
+        }
+    }
+}
+
+fn flatten3<B: Dim, S: Dim, const K: usize, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+    x: Tensor<(B, S, Const<K>), E, D, T>,
+) -> Result<Tensor<(usize, Const<K>), E, D, T>> {
+    let (b, s, _) = *x.shape();
+    x.try_reshape_like(&(b.size() * s.size(), Const::<K>)).dev()
+}
+
+fn unflatten3<B: Dim, S: Dim, const K: usize, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+    y: Tensor<(usize, Const<K>), E, D, T>,
+    b: B,
+    s: S,
+) -> Result<Tensor<(B, S, Const<K>), E, D, T>> {
+    y.try_reshape_like(&(b, s, Const::<K>)).dev()
+}
+
+macro_rules! forward_rank3 {
+    ($ty:ident < $($p:ident),* > , $k_in:ident, $k_out:ident) => {
+        impl<B: Dim, S: Dim, $(const $p: usize,)* R2: LinearRole, E: Dtype, D: Backend<E>, P: Param, T>
+            Module<Tensor<(B, S, Const<$k_in>), E, D, T>> for $ty<$($p,)* R2, E, D, P>
+        where
+            T: Tape<E, D> + Merge<T>,
+        {
+            type Output = Tensor<(B, S, Const<$k_out>), E, D, T>;
+            type Error = Error;
+            fn try_forward(&self, x: Tensor<(B, S, Const<$k_in>), E, D, T>) -> Result<Self::Output> {
+                let (b, s, _) = *x.shape();
+                unflatten3(self.try_forward(flatten3(x)?)?, b, s)
+            }
+        }
+    };
+}
+
+/// A linear layer without bias: weight `W[O, I]` (torch layout), role and constraint from `R`
+/// ([`super::Hidden`] or [`super::Readout`]), parametrization `P`.
+#[derive(Debug, Clone)]
+pub struct UnitLinear<const I: usize, const O: usize, R, E: Dtype, D: Storage<E>, P> {
+    /// `W[fan_out, fan_in]`.
+    pub weight: Tensor<Rank2<O, I>, E, D>,
+    marker: PhantomData<(R, P)>,
+}
+
+/// A linear layer with a bias (added before the output scale, as in the reference).
+#[derive(Debug, Clone)]
+pub struct UnitLinearBias<const I: usize, const O: usize, R, E: Dtype, D: Storage<E>, P> {
+    /// `W[fan_out, fan_in]`.
+    pub weight: Tensor<Rank2<O, I>, E, D>,
+    /// `b[fan_out]`, zero-initialised.
+    pub bias: Tensor<Rank1<O>, E, D>,
+    marker: PhantomData<(R, P)>,
+}
+
+impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Device<E>, P: Param>
+    TensorCollection<E, D> for UnitLinear<I, O, R, E, D, P>
+where
+    StandardNormal: Distribution<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = UnitLinear<I, O, R, E2, D2, P>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            Self::tensor(
+                "weight",
+                |s| &s.weight,
+                |s| &mut s.weight,
+                TensorOptions::reset_with(|t| init_tensor(t, init_of::<P>(R::ROLE, &[O, I]))),
+            ),
+            |weight| UnitLinear {
+                weight,
+                marker: PhantomData,
+            },
+        )
+    }
+}
+
+impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Device<E>, P: Param>
+    TensorCollection<E, D> for UnitLinearBias<I, O, R, E, D, P>
+where
+    StandardNormal: Distribution<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = UnitLinearBias<I, O, R, E2, D2, P>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "weight",
+                    |s| &s.weight,
+                    |s| &mut s.weight,
+                    TensorOptions::reset_with(|t| init_tensor(t, init_of::<P>(R::ROLE, &[O, I]))),
+                ),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    TensorOptions::reset_with(|t| init_tensor(t, init_of::<P>(Role::Bias, &[O]))),
+                ),
+            ),
+            |(weight, bias)| UnitLinearBias {
+                weight,
+                bias,
+                marker: PhantomData,
+            },
+        )
+    }
+}
+
+impl<
+        B: Dim,
+        const I: usize,
+        const O: usize,
+        R: LinearRole,
+        E: Dtype,
+        D: Backend<E>,
+        P: Param,
+        T,
+    > Module<Tensor<(B, Const<I>), E, D, T>> for UnitLinear<I, O, R, E, D, P>
+where
+    T: Tape<E, D> + Merge<T>,
+{
+    type Output = Tensor<(B, Const<O>), E, D, T>;
+    type Error = Error;
+
+    fn try_forward(&self, x: Tensor<(B, Const<I>), E, D, T>) -> Result<Self::Output> {
+        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, None)
+    }
+}
+
+impl<
+        B: Dim,
+        const I: usize,
+        const O: usize,
+        R: LinearRole,
+        E: Dtype,
+        D: Backend<E>,
+        P: Param,
+        T,
+    > Module<Tensor<(B, Const<I>), E, D, T>> for UnitLinearBias<I, O, R, E, D, P>
+where
+    T: Tape<E, D> + Merge<T>,
+{
+    type Output = Tensor<(B, Const<O>), E, D, T>;
+    type Error = Error;
+
+    fn try_forward(&self, x: Tensor<(B, Const<I>), E, D, T>) -> Result<Self::Output> {
+        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, Some(&self.bias))
+    }
+}
+
+forward_rank3!(UnitLinear<I, O>, I, O);
+forward_rank3!(UnitLinearBias<I, O>, I, O);
+
+impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Storage<E>, P: Param> UmupModule
+    for UnitLinear<I, O, R, E, D, P>
+{
+    fn parametrization() -> Parametrization {
+        P::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        let m = linear_output_scale::<R, P>(I, O)?;
+        out.push(row::<P>(
+            prefix,
+            "weight",
+            R::ROLE,
+            &[O, I],
+            depth,
+            Some(m),
+        )?);
+        Ok(())
+    }
+}
+
+impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Storage<E>, P: Param> UmupModule
+    for UnitLinearBias<I, O, R, E, D, P>
+{
+    fn parametrization() -> Parametrization {
+        P::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        let m = linear_output_scale::<R, P>(I, O)?;
+        out.push(row::<P>(
+            prefix,
+            "weight",
+            R::ROLE,
+            &[O, I],
+            depth,
+            Some(m),
+        )?);
+        out.push(row::<P>(prefix, "bias", Role::Bias, &[O], depth, Some(m))?);
+        Ok(())
+    }
+}
+
+fn row<P: Param>(
+    prefix: &str,
+    name: &str,
+    role: Role,
+    shape: &[usize],
+    depth: Option<usize>,
+    forward_multiplier: Option<f64>,
+) -> Result<ParamRow> {
+    let spec = ParamSpec {
+        path: join_path(prefix, name),
+        role,
+        shape: shape.to_vec(),
+        depth,
+    };
+    ParamRow::new(spec, P::parametrization(), forward_multiplier)
+}
+
+/// An embedding table `E[V, M]` (`#[embedding]`): no forward scale, table gradient
+/// `√(V/B_tok)` under u-μP (spec §4.5).
+#[derive(Debug, Clone)]
+pub struct UnitEmbedding<const V: usize, const M: usize, E: Dtype, D: Storage<E>, P> {
+    /// `E[V, M]`.
+    pub weight: Tensor<Rank2<V, M>, E, D>,
+    marker: PhantomData<P>,
+}
+
+impl<const V: usize, const M: usize, E: Dtype, D: Device<E>, P: Param> TensorCollection<E, D>
+    for UnitEmbedding<V, M, E, D, P>
+where
+    StandardNormal: Distribution<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = UnitEmbedding<V, M, E2, D2, P>;
+
+    fn iter_tensors<W: ModuleVisitor<Self, E, D>>(
+        visitor: &mut W,
+    ) -> std::result::Result<Option<Self::To<W::E2, W::D2>>, W::Err> {
+        visitor.visit_fields(
+            Self::tensor(
+                "weight",
+                |s| &s.weight,
+                |s| &mut s.weight,
+                TensorOptions::reset_with(|t| {
+                    init_tensor(t, init_of::<P>(Role::Embedding, &[V, M]))
+                }),
+            ),
+            |weight| UnitEmbedding {
+                weight,
+                marker: PhantomData,
+            },
+        )
+    }
+}
+
+impl<N: Dim, const V: usize, const M: usize, E: Dtype, D, P: Param, T: Tape<E, D>>
+    Module<Tensor<(N,), usize, D, T>> for UnitEmbedding<V, M, E, D, P>
+where
+    D: Backend<E> + Storage<usize>,
+{
+    type Output = Tensor<(N, Const<M>), E, D, T>;
+    type Error = Error;
+
+    fn try_forward(&self, ids: Tensor<(N,), usize, D, T>) -> Result<Self::Output> {
+        match P::parametrization() {
+            Parametrization::Umup => ops::embedding(ids, &self.weight),
+            _ => ops::embedding::embedding_scaled(ids, &self.weight, 1.0),
+        }
+    }
+}
+
+impl<B: Dim, S: Dim, const V: usize, const M: usize, E: Dtype, D, P: Param, T: Tape<E, D>>
+    Module<Tensor<(B, S), usize, D, T>> for UnitEmbedding<V, M, E, D, P>
+where
+    D: Backend<E> + Storage<usize>,
+{
+    type Output = Tensor<(B, S, Const<M>), E, D, T>;
+    type Error = Error;
+
+    fn try_forward(&self, ids: Tensor<(B, S), usize, D, T>) -> Result<Self::Output> {
+        let (b, s) = *ids.shape();
+        // dfdx cannot reshape integer tensors: rebuild the ids flat and move the tape over.
+        let (ids, tape) = ids.split_tape();
+        let flat = ids
+            .device()
+            .try_tensor_from_vec(ids.as_vec(), (b.size() * s.size(),))
+            .dev()?
+            .put_tape(tape);
+        unflatten3(self.try_forward(flat)?, b, s)
+    }
+}
+
+impl<const V: usize, const M: usize, E: Dtype, D: Storage<E>, P: Param> UmupModule
+    for UnitEmbedding<V, M, E, D, P>
+{
+    fn parametrization() -> Parametrization {
+        P::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        out.push(row::<P>(
+            prefix,
+            "weight",
+            Role::Embedding,
+            &[V, M],
+            depth,
+            None,
+        )?);
+        Ok(())
+    }
+}
+
+/// RMSNorm over the last dim with a gain (`#[norm]`); the gain gradient is `B_tok^-½ ×` true
+/// under u-μP. A norm without gain has no parameters: call [`crate::ops::rms_norm`] directly.
+#[derive(Debug, Clone)]
+pub struct UnitRmsNorm<const M: usize, E: Dtype, D: Storage<E>, P> {
+    /// The gain, initialised to ones.
+    pub weight: Tensor<Rank1<M>, E, D>,
+    marker: PhantomData<P>,
+}
+
+/// LayerNorm over the last dim with gain and bias (`#[norm]`).
+#[derive(Debug, Clone)]
+pub struct UnitLayerNorm<const M: usize, E: Dtype, D: Storage<E>, P> {
+    /// The gain, initialised to ones.
+    pub weight: Tensor<Rank1<M>, E, D>,
+    /// The bias, initialised to zeros.
+    pub bias: Tensor<Rank1<M>, E, D>,
+    marker: PhantomData<P>,
+}
+
+impl<const M: usize, E: Dtype, D: Device<E>, P: Param> TensorCollection<E, D>
+    for UnitRmsNorm<M, E, D, P>
+{
+    type To<E2: Dtype, D2: Device<E2>> = UnitRmsNorm<M, E2, D2, P>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            Self::tensor(
+                "weight",
+                |s| &s.weight,
+                |s| &mut s.weight,
+                TensorOptions::reset_to_ones(),
+            ),
+            |weight| UnitRmsNorm {
+                weight,
+                marker: PhantomData,
+            },
+        )
+    }
+}
+
+impl<const M: usize, E: Dtype, D: Device<E>, P: Param> TensorCollection<E, D>
+    for UnitLayerNorm<M, E, D, P>
+{
+    type To<E2: Dtype, D2: Device<E2>> = UnitLayerNorm<M, E2, D2, P>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "weight",
+                    |s| &s.weight,
+                    |s| &mut s.weight,
+                    TensorOptions::reset_to_ones(),
+                ),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    TensorOptions::reset_to_zeros(),
+                ),
+            ),
+            |(weight, bias)| UnitLayerNorm {
+                weight,
+                bias,
+                marker: PhantomData,
+            },
+        )
+    }
+}
+
+fn norm_gain_scale<P: Param, R: Dim, const M: usize>(rows: R) -> Result<f64> {
+    match P::parametrization() {
+        Parametrization::Umup => scales::norm_param_grad(M, rows.size() * M),
+        _ => Ok(1.0),
+    }
+}
+
+impl<Rw: Dim, const M: usize, E: Dtype, D: Backend<E>, P: Param, T: Tape<E, D> + Merge<T>>
+    Module<Tensor<(Rw, Const<M>), E, D, T>> for UnitRmsNorm<M, E, D, P>
+{
+    type Output = Tensor<(Rw, Const<M>), E, D, T>;
+    type Error = Error;
+
+    fn try_forward(&self, x: Tensor<(Rw, Const<M>), E, D, T>) -> Result<Self::Output> {
+        let g = norm_gain_scale::<P, Rw, M>(x.shape().0)?;
+        ops::norm::rms_norm_scaled(x, Some(&self.weight), NORM_EPS, g)
+    }
+}
+
+impl<Rw: Dim, const M: usize, E: Dtype, D: Backend<E>, P: Param, T: Tape<E, D> + Merge<T>>
+    Module<Tensor<(Rw, Const<M>), E, D, T>> for UnitLayerNorm<M, E, D, P>
+{
+    type Output = Tensor<(Rw, Const<M>), E, D, T>;
+    type Error = Error;
+
+    fn try_forward(&self, x: Tensor<(Rw, Const<M>), E, D, T>) -> Result<Self::Output> {
+        let g = norm_gain_scale::<P, Rw, M>(x.shape().0)?;
+        ops::norm::layer_norm_scaled(x, Some(&self.weight), Some(&self.bias), NORM_EPS, g)
+    }
+}
+
+macro_rules! norm_rank3 {
+    ($ty:ident) => {
+        impl<B: Dim, S: Dim, const M: usize, E: Dtype, D: Backend<E>, P: Param, T>
+            Module<Tensor<(B, S, Const<M>), E, D, T>> for $ty<M, E, D, P>
+        where
+            T: Tape<E, D> + Merge<T>,
+        {
+            type Output = Tensor<(B, S, Const<M>), E, D, T>;
+            type Error = Error;
+            fn try_forward(&self, x: Tensor<(B, S, Const<M>), E, D, T>) -> Result<Self::Output> {
+                let (b, s, _) = *x.shape();
+                unflatten3(self.try_forward(flatten3(x)?)?, b, s)
+            }
+        }
+    };
+}
+
+norm_rank3!(UnitRmsNorm);
+norm_rank3!(UnitLayerNorm);
+
+impl<const M: usize, E: Dtype, D: Storage<E>, P: Param> UmupModule for UnitRmsNorm<M, E, D, P> {
+    fn parametrization() -> Parametrization {
+        P::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        out.push(row::<P>(prefix, "weight", Role::Norm, &[M], depth, None)?);
+        Ok(())
+    }
+}
+
+impl<const M: usize, E: Dtype, D: Storage<E>, P: Param> UmupModule for UnitLayerNorm<M, E, D, P> {
+    fn parametrization() -> Parametrization {
+        P::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        out.push(row::<P>(prefix, "weight", Role::Norm, &[M], depth, None)?);
+        out.push(row::<P>(prefix, "bias", Role::Bias, &[M], depth, None)?);
+        Ok(())
+    }
+}
+
+/// A depth container of `N` blocks (`#[depth]`, the reference's `DepthSequential`): every
+/// parameter inside has depth `N`, so its LR gets `1/√N` (spec §3.3). Paths are
+/// `field.0.…`, `field.1.…`. Containers cannot be nested.
+#[derive(Debug, Clone)]
+pub struct Stack<T, const N: usize> {
+    /// The blocks, `N` of them.
+    pub blocks: Vec<T>,
+}
+
+impl<T, const N: usize> Deref for Stack<T, N> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.blocks
+    }
+}
+
+impl<T, const N: usize> DerefMut for Stack<T, N> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.blocks
+    }
+}
+
+impl<E: Dtype, D: Device<E>, T: TensorCollection<E, D>, const N: usize> TensorCollection<E, D>
+    for Stack<T, N>
+{
+    type To<E2: Dtype, D2: Device<E2>> = Stack<T::To<E2, D2>, N>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        let names: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        visitor.visit_fields(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    Self::module(name, move |s| &s.blocks[i], move |s| &mut s.blocks[i])
+                })
+                .collect::<Vec<_>>(),
+            |blocks| Stack { blocks },
+        )
+    }
+}
+
+impl<T: UmupModule, const N: usize> UmupModule for Stack<T, N> {
+    fn parametrization() -> Parametrization {
+        T::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        if depth.is_some() {
+            return Err(Error::BadParameter {
+                path: prefix.to_string(),
+                reason: "depth containers cannot be nested (a parameter has one depth)".into(),
+            });
+        }
+        for i in 0..N {
+            T::param_rows(&join_path(prefix, &i.to_string()), Some(N), out)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! Model building blocks that `#[umup_model]` generates code for.
+//!
+//! * Layer types ([`UnitLinear`], [`UnitLinearBias`], [`UnitEmbedding`], [`UnitRmsNorm`],
+//!   [`UnitLayerNorm`]) carry their role and their parametrization in their type, initialise
+//!   themselves by the parametrization's rule at build and at `reset_params`, apply the role's
+//!   scales in `Module::try_forward`, and report their rows of the parameter table.
+//! * [`Stack`] is a depth container (`DepthSequential`, spec §3.3): every parameter inside gets
+//!   depth `N`.
+//! * The parametrization is a type: [`Umup`] (default), [`Mup<BASE>`](Mup) or [`Sp`], so the
+//!   same model code builds the baselines.
+//! * [`functional`] has the parametrization-aware pieces of a forward pass (attention, SwiGLU,
+//!   residual branches, loss) and [`Hyper`] holds η and the five α's at run time.
+
+pub mod functional;
+mod layers;
+
+use std::fmt::Debug;
+
+pub use layers::{Stack, UnitEmbedding, UnitLayerNorm, UnitLinear, UnitLinearBias, UnitRmsNorm};
+
+use dfdx::prelude::{Dim, Dtype, Merge, Shape, Tape, Tensor};
+
+use crate::constraint::Constraint;
+use crate::error::{check_positive, Error, Result};
+use crate::ops::Backend;
+use crate::params::{ParamRow, ParamTable, Parametrization, Role};
+
+/// A parametrization as a type (see [`Parametrization`] for the rules).
+///
+/// Besides naming the parametrization, it carries the parametrization-aware pieces of a forward
+/// pass as associated functions, so model code reads `P::attention(q, k, v, hp, true)`; each
+/// forwards to [`functional`].
+pub trait Param: 'static + Copy + Clone + Default + Debug + Send + Sync {
+    /// The runtime description.
+    fn parametrization() -> Parametrization;
+
+    /// [`functional::attention`].
+    fn attention<B: Dim, H: Dim, S: Dim, K: Dim, E: Dtype, D: Backend<E>, T>(
+        q: Tensor<(B, H, S, K), E, D, T>,
+        k: Tensor<(B, H, S, K), E, D, T>,
+        v: Tensor<(B, H, S, K), E, D, T>,
+        hp: &Hyper,
+        is_causal: bool,
+    ) -> Result<Tensor<(B, H, S, K), E, D, T>>
+    where
+        T: Tape<E, D> + Merge<T>,
+    {
+        functional::attention::<Self, B, H, S, K, E, D, T>(q, k, v, hp, is_causal)
+    }
+
+    /// [`functional::swiglu`].
+    fn swiglu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+        x: Tensor<S, E, D, T>,
+        gate: Tensor<S, E, D, T>,
+        hp: &Hyper,
+    ) -> Result<Tensor<S, E, D, T>> {
+        functional::swiglu::<Self, S, E, D, T>(x, gate, hp)
+    }
+
+    /// [`functional::residual`].
+    fn residual<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>, F>(
+        x: Tensor<S, E, D, T>,
+        tau: f64,
+        f: F,
+    ) -> Result<Tensor<S, E, D, T>>
+    where
+        F: FnOnce(Tensor<S, E, D, T>) -> Result<Tensor<S, E, D, T>>,
+    {
+        functional::residual::<Self, S, E, D, T, F>(x, tau, f)
+    }
+
+    /// [`functional::cross_entropy`].
+    fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+        logits: Tensor<(R, V), E, D, T>,
+        targets: &[usize],
+        hp: &Hyper,
+    ) -> Result<Tensor<(), E, D, T>> {
+        functional::cross_entropy::<Self, R, V, E, D, T>(logits, targets, hp)
+    }
+}
+
+/// u-μP (the default parametrization).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Umup;
+
+/// Classic μP with hyperparameters relative to width `BASE`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Mup<const BASE: usize>;
+
+/// Standard parametrization.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Sp;
+
+impl Param for Umup {
+    fn parametrization() -> Parametrization {
+        Parametrization::Umup
+    }
+}
+
+impl<const BASE: usize> Param for Mup<BASE> {
+    fn parametrization() -> Parametrization {
+        Parametrization::Mup { base_width: BASE }
+    }
+}
+
+impl Param for Sp {
+    fn parametrization() -> Parametrization {
+        Parametrization::Sp
+    }
+}
+
+/// The role and constraint of a linear layer, as a type.
+pub trait LinearRole: 'static + Copy + Clone + Default + Debug + Send + Sync {
+    /// [`Role::Weight`] (hidden) or [`Role::Output`] (readout).
+    const ROLE: Role;
+    /// The constraint on `(output, grad_input)` scales.
+    const CONSTRAINT: Constraint;
+}
+
+/// A hidden linear layer (`#[hidden]`): forward `1/√fan_in`; `C` is a [`Constraint::code`],
+/// `to_output_scale` by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Hidden<const C: u8 = 4>;
+
+/// A readout layer (`#[output]`): forward `1/fan_in`, unconstrained by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Readout<const C: u8 = 0>;
+
+impl<const C: u8> LinearRole for Hidden<C> {
+    const ROLE: Role = Role::Weight;
+    const CONSTRAINT: Constraint = Constraint::from_code(C);
+}
+
+impl<const C: u8> LinearRole for Readout<C> {
+    const ROLE: Role = Role::Output;
+    const CONSTRAINT: Constraint = Constraint::from_code(C);
+}
+
+/// What a model (or layer) reports for its parameter table. `#[umup_model]` implements it by
+/// visiting every field; layers implement it from their role and const shapes.
+pub trait UmupModule {
+    /// The parametrization the module is built in.
+    fn parametrization() -> Parametrization;
+
+    /// Appends one row per tensor, with paths under `prefix` (dfdx's visitor names, e.g.
+    /// `layers.3.mlp.up.weight`) and the depth of the enclosing [`Stack`], if any.
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()>;
+
+    /// The model's whole parameter table.
+    fn param_table() -> Result<ParamTable> {
+        let mut rows = Vec::new();
+        Self::param_rows("", None, &mut rows)?;
+        Ok(ParamTable {
+            parametrization: Self::parametrization(),
+            rows,
+        })
+    }
+}
+
+/// `prefix.name`, or `name` at the top level.
+pub fn join_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// u-μP hyperparameters, read at run time (spec §6): changing them never recompiles.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hyper {
+    /// Global learning rate η.
+    pub eta: f64,
+    /// α_ffn-act: the FFN nonlinearity's input multiplier.
+    pub alpha_ffn_act: f64,
+    /// α_attn-softmax: attention logits are `α·q·k/d_head`.
+    pub alpha_attn_softmax: f64,
+    /// α_res: contribution of all residual branches relative to the embedding.
+    pub alpha_res: f64,
+    /// α_res-attn-ratio: attention-branch contribution ÷ MLP-branch contribution.
+    pub alpha_res_attn_ratio: f64,
+    /// α_loss-softmax: temperature of the loss softmax.
+    pub alpha_loss_softmax: f64,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Hyper {
+            eta: 1.0,
+            alpha_ffn_act: 1.0,
+            alpha_attn_softmax: 1.0,
+            alpha_res: 1.0,
+            alpha_res_attn_ratio: 1.0,
+            alpha_loss_softmax: 1.0,
+        }
+    }
+}
+
+impl Hyper {
+    /// The names of the hyperparameters, as [`Self::get`] and [`Self::set`] take them.
+    pub const NAMES: [&'static str; 6] = [
+        "eta",
+        "alpha_ffn_act",
+        "alpha_attn_softmax",
+        "alpha_res",
+        "alpha_res_attn_ratio",
+        "alpha_loss_softmax",
+    ];
+
+    fn slot(&mut self, name: &str) -> Result<&mut f64> {
+        Ok(match name {
+            "eta" | "lr" => &mut self.eta,
+            "alpha_ffn_act" => &mut self.alpha_ffn_act,
+            "alpha_attn_softmax" => &mut self.alpha_attn_softmax,
+            "alpha_res" => &mut self.alpha_res,
+            "alpha_res_attn_ratio" => &mut self.alpha_res_attn_ratio,
+            "alpha_loss_softmax" => &mut self.alpha_loss_softmax,
+            _ => {
+                return Err(Error::UnknownName {
+                    kind: "hyperparameter",
+                    name: name.to_string(),
+                    expected: "eta, alpha_ffn_act, alpha_attn_softmax, alpha_res, alpha_res_attn_ratio, alpha_loss_softmax",
+                })
+            }
+        })
+    }
+
+    /// Reads a hyperparameter by name.
+    pub fn get(mut self, name: &str) -> Result<f64> {
+        self.slot(name).map(|v| *v)
+    }
+
+    /// Sets a hyperparameter by name (finite and > 0).
+    pub fn set(&mut self, name: &str, value: f64) -> Result<()> {
+        *self.slot(name)? = check_positive("hyperparameter", value)?;
+        Ok(())
+    }
+
+    /// Checks that every value is finite and > 0.
+    pub fn validate(&self) -> Result<()> {
+        for name in Self::NAMES {
+            check_positive("hyperparameter", self.get(name)?)?;
+        }
+        Ok(())
+    }
+}
