@@ -15,6 +15,7 @@
 //!   the parameter table, and the parametrization-aware forward pieces (what `#[umup_model]`
 //!   generates code for).
 //! * [`formats`]: FP8 (OCP and the reference's simulation formats), f16 and bf16 rounding (spec §8).
+//! * [`checkpoint`]: safetensors checkpoints with the u-μP metadata.
 //! * [`conformance`]: a runner for the reference library's float64 fixture files.
 //!
 //! The reference is the Python library `unit-scaling` 0.3.5; `spec §N` in these docs refers to
@@ -24,6 +25,7 @@
 // Tensor types with const-generic shapes, dtype, device and tape are long by nature.
 #![allow(clippy::type_complexity)]
 
+pub mod checkpoint;
 pub mod conformance;
 pub mod constraint;
 pub mod error;

@@ -1,0 +1,321 @@
+//! `#[umup_model]`: generated parameter tables, init, parametrizations and checkpoints.
+
+use std::collections::BTreeMap;
+
+use umup::checkpoint;
+use umup::conformance;
+use umup::dfdx::prelude::*;
+use umup::nn::{Mup, Sp};
+use umup::optim::{OptimConfig, Optimizer};
+use umup::params::{self, Init, LrRule, Parametrization, Role};
+use umup::umup_model;
+use umup::Constraint;
+
+/// The reference's optimizer test model (spec §7.3): Embedding(256,16) → DepthSequential(3 ×
+/// Linear(16,16,bias)) → RMSNorm(16, gain) → LinearReadout(16,1024).
+#[umup_model]
+pub struct RefModel {
+    #[embedding]
+    embedding: Embedding<256, 16>,
+    #[hidden(bias)]
+    #[depth]
+    stack: [Linear<16, 16>; 3],
+    #[norm]
+    norm: RmsNorm<16>,
+    #[output]
+    readout: Linear<16, 1024>,
+}
+
+#[umup_model]
+pub struct Mlp<const D: usize, const F: usize> {
+    #[hidden(constraint = "none")]
+    up: Linear<D, F>,
+    #[hidden(constraint = "none")]
+    down: Linear<F, D>,
+}
+
+#[umup_model]
+pub struct Layer<const D: usize, const F: usize> {
+    #[norm]
+    norm: LayerNorm<D>,
+    #[model]
+    mlp: Mlp<D, F>,
+}
+
+#[umup_model]
+pub struct Net<const V: usize, const D: usize, const F: usize> {
+    #[embedding]
+    embed: Embedding<V, D>,
+    #[model]
+    #[depth]
+    layers: [Layer<D, F>; 2],
+    #[output(bias)]
+    readout: Linear<D, V>,
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * b.abs()
+}
+
+#[test]
+fn reference_test_model_gets_the_reference_lrs_and_weight_decays() {
+    let table = <RefModel>::param_table().unwrap();
+    let paths: Vec<&str> = table.rows.iter().map(|r| r.spec.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "embedding.weight",
+            "stack.0.weight",
+            "stack.0.bias",
+            "stack.1.weight",
+            "stack.1.bias",
+            "stack.2.weight",
+            "stack.2.bias",
+            "norm.weight",
+            "readout.weight"
+        ]
+    );
+    let cfg = OptimConfig {
+        weight_decay: 0.001,
+        ..OptimConfig::adamw(0.1)
+    };
+    let opt = Optimizer::<f32, Cpu>::for_table(cfg, &table).unwrap();
+    let s3 = 3f64.sqrt();
+    let want = [
+        0.1 / 4.0,
+        0.1 / 4.0 / s3,
+        0.1 / s3,
+        0.1 / 4.0 / s3,
+        0.1 / s3,
+        0.1 / 4.0 / s3,
+        0.1 / s3,
+        0.1,
+        0.1,
+    ];
+    for (g, w) in opt.groups().iter().zip(want) {
+        assert!(close(g.lr, w, 1e-6), "{}: {} vs {w}", g.path, g.lr);
+        assert!(close(g.weight_decay, 0.001 / w, 1e-6), "{}", g.path);
+    }
+    // SGD with the readout constrained to its output scale: the embedding and stack LRs × 16.
+    let sgd = OptimConfig {
+        sgd_readout_constraint: Constraint::ToOutputScale,
+        ..OptimConfig::sgd(0.1)
+    };
+    let opt = Optimizer::<f32, Cpu>::for_table(sgd, &table).unwrap();
+    for (g, w) in opt.groups().iter().zip(want).take(3) {
+        assert!(close(g.lr, w * 16.0, 1e-6), "{}", g.path);
+    }
+    assert!(close(opt.groups()[8].lr, 0.1, 1e-6));
+}
+
+#[test]
+fn the_conformance_optimizer_lr_case_passes_through_a_generated_table() {
+    let file =
+        conformance::load(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/public.json")).unwrap();
+    let case = file
+        .cases
+        .iter()
+        .find(|c| c.name.starts_with("optimizer_lr/adamw/test_model"))
+        .unwrap();
+    let table = <RefModel>::param_table().unwrap();
+    let specs = table.specs();
+    // Every parameter the fixture lists is in the generated table with the same role, shape and
+    // depth (the fixture's embedding is the reference's mup_type "weight").
+    for p in case.params["parameters"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let row = table.get(name).unwrap_or_else(|| panic!("{name} not generated"));
+        let mup_type = p["mup_type"].as_str().unwrap();
+        assert_eq!(row.spec.role.mup_type(), mup_type, "{name}");
+        let shape: Vec<usize> = p["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(row.spec.shape, shape, "{name}");
+        assert_eq!(row.spec.depth, p["depth"].as_u64().map(|d| d as usize), "{name}");
+    }
+    let groups = params::param_groups(
+        &specs,
+        Parametrization::Umup,
+        LrRule::Adam,
+        case.params["lr"].as_f64().unwrap(),
+        case.params["weight_decay"].as_f64().unwrap(),
+        case.params["independent_weight_decay"].as_bool().unwrap(),
+    )
+    .unwrap();
+    let expected = case.expected.param_groups.as_ref().unwrap();
+    for e in expected {
+        let g = groups.iter().find(|g| g.path == e.name).unwrap();
+        assert!(close(g.lr, e.lr, case.tol.rel), "{}", e.name);
+        assert!(close(g.weight_decay, e.weight_decay, case.tol.rel), "{}", e.name);
+    }
+}
+
+fn std_of(v: &[f32]) -> f64 {
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+#[test]
+fn unit_init_at_width_256_and_after_reset() {
+    let dev = Cpu::seed_from_u64(7);
+    let mut net = Net::<256, 256, 512>::build(&dev).unwrap();
+    let check = |net: &Net<256, 256, 512>| {
+        for w in [
+            net.embed.weight.as_vec(),
+            net.layers[0].mlp.up.weight.as_vec(),
+            net.layers[1].mlp.down.weight.as_vec(),
+            net.readout.weight.as_vec(),
+        ] {
+            let s = std_of(&w);
+            assert!((s - 1.0).abs() <= 0.02, "weight std {s}");
+        }
+        assert!(net.readout.bias.as_vec().iter().all(|&b| b == 0.0));
+        assert!(net.layers[1].norm.bias.as_vec().iter().all(|&b| b == 0.0));
+        assert!(net.layers[0].norm.weight.as_vec().iter().all(|&g| g == 1.0));
+    };
+    check(&net);
+    let before = net.layers[0].mlp.up.weight.as_vec();
+    net.readout.bias = net.readout.bias.clone() + 3.0;
+    net.reset_params();
+    assert_ne!(net.layers[0].mlp.up.weight.as_vec(), before);
+    check(&net);
+}
+
+#[test]
+fn baselines_init_and_lr_by_their_own_rules() {
+    let dev = Cpu::seed_from_u64(7);
+    let sp = Net::<256, 256, 512, f32, Cpu, Sp>::build(&dev).unwrap();
+    let s = std_of(&sp.layers[0].mlp.down.weight.as_vec());
+    assert!(close(s, 1.0 / 512f64.sqrt(), 0.02), "{s}");
+    assert!(close(std_of(&sp.embed.weight.as_vec()), 1.0, 0.02));
+    let t = Net::<256, 256, 512, f32, Cpu, Sp>::param_table().unwrap();
+    assert!(t.rows.iter().all(|r| r.adam_lr == 1.0 && r.forward_multiplier == 1.0));
+
+    let t = Net::<256, 256, 512, f32, Cpu, Mup<64>>::param_table().unwrap();
+    assert_eq!(t.parametrization, Parametrization::Mup { base_width: 64 });
+    let down = t.get("layers.1.mlp.down.weight").unwrap();
+    assert!(close(down.adam_lr, 64.0 / 512.0, 1e-12));
+    match down.init {
+        Init::Normal(s) => assert!(close(s, 1.0 / 512f64.sqrt(), 1e-12)),
+        other => panic!("{other:?}"),
+    }
+    let readout = t.get("readout.weight").unwrap();
+    assert!(close(readout.forward_multiplier, 64.0 / 256.0, 1e-12));
+    assert_eq!(readout.adam_lr, 1.0);
+}
+
+#[test]
+fn nested_paths_depth_and_the_printed_table() {
+    let table = Net::<64, 32, 48>::param_table().unwrap();
+    let up = table.get("layers.1.mlp.up.weight").unwrap();
+    assert_eq!(up.spec.role, Role::Weight);
+    assert_eq!(up.spec.shape, vec![48, 32]);
+    assert_eq!(up.spec.depth, Some(2));
+    assert!(close(up.adam_lr, 1.0 / 32f64.sqrt() / 2f64.sqrt(), 1e-12));
+    assert!(close(up.forward_multiplier, 1.0 / 32f64.sqrt(), 1e-12));
+    let bias = table.get("readout.bias").unwrap();
+    assert_eq!((bias.spec.role, bias.spec.depth), (Role::Bias, None));
+    assert!(close(bias.forward_multiplier, 1.0 / 32.0, 1e-12));
+    assert_eq!(table.get("layers.0.norm.bias").unwrap().spec.role, Role::Bias);
+    assert_eq!(table.num_params(), 64 * 32 + 2 * (2 * 32 + 2 * 32 * 48) + 64 * 32 + 64);
+    let text = table.to_string();
+    assert!(text.contains("layers.1.mlp.down.weight"));
+    assert!(text.lines().count() == table.rows.len() + 2, "{text}");
+    // The dfdx visitor sees exactly the paths of the table.
+    let dev = Cpu::default();
+    let net = Net::<64, 32, 48>::build(&dev).unwrap();
+    assert_eq!(net.num_trainable_params(), table.num_params());
+}
+
+#[test]
+fn a_forward_pass_is_unit_scaled_and_trains() {
+    let dev = Cpu::seed_from_u64(3);
+    let mut net = Net::<64, 128, 256>::build(&dev).unwrap();
+    let table = Net::<64, 128, 256>::param_table().unwrap();
+    let mut opt = Optimizer::for_table(OptimConfig::adamw(0.5), &table).unwrap();
+    let ids: Vec<usize> = (0..512).map(|i| (i * 13) % 64).collect();
+    let targets: Vec<usize> = ids.iter().map(|i| (i + 3) % 64).collect();
+    let mut grads = net.alloc_grads();
+    let mut losses = vec![];
+    for _ in 0..5 {
+        let x = net
+            .embed
+            .forward(dev.tensor_from_vec(ids.clone(), (ids.len(),)).traced(grads));
+        assert!((std_of(&x.as_vec()) - 1.0).abs() < 0.1);
+        let x = net.layers[0].mlp.up.forward(x);
+        let x = net.layers[0].mlp.down.forward(x);
+        let logits = net.readout.forward(x);
+        let loss = umup::ops::cross_entropy(logits, &targets, 1.0, umup::ops::Reduction::Mean)
+            .unwrap();
+        losses.push(loss.array());
+        grads = loss.backward();
+        opt.update(&mut net, &mut grads).unwrap();
+        net.zero_grads(&mut grads);
+    }
+    assert!((losses[0] - 64f32.ln()).abs() < 0.1, "{losses:?}");
+    assert!(losses[4] < losses[0], "{losses:?}");
+}
+
+#[umup_model]
+pub struct RolesSwapped {
+    #[embedding]
+    embedding: Embedding<256, 16>,
+    #[output(bias)]
+    #[depth]
+    stack: [Linear<16, 16>; 3],
+    #[norm]
+    norm: RmsNorm<16>,
+    #[hidden]
+    readout: Linear<16, 1024>,
+}
+
+#[umup_model]
+pub struct Wider {
+    #[embedding]
+    embedding: Embedding<256, 32>,
+    #[output]
+    readout: Linear<32, 1024>,
+}
+
+#[test]
+fn checkpoints_round_trip_with_metadata_and_refuse_mismatches() {
+    let dir = std::env::temp_dir().join(format!("umup-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let dev = Cpu::seed_from_u64(11);
+    let model = <RefModel>::build(&dev).unwrap();
+    let extra = BTreeMap::from([("step".to_string(), "42".to_string())]);
+    checkpoint::save(&model, &path, &extra).unwrap();
+    let meta = checkpoint::metadata(&path).unwrap();
+    assert_eq!(meta["step"], "42");
+    assert_eq!(meta[checkpoint::KEY_PARAMETRIZATION], "umup");
+    assert!(meta[checkpoint::KEY_PARAMS].contains("\"role\":\"embedding\""));
+
+    let mut other = <RefModel>::build(&Cpu::seed_from_u64(12)).unwrap();
+    assert_ne!(other.readout.weight.as_vec(), model.readout.weight.as_vec());
+    checkpoint::load(&mut other, &path).unwrap();
+    assert_eq!(other.readout.weight.as_vec(), model.readout.weight.as_vec());
+    assert_eq!(other.stack[2].bias.as_vec(), model.stack[2].bias.as_vec());
+
+    // Same shapes, different role: refused, naming the tensor; the model is unchanged.
+    let mut swapped = <RolesSwapped>::build(&dev).unwrap();
+    let before = swapped.embedding.weight.as_vec();
+    let e = checkpoint::load(&mut swapped, &path).unwrap_err().to_string();
+    assert!(e.contains("stack.0.weight") && e.contains("role"), "{e}");
+    assert_eq!(swapped.embedding.weight.as_vec(), before);
+    // Different shapes.
+    let mut wider = <Wider>::build(&dev).unwrap();
+    let e = checkpoint::load(&mut wider, &path).unwrap_err().to_string();
+    assert!(e.contains("embedding.weight") && e.contains("shape"), "{e}");
+    // Different parametrization.
+    let mut sp = RefModel::<f32, Cpu, Sp>::build(&dev).unwrap();
+    let e = checkpoint::load(&mut sp, &path).unwrap_err().to_string();
+    assert!(e.contains("parametrization"), "{e}");
+    // Reserved metadata keys.
+    let bad = BTreeMap::from([("umup.x".to_string(), String::new())]);
+    assert!(checkpoint::save(&model, dir.join("x.safetensors"), &bad).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
