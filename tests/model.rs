@@ -123,7 +123,9 @@ fn the_conformance_optimizer_lr_case_passes_through_a_generated_table() {
     // depth (the fixture's embedding is the reference's mup_type "weight").
     for p in case.params["parameters"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
-        let row = table.get(name).unwrap_or_else(|| panic!("{name} not generated"));
+        let row = table
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not generated"));
         let mup_type = p["mup_type"].as_str().unwrap();
         assert_eq!(row.spec.role.mup_type(), mup_type, "{name}");
         let shape: Vec<usize> = p["shape"]
@@ -133,7 +135,11 @@ fn the_conformance_optimizer_lr_case_passes_through_a_generated_table() {
             .map(|d| d.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(row.spec.shape, shape, "{name}");
-        assert_eq!(row.spec.depth, p["depth"].as_u64().map(|d| d as usize), "{name}");
+        assert_eq!(
+            row.spec.depth,
+            p["depth"].as_u64().map(|d| d as usize),
+            "{name}"
+        );
     }
     let groups = params::param_groups(
         &specs,
@@ -148,7 +154,11 @@ fn the_conformance_optimizer_lr_case_passes_through_a_generated_table() {
     for e in expected {
         let g = groups.iter().find(|g| g.path == e.name).unwrap();
         assert!(close(g.lr, e.lr, case.tol.rel), "{}", e.name);
-        assert!(close(g.weight_decay, e.weight_decay, case.tol.rel), "{}", e.name);
+        assert!(
+            close(g.weight_decay, e.weight_decay, case.tol.rel),
+            "{}",
+            e.name
+        );
     }
 }
 
@@ -192,7 +202,10 @@ fn baselines_init_and_lr_by_their_own_rules() {
     assert!(close(s, 1.0 / 512f64.sqrt(), 0.02), "{s}");
     assert!(close(std_of(&sp.embed.weight.as_vec()), 1.0, 0.02));
     let t = Net::<256, 256, 512, f32, Cpu, Sp>::param_table().unwrap();
-    assert!(t.rows.iter().all(|r| r.adam_lr == 1.0 && r.forward_multiplier == 1.0));
+    assert!(t
+        .rows
+        .iter()
+        .all(|r| r.adam_lr == 1.0 && r.forward_multiplier == 1.0));
 
     let t = Net::<256, 256, 512, f32, Cpu, Mup<64>>::param_table().unwrap();
     assert_eq!(t.parametrization, Parametrization::Mup { base_width: 64 });
@@ -219,8 +232,14 @@ fn nested_paths_depth_and_the_printed_table() {
     let bias = table.get("readout.bias").unwrap();
     assert_eq!((bias.spec.role, bias.spec.depth), (Role::Bias, None));
     assert!(close(bias.forward_multiplier, 1.0 / 32.0, 1e-12));
-    assert_eq!(table.get("layers.0.norm.bias").unwrap().spec.role, Role::Bias);
-    assert_eq!(table.num_params(), 64 * 32 + 2 * (2 * 32 + 2 * 32 * 48) + 64 * 32 + 64);
+    assert_eq!(
+        table.get("layers.0.norm.bias").unwrap().spec.role,
+        Role::Bias
+    );
+    assert_eq!(
+        table.num_params(),
+        64 * 32 + 2 * (2 * 32 + 2 * 32 * 48) + 64 * 32 + 64
+    );
     let text = table.to_string();
     assert!(text.contains("layers.1.mlp.down.weight"));
     assert!(text.lines().count() == table.rows.len() + 2, "{text}");
@@ -248,8 +267,8 @@ fn a_forward_pass_is_unit_scaled_and_trains() {
         let x = net.layers[0].mlp.up.forward(x);
         let x = net.layers[0].mlp.down.forward(x);
         let logits = net.readout.forward(x);
-        let loss = umup::ops::cross_entropy(logits, &targets, 1.0, umup::ops::Reduction::Mean)
-            .unwrap();
+        let loss =
+            umup::ops::cross_entropy(logits, &targets, 1.0, umup::ops::Reduction::Mean).unwrap();
         losses.push(loss.array());
         grads = loss.backward();
         opt.update(&mut net, &mut grads).unwrap();
@@ -303,7 +322,9 @@ fn checkpoints_round_trip_with_metadata_and_refuse_mismatches() {
     // Same shapes, different role: refused, naming the tensor; the model is unchanged.
     let mut swapped = <RolesSwapped>::build(&dev).unwrap();
     let before = swapped.embedding.weight.as_vec();
-    let e = checkpoint::load(&mut swapped, &path).unwrap_err().to_string();
+    let e = checkpoint::load(&mut swapped, &path)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("stack.0.weight") && e.contains("role"), "{e}");
     assert_eq!(swapped.embedding.weight.as_vec(), before);
     // Different shapes.

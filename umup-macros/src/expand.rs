@@ -36,7 +36,10 @@ fn private() -> TokenStream {
 fn fallback(ir: &ModelIr) -> TokenStream {
     let r = private();
     let (vis, ident) = (&ir.vis, &ir.ident);
-    let consts = &ir.const_params;
+    let consts = ir
+        .const_params
+        .iter()
+        .filter(|c| !parse::RESERVED_PARAMS.contains(&c.ident.to_string().as_str()));
     quote! {
         #vis struct #ident<#(#consts,)* E = f32, Dev = #r::dfdx::tensor::Cpu, P = #r::nn::Umup> {
             #[doc(hidden)]

@@ -92,6 +92,8 @@ pub struct FieldIr {
     pub role: Option<RoleAttr>,
     /// The `#[depth]` attribute.
     pub depth: Option<Attribute>,
+    /// An unknown attribute was reported on this field (so a missing role is not reported too).
+    pub bad_attr: bool,
 }
 
 /// The struct.
@@ -221,6 +223,7 @@ pub fn parse(args: TokenStream, input: TokenStream, errors: &mut Errors) -> Opti
                 ty: f.ty,
                 role: None,
                 depth: None,
+                bad_attr: false,
             };
             for attr in f.attrs {
                 field_attr(attr, &mut field, errors);
@@ -268,12 +271,13 @@ fn field_attr(attr: Attribute, field: &mut FieldIr, errors: &mut Errors) {
         .map(|(_, k)| *k)
     else {
         let hint = closest_role(&name)
-            .map(|r| format!("; did you mean `#[{r}]`?"))
+            .map(|r| format!("; did you mean `#[{r}]`"))
             .unwrap_or_default();
+        field.bad_attr = true;
         errors.at(
             attr.path(),
             format_args!(
-                "unknown field attribute `#[{name}]`{hint} A field's role is one of `#[embedding]`, `#[hidden]`, `#[output]`, `#[norm]`, `#[model]` (plus `#[depth]` on a stack)"
+                "unknown field attribute `#[{name}]`: a field's role is one of `#[embedding]`, `#[hidden]`, `#[output]`, `#[norm]`, `#[model]` (plus `#[depth]` on a stack){hint}"
             ),
         );
         return;

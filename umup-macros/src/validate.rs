@@ -82,6 +82,9 @@ pub fn validate(ir: ModelIr, errors: &mut Errors) -> Option<Model> {
     let mut embeddings = Vec::new();
     for f in &ir.fields {
         let Some(role) = &f.role else {
+            if f.bad_attr {
+                continue;
+            }
             errors.at(
                 &f.ident,
                 format_args!(
@@ -228,10 +231,10 @@ fn check_layer(
     let layer = LAYERS.iter().find(|(n, _)| *n == name);
     let kind = role.kind;
     let wanted = match kind {
-        RoleKind::Embedding => "Embedding<V, D>",
-        RoleKind::Hidden | RoleKind::Output => "Linear<IN, OUT>",
-        RoleKind::Norm => "RmsNorm<D>` or `LayerNorm<D>",
-        RoleKind::Model => "a nested `#[umup_model]` struct",
+        RoleKind::Embedding => "a field of type `Embedding<V, D>`",
+        RoleKind::Hidden | RoleKind::Output => "a field of type `Linear<IN, OUT>`",
+        RoleKind::Norm => "a field of type `RmsNorm<D>` or `LayerNorm<D>`",
+        RoleKind::Model => "a field whose type is another `#[umup_model]` struct",
     };
     let compatible = match (kind, name.as_str()) {
         (RoleKind::Embedding, n) => n == "Embedding",
@@ -249,7 +252,7 @@ fn check_layer(
         errors.at(
             &role.attr,
             format_args!(
-                "`#[{}]` needs a `{wanted}` field, found `{}`{suggestion}",
+                "`#[{}]` needs {wanted}, found `{}`{suggestion}",
                 kind.name(),
                 seg.ident
             ),

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
-    ViewTensorName, ViewTensorRef,
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
+    ViewTensorRef,
 };
 use dfdx::prelude::*;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
@@ -251,11 +251,7 @@ pub fn load<E: Dtype, D: Device<E>, M: TensorCollection<E, D> + UmupModule>(
     Ok(meta)
 }
 
-fn check(
-    table: &ParamTable,
-    st: &SafeTensors<'_>,
-    meta: &BTreeMap<String, String>,
-) -> Result<()> {
+fn check(table: &ParamTable, st: &SafeTensors<'_>, meta: &BTreeMap<String, String>) -> Result<()> {
     let want = param_key(table.parametrization);
     match meta.get(KEY_PARAMETRIZATION) {
         Some(p) if *p == want => {}

@@ -1,0 +1,9 @@
+use umup::umup_model;
+
+#[umup_model]
+pub struct M {
+    #[hidden(constraint = 3)]
+    fc: Linear<16, 16>,
+}
+
+fn main() {}

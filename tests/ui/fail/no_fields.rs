@@ -1,0 +1,6 @@
+use umup::umup_model;
+
+#[umup_model]
+pub struct M {}
+
+fn main() {}

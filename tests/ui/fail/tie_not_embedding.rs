@@ -1,0 +1,13 @@
+use umup::umup_model;
+
+#[umup_model]
+pub struct M {
+    #[embedding]
+    embed: Embedding<256, 16>,
+    #[hidden]
+    proj: Linear<16, 16>,
+    #[output(tie = "proj")]
+    readout: Linear<16, 256>,
+}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use umup::umup_model;
+
+#[umup_model]
+pub struct M {
+    #[embedding]
+    embed: Embedding<256, 16>,
+    #[output(tie = "embed")]
+    readout: Linear<16, 256>,
+}
+
+fn main() {}
