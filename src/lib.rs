@@ -5,6 +5,15 @@
 //! attribute ([`umup_model`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Tensor types with const-generic shapes, dtype, device and tape are long by nature.
+#![allow(clippy::type_complexity)]
+
+// Lets `#[umup_model]` (which refers to `::umup::__private`) be used inside this crate.
+extern crate self as umup;
+
+pub mod data;
+pub mod models;
+pub mod train;
 
 pub use umup_macros::umup_model;
 pub use umup_runtime::*;

@@ -156,11 +156,19 @@ pub fn save<E: Dtype, D: Device<E>, M: TensorCollection<E, D> + UmupModule>(
         KEY_PARAMS.into(),
         serde_json::to_string(&params).map_err(|e| Error::BadInput(e.to_string()))?,
     );
-    let views = c
-        .tensors
+    write_tensors(path, c.dtype, &c.tensors, meta)
+}
+
+fn write_tensors(
+    path: &Path,
+    dtype: StDtype,
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
-            TensorView::new(c.dtype, shape.clone(), bytes)
+            TensorView::new(dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| Error::BadInput(format!("tensor `{name}`: {e}")))
         })
@@ -168,6 +176,38 @@ pub fn save<E: Dtype, D: Device<E>, M: TensorCollection<E, D> + UmupModule>(
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::BadInput(format!("safetensors: {e}")))?;
     write_atomically(path, &bytes)
+}
+
+/// Writes flat named tensors (e.g. [`crate::optim::Optimizer::state`]) with string metadata,
+/// atomically.
+pub fn save_named<E: Dtype>(
+    path: impl AsRef<Path>,
+    tensors: &[(String, Vec<E>)],
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    let dtype = st_dtype::<E>()?;
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, v)| (n.clone(), vec![v.len()], to_bytes(v, dtype)))
+        .collect();
+    let meta = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    write_tensors(path.as_ref(), dtype, &tensors, meta)
+}
+
+/// Reads every tensor of a safetensors file as flat values of dtype `E`, with its metadata.
+pub fn load_named<E: Dtype>(
+    path: impl AsRef<Path>,
+) -> Result<(BTreeMap<String, Vec<E>>, BTreeMap<String, String>)> {
+    let path = path.as_ref();
+    let bytes = read(path)?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?;
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, from_bytes::<E>(view.data(), view.dtype())))
+        .collect();
+    Ok((tensors, metadata(path)?))
 }
 
 /// Writes `bytes` to a temporary file next to `path`, then renames it over `path`.

@@ -88,6 +88,16 @@ pub enum Error {
     /// An error from the dfdx device (allocation failure, CUDA error, ...).
     #[error("device error: {0}")]
     Device(String),
+    /// Training produced a non-finite loss.
+    #[error("the loss became {loss} at step {step}; training stopped. The last good checkpoint is {checkpoint}; metrics up to the failing step are kept. Resume from the checkpoint with a lower learning rate")]
+    Diverged {
+        /// The step whose loss was not finite.
+        step: usize,
+        /// The loss value (NaN or ±inf).
+        loss: f64,
+        /// Where the last good checkpoint is.
+        checkpoint: String,
+    },
     /// A malformed conformance fixture or other input file.
     #[error("bad input file: {0}")]
     BadInput(String),

@@ -19,7 +19,7 @@ use rand::Rng;
 
 use crate::{Error, Result};
 
-const FORMAT_NAMES: &str = "e4m3fn, e5m2, gc_e4m3, gc_e5m2";
+const FORMAT_NAMES: &str = "e4m3fn, e5m2, gc_e4m3, gc_e5m2, bf16, f16";
 
 /// An 8-bit floating-point format (SCHEMA §5, spec §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +32,10 @@ pub enum Format {
     GcE4m3,
     /// Library `FPFormat(5, 2)`: M = 2, emin = −15, max 57344, "nearest" ties toward zero.
     GcE5m2,
+    /// bfloat16 for simulation: M = 7, emin = −126, ties to even, saturating at its max.
+    Bf16,
+    /// IEEE half for simulation: M = 10, emin = −14, max 65504, ties to even, saturating.
+    F16,
 }
 
 /// Exact `2^n` for `−1022 ≤ n ≤ 1023`.
@@ -65,6 +69,8 @@ impl Format {
             Format::E5m2 => "e5m2",
             Format::GcE4m3 => "gc_e4m3",
             Format::GcE5m2 => "gc_e5m2",
+            Format::Bf16 => "bf16",
+            Format::F16 => "f16",
         }
     }
 
@@ -73,6 +79,8 @@ impl Format {
         match self {
             Format::E4m3fn | Format::GcE4m3 => 3,
             Format::E5m2 | Format::GcE5m2 => 2,
+            Format::Bf16 => 7,
+            Format::F16 => 10,
         }
     }
 
@@ -83,6 +91,8 @@ impl Format {
             Format::E5m2 => -14,
             Format::GcE4m3 => -7,
             Format::GcE5m2 => -15,
+            Format::Bf16 => -126,
+            Format::F16 => -14,
         }
     }
 
@@ -92,6 +102,8 @@ impl Format {
             Format::E4m3fn => 448.0,
             Format::E5m2 | Format::GcE5m2 => 57344.0,
             Format::GcE4m3 => 240.0,
+            Format::Bf16 => (2.0 - pow2(-7)) * pow2(127),
+            Format::F16 => 65504.0,
         }
     }
 
@@ -195,6 +207,7 @@ impl FromStr for Format {
     fn from_str(s: &str) -> Result<Self> {
         Format::ALL
             .into_iter()
+            .chain([Format::Bf16, Format::F16])
             .find(|f| f.name() == s)
             .ok_or_else(|| Error::UnknownName {
                 kind: "number format",
@@ -339,6 +352,14 @@ impl MatmulFormats {
         MatmulFormats {
             forward: Some((Format::GcE4m3, Rounding::Stochastic)),
             backward: Some((Format::GcE5m2, Rounding::Stochastic)),
+        }
+    }
+
+    /// bf16 matmul inputs and gradients (round to nearest even), computed in f32.
+    pub fn bf16_sim() -> Self {
+        MatmulFormats {
+            forward: Some((Format::Bf16, Rounding::Nearest)),
+            backward: Some((Format::Bf16, Rounding::Nearest)),
         }
     }
 
@@ -574,5 +595,27 @@ mod tests {
             MatmulFormats::fp8_ocp().backward,
             Some((Format::E5m2, Rounding::Nearest))
         );
+    }
+
+    #[test]
+    fn sixteen_bit_simulation_formats_match_half() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..10_000 {
+            let x: f32 = (rng.gen::<f32>() - 0.5) * 10f32.powi(rng.gen_range(-30..30));
+            assert_eq!(
+                Format::Bf16.quantise_f32(x),
+                half::bf16::from_f32(x).to_f32(),
+                "{x}"
+            );
+            if x.abs() < 65504.0 {
+                assert_eq!(
+                    Format::F16.quantise_f32(x),
+                    half::f16::from_f32(x).to_f32(),
+                    "{x}"
+                );
+            }
+        }
+        assert_eq!(Format::F16.quantise(1e6), 65504.0);
+        assert_eq!("bf16".parse::<Format>().unwrap(), Format::Bf16);
     }
 }

@@ -9,7 +9,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::{join_path, LinearRole, Param, UmupModule};
 use crate::error::{DeviceResultExt, Error, Result};
-use crate::ops::{self, Backend};
+use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::params::{Init, ParamRow, ParamSpec, Parametrization, Role};
 use crate::scales::{self, LinearScales};
 
@@ -61,27 +61,27 @@ fn linear_forward<R: LinearRole, P: Param, Rw: Dim, const I: usize, const O: usi
     x: Tensor<(Rw, Const<I>), E, D, T>,
     weight: &Tensor<Rank2<O, I>, E, D>,
     bias: Option<&Tensor<Rank1<O>, E, D>>,
+    quantiser: Option<&mut MatmulQuantiser>,
 ) -> Result<Tensor<(Rw, Const<O>), E, D, T>>
 where
     E: Dtype,
     D: Backend<E>,
     T: Tape<E, D> + Merge<T>,
 {
-    match P::parametrization() {
-        Parametrization::Umup if R::ROLE == Role::Output => {
-            ops::linear_readout(x, weight, bias, R::CONSTRAINT)
+    let s = match P::parametrization() {
+        Parametrization::Umup => {
+            ops::linear::linear_scales(R::ROLE == Role::Output, &x, weight, bias, R::CONSTRAINT)?
         }
-        Parametrization::Umup => ops::linear(x, weight, bias, R::CONSTRAINT),
         _ => {
             let m = linear_output_scale::<R, P>(I, O)?;
-            let s = LinearScales {
+            LinearScales {
                 output: m,
                 grad_input: m,
                 grad_weight: m,
-            };
-            ops::linear::linear_scaled(x, weight.retaped(), bias.map(|b| b.retaped()), s)
+            }
         }
-    }
+    };
+    ops::quantise::linear_maybe_quantised(x, weight, bias, s, quantiser)
 }
 
 fn flatten3<B: Dim, S: Dim, const K: usize, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
@@ -211,7 +211,7 @@ where
     type Error = Error;
 
     fn try_forward(&self, x: Tensor<(B, Const<I>), E, D, T>) -> Result<Self::Output> {
-        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, None)
+        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, None, None)
     }
 }
 
@@ -232,7 +232,34 @@ where
     type Error = Error;
 
     fn try_forward(&self, x: Tensor<(B, Const<I>), E, D, T>) -> Result<Self::Output> {
-        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, Some(&self.bias))
+        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, Some(&self.bias), None)
+    }
+}
+
+impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Backend<E>, P: Param>
+    UnitLinear<I, O, R, E, D, P>
+{
+    /// The forward pass with simulated low precision: input and weight rounded to the
+    /// quantiser's forward format, the output gradient to its backward format (spec §8).
+    pub fn forward_quantised<B: Dim, T: Tape<E, D> + Merge<T>>(
+        &self,
+        x: Tensor<(B, Const<I>), E, D, T>,
+        quantiser: &mut MatmulQuantiser,
+    ) -> Result<Tensor<(B, Const<O>), E, D, T>> {
+        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, None, Some(quantiser))
+    }
+}
+
+impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Backend<E>, P: Param>
+    UnitLinearBias<I, O, R, E, D, P>
+{
+    /// See [`UnitLinear::forward_quantised`].
+    pub fn forward_quantised<B: Dim, T: Tape<E, D> + Merge<T>>(
+        &self,
+        x: Tensor<(B, Const<I>), E, D, T>,
+        quantiser: &mut MatmulQuantiser,
+    ) -> Result<Tensor<(B, Const<O>), E, D, T>> {
+        linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, Some(&self.bias), Some(quantiser))
     }
 }
 

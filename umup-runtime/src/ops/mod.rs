@@ -18,7 +18,7 @@ mod kernels;
 pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod norm;
-mod quantise;
+pub(crate) mod quantise;
 mod residual;
 pub(crate) mod scale;
 mod sum;

@@ -51,6 +51,34 @@ pub(crate) fn gradient_buffer<S: Shape, E: Dtype, D: Device<E>>(
     Ok((grads, probe))
 }
 
+/// `o·(x·Wᵀ + b)` with the given scales ([`linear_scaled`]); with a quantiser, `x` and `W` are
+/// rounded to its forward format and the output gradient to its backward format.
+pub(crate) fn linear_maybe_quantised<
+    R: Dim,
+    I: Dim,
+    O: Dim,
+    E: Dtype,
+    D: Backend<E>,
+    T: Tape<E, D> + Merge<T>,
+>(
+    x: Tensor<(R, I), E, D, T>,
+    weight: &Tensor<(O, I), E, D>,
+    bias: Option<&Tensor<(O,), E, D>>,
+    s: crate::scales::LinearScales,
+    quantiser: Option<&mut MatmulQuantiser>,
+) -> Result<Tensor<(R, O), E, D, T>> {
+    let bias = bias.map(|b| b.retaped());
+    match quantiser {
+        None => linear_scaled(x, weight.retaped(), bias, s),
+        Some(q) => {
+            let x = q.quantise_fwd(x)?;
+            let w = q.quantise_fwd(weight.retaped::<T>())?;
+            let y = linear_scaled(x, w, bias, s)?;
+            q.quantise_bwd(y)
+        }
+    }
+}
+
 /// Quantisation of matmul inputs and output gradients for one model, with a seeded RNG for
 /// stochastic rounding and running overflow/underflow counts.
 #[derive(Debug, Clone)]
@@ -186,10 +214,7 @@ impl MatmulQuantiser {
         constraint: Constraint,
     ) -> Result<Tensor<(R, O), E, D, T>> {
         let s = linear_scales(readout, &x, weight, bias, constraint)?;
-        let x = self.quantise_fwd(x)?;
-        let w = self.quantise_fwd(weight.retaped::<T>())?;
-        let y = linear_scaled(x, w, bias.map(|b| b.retaped()), s)?;
-        self.quantise_bwd(y)
+        linear_maybe_quantised(x, weight, bias, s, Some(self))
     }
 
     /// [`super::scaled_dot_product_attention`] with `q`, `k`, `v` rounded to the forward format

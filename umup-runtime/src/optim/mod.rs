@@ -410,6 +410,97 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
     }
 }
 
+impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
+    /// The optimizer's per-tensor state for a checkpoint: the first and second moments of
+    /// every tensor of `model`, named `m.<path>` and `v.<path>` (SGD: `m.` is the velocity).
+    pub fn state<M: TensorCollection<E, D>>(&mut self, model: &M) -> Result<Vec<(String, Vec<E>)>> {
+        let mut v = StateVisitor {
+            opt: self,
+            load: None,
+            out: Vec::new(),
+        };
+        M::iter_tensors(&mut RecursiveWalker {
+            m: (model, String::new()),
+            f: &mut v,
+        })?;
+        Ok(v.out)
+    }
+
+    /// Restores what [`Self::state`] returned (looked up by name through `get`) and the step
+    /// count, so that training continues exactly where it stopped.
+    pub fn load_state<M: TensorCollection<E, D>>(
+        &mut self,
+        model: &M,
+        get: &dyn Fn(&str) -> Option<Vec<E>>,
+        steps: usize,
+    ) -> Result<()> {
+        let mut v = StateVisitor {
+            opt: self,
+            load: Some(get),
+            out: Vec::new(),
+        };
+        M::iter_tensors(&mut RecursiveWalker {
+            m: (model, String::new()),
+            f: &mut v,
+        })?;
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+struct StateVisitor<'a, E: Dtype, D: Backend<E>> {
+    opt: &'a mut Optimizer<E, D>,
+    load: Option<&'a dyn Fn(&str) -> Option<Vec<E>>>,
+    out: Vec<(String, Vec<E>)>,
+}
+
+impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StateVisitor<'_, E, D> {
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = Error;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, D>,
+        (p, name): (&Tensor<S, E, D>, String),
+    ) -> Result<Option<Tensor<S, E, D>>> {
+        if !opts.do_gradient_update {
+            return Ok(None);
+        }
+        for (prefix, store) in [("m", &mut self.opt.m), ("v", &mut self.opt.v)] {
+            let key = format!("{prefix}.{name}");
+            store.try_alloc_for(p).dev()?;
+            match self.load {
+                None => self.out.push((key, store.get(p).as_vec())),
+                Some(get) => {
+                    let vals = get(&key).ok_or_else(|| Error::BadParameter {
+                        path: key.clone(),
+                        reason: "missing from the optimizer state".into(),
+                    })?;
+                    if vals.len() != p.shape().num_elements() {
+                        return Err(Error::BadParameter {
+                            path: key,
+                            reason: format!(
+                                "{} values in the optimizer state, the tensor has {}",
+                                vals.len(),
+                                p.shape().num_elements()
+                            ),
+                        });
+                    }
+                    let t = p.device().try_tensor_from_vec(vals, *p.shape()).dev()?;
+                    let (mut buf, probe) = crate::ops::quantise::gradient_buffer(t).dev()?;
+                    std::mem::swap(
+                        store.get_or_alloc_mut(p).dev()?,
+                        buf.get_or_alloc_mut(&probe).dev()?,
+                    );
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 struct ResolveVisitor<'a, E: Dtype, D: Backend<E>> {
     opt: &'a Optimizer<E, D>,
     settings: Vec<(f64, f64)>,

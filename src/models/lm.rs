@@ -1,0 +1,269 @@
+//! A decoder-only transformer language model that mirrors the reference `uu.TransformerDecoder`
+//! (spec §5): embedding → `L` pre-norm layers (RMSNorm without gain → causal multi-head
+//! self-attention with `mult/d_head` logits; RMSNorm → SwiGLU MLP), each branch added through the
+//! residual τ rule → final RMSNorm → readout. No biases, no positional encoding by default
+//! (NoPE, as the reference); RoPE is an option.
+//!
+//! The reference fuses q, k and v into one `Linear(d, 3d)`; here they are three `Linear(d, d)`
+//! with the same init, scales and LR (every rule depends on `fan_in = d` only), so the model is
+//! the same function with the same training dynamics. Widths are compile-time shapes; the number
+//! of heads, RoPE and every hyperparameter are run-time settings.
+
+use dfdx::prelude::*;
+
+use crate::nn::{functional::residual_taus, Hyper, Param, UnitLinear};
+use crate::ops::{self, Backend, MatmulQuantiser};
+use crate::rand_distr::{Distribution, StandardNormal};
+use crate::{umup_model, Error, Result};
+
+/// Causal self-attention projections.
+#[umup_model]
+pub struct Attention<const D: usize> {
+    /// Query projection.
+    #[hidden]
+    pub q: Linear<D, D>,
+    /// Key projection.
+    #[hidden]
+    pub k: Linear<D, D>,
+    /// Value projection.
+    #[hidden]
+    pub v: Linear<D, D>,
+    /// Output projection.
+    #[hidden]
+    pub o: Linear<D, D>,
+}
+
+/// SwiGLU MLP: `down(silu_glu(up(x), gate(x)))`; all three linears unconstrained, as in the
+/// reference (their forward and backward scales mirror each other along the path).
+#[umup_model]
+pub struct SwiGlu<const D: usize, const F: usize> {
+    /// `linear_1` of the reference.
+    #[hidden(constraint = "none")]
+    pub up: Linear<D, F>,
+    /// `linear_gate` of the reference.
+    #[hidden(constraint = "none")]
+    pub gate: Linear<D, F>,
+    /// `linear_2` of the reference.
+    #[hidden(constraint = "none")]
+    pub down: Linear<F, D>,
+}
+
+/// One pre-norm decoder layer.
+#[umup_model]
+pub struct DecoderLayer<const D: usize, const F: usize> {
+    /// Self-attention.
+    #[model]
+    pub attn: Attention<D>,
+    /// MLP.
+    #[model]
+    pub mlp: SwiGlu<D, F>,
+}
+
+/// The language model: vocabulary `V`, width `D`, MLP width `F` (4·D in the reference), depth
+/// `L`.
+#[umup_model]
+pub struct TransformerLm<const V: usize, const D: usize, const F: usize, const L: usize> {
+    /// Token embedding.
+    #[embedding]
+    pub embed: Embedding<V, D>,
+    /// The decoder layers (depth `L`).
+    #[model]
+    #[depth]
+    pub layers: [DecoderLayer<D, F>; L],
+    /// Readout to logits.
+    #[output]
+    pub readout: Linear<D, V>,
+}
+
+/// Run-time options of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LmOptions {
+    /// Attention heads; the width must be a multiple (`d_head = D / heads`).
+    pub heads: usize,
+    /// Rotary position embeddings on q and k (off: NoPE, as the reference).
+    pub rope: bool,
+}
+
+const NORM_EPS: f64 = 1e-5;
+
+type Rows<const K: usize, E, Dev, T> = Tensor<(usize, Const<K>), E, Dev, T>;
+
+fn lin<const I: usize, const O: usize, R, E, Dev, P, T>(
+    layer: &UnitLinear<I, O, R, E, Dev, P>,
+    x: Rows<I, E, Dev, T>,
+    quant: &mut Option<&mut MatmulQuantiser>,
+) -> Result<Rows<O, E, Dev, T>>
+where
+    R: crate::nn::LinearRole,
+    E: Dtype,
+    Dev: Backend<E>,
+    P: Param,
+    T: Tape<E, Dev> + Merge<T>,
+{
+    match quant {
+        Some(q) => layer.forward_quantised(x, q),
+        None => layer.try_forward(x),
+    }
+}
+
+/// Rotates pairs `(x[i], x[i + d/2])` of every head by `pos·θ_i`, `θ_i = 10000^(−2i/d)`.
+fn rope<E: Dtype, Dev: Backend<E>, T: Tape<E, Dev> + Merge<T>>(
+    x: Tensor<(usize, usize, usize, usize), E, Dev, T>,
+) -> Result<Tensor<(usize, usize, usize, usize), E, Dev, T>> {
+    let shape = *x.shape();
+    let (seq, d) = (shape.2, shape.3);
+    let half = d / 2;
+    if d % 2 != 0 {
+        return Err(Error::InvalidValue {
+            what: "d_head (RoPE)",
+            value: d as f64,
+            reason: "RoPE needs an even head dimension",
+        });
+    }
+    let conv = |v: f64| E::from_f64(v).unwrap_or_default();
+    let (mut cos, mut sin) = (
+        Vec::with_capacity(seq * half),
+        Vec::with_capacity(seq * half),
+    );
+    for p in 0..seq {
+        for i in 0..half {
+            let theta = p as f64 * 10000f64.powf(-2.0 * i as f64 / d as f64);
+            cos.push(conv(theta.cos()));
+            sin.push(conv(theta.sin()));
+        }
+    }
+    let dev = x.device().clone();
+    let hshape = (shape.0, shape.1, seq, half);
+    let table = |v: Vec<E>| -> Result<_> {
+        dev.try_tensor_from_vec(v, (seq, half))
+            .map_err(Error::device)?
+            .try_broadcast_like::<_, Axes2<0, 1>>(&hshape)
+            .map_err(Error::device)
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let x1 = x
+        .with_empty_tape()
+        .try_slice((.., .., .., ..half))
+        .map_err(Error::device)?;
+    let x2 = x.try_slice((.., .., .., half..)).map_err(Error::device)?;
+    let a = x1
+        .with_empty_tape()
+        .try_mul(cos.clone())
+        .map_err(Error::device)?
+        - x2.with_empty_tape()
+            .try_mul(sin.clone())
+            .map_err(Error::device)?;
+    let b = x1.try_mul(sin).map_err(Error::device)? + x2.try_mul(cos).map_err(Error::device)?;
+    let out = (a, b).try_concat_along(Axis::<3>).map_err(Error::device)?;
+    out.try_reshape_like(&shape).map_err(Error::device)
+}
+
+impl<const V: usize, const D: usize, const F: usize, const L: usize, E, Dev, P>
+    TransformerLm<V, D, F, L, E, Dev, P>
+where
+    E: Dtype,
+    Dev: Backend<E> + Storage<usize>,
+    P: Param,
+    StandardNormal: Distribution<E>,
+{
+    /// Logits `[batch·seq, V]` for `ids` (`batch·seq` token ids, row-major), with the training
+    /// tape riding on `ids`. With a quantiser, every linear and attention matmul runs in its
+    /// simulated formats.
+    pub fn logits<T: Tape<E, Dev> + Merge<T>>(
+        &self,
+        ids: Tensor<(usize,), usize, Dev, T>,
+        (batch, seq): (usize, usize),
+        hp: &Hyper,
+        opts: &LmOptions,
+        mut quant: Option<&mut MatmulQuantiser>,
+    ) -> Result<Rows<V, E, Dev, T>> {
+        if opts.heads == 0 || !D.is_multiple_of(opts.heads) {
+            return Err(Error::InvalidValue {
+                what: "number of heads",
+                value: opts.heads as f64,
+                reason: "the width must be a positive multiple of it",
+            });
+        }
+        if ids.shape().0 != batch * seq {
+            return Err(Error::ShapeMismatch {
+                op: "TransformerLm::logits",
+                detail: format!("{} ids for batch {batch} × seq {seq}", ids.shape().0),
+            });
+        }
+        hp.validate()?;
+        let taus = residual_taus(hp, L)?;
+        let mut x = self.embed.try_forward(ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = P::residual(x, taus[2 * i], |r| {
+                let h = ops::rms_norm(r, None, NORM_EPS)?;
+                self.attention(&layer.attn, h, (batch, seq), hp, opts, &mut quant)
+            })?;
+            x = P::residual(x, taus[2 * i + 1], |r| {
+                let h = ops::rms_norm(r, None, NORM_EPS)?;
+                let up = lin(&layer.mlp.up, h.with_empty_tape(), &mut quant)?;
+                let gate = lin(&layer.mlp.gate, h, &mut quant)?;
+                lin(&layer.mlp.down, P::swiglu(up, gate, hp)?, &mut quant)
+            })?;
+        }
+        let x = ops::rms_norm(x, None, NORM_EPS)?;
+        lin(&self.readout, x, &mut quant)
+    }
+
+    fn attention<T: Tape<E, Dev> + Merge<T>>(
+        &self,
+        attn: &Attention<D, E, Dev, P>,
+        h: Rows<D, E, Dev, T>,
+        (batch, seq): (usize, usize),
+        hp: &Hyper,
+        opts: &LmOptions,
+        quant: &mut Option<&mut MatmulQuantiser>,
+    ) -> Result<Rows<D, E, Dev, T>> {
+        let heads = opts.heads;
+        let d_head = D / heads;
+        let split =
+            |t: Rows<D, E, Dev, T>| -> Result<Tensor<(usize, usize, usize, usize), E, Dev, T>> {
+                t.try_reshape_like(&(batch, seq, heads, d_head))
+                    .map_err(Error::device)?
+                    .try_permute::<_, Axes4<0, 2, 1, 3>>()
+                    .map_err(Error::device)
+            };
+        let mut q = split(lin(&attn.q, h.with_empty_tape(), quant)?)?;
+        let mut k = split(lin(&attn.k, h.with_empty_tape(), quant)?)?;
+        let v = split(lin(&attn.v, h, quant)?)?;
+        if opts.rope {
+            q = rope(q)?;
+            k = rope(k)?;
+        }
+        let y = match quant {
+            Some(qz) => {
+                let (q, k, v) = (
+                    qz.quantise_fwd(q)?,
+                    qz.quantise_fwd(k)?,
+                    qz.quantise_fwd(v)?,
+                );
+                qz.quantise_bwd(P::attention(q, k, v, hp, true)?)?
+            }
+            None => P::attention(q, k, v, hp, true)?,
+        };
+        let y = y
+            .try_permute::<_, Axes4<0, 2, 1, 3>>()
+            .map_err(Error::device)?
+            .try_reshape_like(&(batch * seq, Const::<D>))
+            .map_err(Error::device)?;
+        lin(&attn.o, y, quant)
+    }
+
+    /// Mean next-token cross entropy of a batch (`P::cross_entropy` with α_loss-softmax).
+    pub fn loss<T: Tape<E, Dev> + Merge<T>>(
+        &self,
+        ids: Tensor<(usize,), usize, Dev, T>,
+        targets: &[usize],
+        shape: (usize, usize),
+        hp: &Hyper,
+        opts: &LmOptions,
+        quant: Option<&mut MatmulQuantiser>,
+    ) -> Result<Tensor<(), E, Dev, T>> {
+        let logits = self.logits(ids, shape, hp, opts, quant)?;
+        P::cross_entropy(logits, targets, hp)
+    }
+}

@@ -1,0 +1,615 @@
+//! Training the shipped language model: the loop behind `examples/train_lm.rs`.
+//!
+//! Everything a run depends on is in [`TrainConfig`]. Batches, evaluation windows and stochastic
+//! rounding are drawn from RNGs keyed by `(seed, purpose, step)`, so a run stopped at step `k`
+//! and resumed ([`TrainConfig::resume`]) computes exactly what an uninterrupted run computes.
+//!
+//! Files in the output directory: `config.json`, `metrics.csv`
+//! (`step,tokens,train_loss,val_loss,lr,seconds`; row `k` is the loss after `k` updates, row 0
+//! the loss at init), `model.safetensors` (with the u-μP metadata), `optim.safetensors` (Adam
+//! moments) and `state.json` (the step they hold). Checkpoints are written atomically.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::data::{step_rng, Batch, Corpus, Split};
+use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
+use crate::models::{LmOptions, TransformerLm};
+use crate::nn::{Hyper, Param};
+use crate::ops::MatmulQuantiser;
+use crate::optim::{LrSchedule, OptimConfig, Optimizer};
+use crate::params::ParamTable;
+use crate::{Error, Result};
+
+/// The vocabulary: bytes.
+pub const VOCAB: usize = 256;
+
+/// The byte-level language model at width `D`, MLP width `F`, depth `L`, parametrization `P`.
+pub type Lm<const D: usize, const F: usize, const L: usize, P> =
+    TransformerLm<VOCAB, D, F, L, f32, Cpu, P>;
+
+const TRAIN_STREAM: u64 = 1;
+const VAL_STREAM: u64 = 2;
+const QUANT_STREAM: u64 = 3;
+
+/// Number formats of the matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Plain f32.
+    F32,
+    /// Simulated f16 mixed precision: matmul inputs and output gradients rounded to IEEE half
+    /// (round to nearest even), products accumulated and weights kept in f32.
+    F16,
+    /// Simulated bf16 mixed precision, likewise.
+    Bf16Sim,
+    /// The reference's simulated FP8 (spec §8.1): E4M3 (max 240) matmul inputs, E5M2
+    /// gradients, stochastic rounding, no scaling.
+    Fp8Sim,
+}
+
+impl Precision {
+    /// The formats of the matmul inputs and gradients.
+    pub fn formats(self) -> MatmulFormats {
+        match self {
+            Precision::F32 => MatmulFormats::none(),
+            Precision::F16 => MatmulFormats {
+                forward: Some((Format::F16, Rounding::Nearest)),
+                backward: Some((Format::F16, Rounding::Nearest)),
+            },
+            Precision::Bf16Sim => MatmulFormats::bf16_sim(),
+            Precision::Fp8Sim => MatmulFormats::fp8_sim(),
+        }
+    }
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16Sim => "bf16-sim",
+            Precision::Fp8Sim => "fp8-sim",
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        [
+            Precision::F32,
+            Precision::F16,
+            Precision::Bf16Sim,
+            Precision::Fp8Sim,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| Error::UnknownName {
+            kind: "precision",
+            name: s.to_string(),
+            expected: "f32, f16, bf16-sim, fp8-sim",
+        })
+    }
+}
+
+/// Everything a training run depends on (written to `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model width `D` (one of the compiled sizes).
+    pub width: usize,
+    /// Number of layers `L` (one of the compiled sizes).
+    pub depth: usize,
+    /// Attention heads (`D` must be a multiple).
+    pub heads: usize,
+    /// Rotary position embeddings.
+    pub rope: bool,
+    /// Parametrization: `umup`, `mup` or `sp`.
+    pub param: String,
+    /// Matmul number formats.
+    pub precision: Precision,
+    /// Number of optimizer updates.
+    pub steps: usize,
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// η and the five α's.
+    pub lr: f64,
+    /// α_ffn-act.
+    pub alpha_ffn_act: f64,
+    /// α_attn-softmax.
+    pub alpha_attn_softmax: f64,
+    /// α_res.
+    pub alpha_res: f64,
+    /// α_res-attn-ratio.
+    pub alpha_res_attn_ratio: f64,
+    /// α_loss-softmax.
+    pub alpha_loss_softmax: f64,
+    /// Linear warm-up steps.
+    pub warmup: usize,
+    /// Final LR as a fraction of η (cosine decay).
+    pub final_lr_fraction: f64,
+    /// Weight decay (independent, spec §7.3).
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping.
+    pub grad_clip: Option<f64>,
+    /// Seed of init, batches and stochastic rounding.
+    pub seed: u64,
+    /// Validation (and checkpoint) interval in steps.
+    pub eval_every: usize,
+    /// Validation batches per evaluation.
+    pub eval_batches: usize,
+    /// Description of the data.
+    pub data: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            width: 128,
+            depth: 4,
+            heads: 2,
+            rope: false,
+            param: "umup".into(),
+            precision: Precision::F32,
+            steps: 400,
+            batch: 16,
+            seq: 128,
+            lr: 1.0,
+            alpha_ffn_act: 1.0,
+            alpha_attn_softmax: 1.0,
+            alpha_res: 1.0,
+            alpha_res_attn_ratio: 1.0,
+            alpha_loss_softmax: 1.0,
+            warmup: 40,
+            final_lr_fraction: 0.1,
+            weight_decay: 0.0,
+            grad_clip: None,
+            seed: 0,
+            eval_every: 100,
+            eval_batches: 8,
+            data: "shakespeare (embedded)".into(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The hyperparameters.
+    pub fn hyper(&self) -> Hyper {
+        Hyper {
+            eta: self.lr,
+            alpha_ffn_act: self.alpha_ffn_act,
+            alpha_attn_softmax: self.alpha_attn_softmax,
+            alpha_res: self.alpha_res,
+            alpha_res_attn_ratio: self.alpha_res_attn_ratio,
+            alpha_loss_softmax: self.alpha_loss_softmax,
+        }
+    }
+
+    /// Checks the settings that do not depend on the model type.
+    pub fn validate(&self) -> Result<()> {
+        self.hyper().validate()?;
+        let positive = [
+            ("steps", self.steps),
+            ("batch", self.batch),
+            ("seq", self.seq),
+            ("heads", self.heads),
+            ("eval_every", self.eval_every),
+            ("eval_batches", self.eval_batches),
+        ];
+        for (what, v) in positive {
+            if v == 0 {
+                return Err(Error::BadInput(format!("--{what} must be at least 1")));
+            }
+        }
+        if !self.width.is_multiple_of(self.heads) {
+            return Err(Error::BadInput(format!(
+                "--heads {} does not divide the width {}",
+                self.heads, self.width
+            )));
+        }
+        LrSchedule::warmup_cosine(self.warmup, self.steps, self.final_lr_fraction)?;
+        Ok(())
+    }
+}
+
+/// What the loop reports after every step.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Updates done.
+    pub step: usize,
+    /// Total updates.
+    pub steps: usize,
+    /// Training loss after `step` updates.
+    pub train_loss: f64,
+    /// Validation loss, when evaluated at this step.
+    pub val_loss: Option<f64>,
+    /// Tokens per second since the (re)start.
+    pub tokens_per_second: f64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Training loss at step 0 (at init).
+    pub initial_loss: Option<f64>,
+    /// Validation loss at the last step reached.
+    pub final_val_loss: f64,
+    /// The last step reached.
+    pub step: usize,
+    /// Whether the run stopped early (`stop_at`).
+    pub stopped: bool,
+    /// Training tokens per second (this process).
+    pub tokens_per_second: f64,
+    /// Overflow/underflow counts of the matmul inputs (forward) and gradients (backward).
+    pub quant_stats: (QuantStats, QuantStats),
+    /// A sample generated by the trained model.
+    pub sample: String,
+    /// The parameter table.
+    pub table: ParamTable,
+}
+
+/// How to run: where to write, whether to resume, when to stop.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output directory.
+    pub out: PathBuf,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+    /// Stop (after checkpointing) once this many updates are done.
+    pub stop_at: Option<usize>,
+    /// Bytes of generated text in the summary (0: none).
+    pub sample_len: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    step: usize,
+    seconds: f64,
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::BadInput(format!("{}: {e}", path.display()))
+}
+
+/// Trains `Lm<D, F, L, P>` on `corpus` as `cfg` says; `observe` sees every step.
+pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
+    cfg: &TrainConfig,
+    corpus: &Corpus,
+    run: &RunOptions,
+    observe: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    cfg.validate()?;
+    if cfg.width != D || cfg.depth != L {
+        return Err(Error::BadInput(format!(
+            "config asks for width {} depth {}, the model is width {D} depth {L}",
+            cfg.width, cfg.depth
+        )));
+    }
+    std::fs::create_dir_all(&run.out).map_err(|e| io(&run.out, e))?;
+    let paths = Paths::new(&run.out);
+    let dev = Cpu::seed_from_u64(cfg.seed);
+    // Reuse freed buffers: allocation churn is a large share of CPU time otherwise.
+    dev.try_enable_cache().map_err(Error::device)?;
+    let table = Lm::<D, F, L, P>::param_table()?;
+    let mut model = Lm::<D, F, L, P>::build(&dev)?;
+    let hp = cfg.hyper();
+    let opts = LmOptions {
+        heads: cfg.heads,
+        rope: cfg.rope,
+    };
+    let optim_cfg = OptimConfig {
+        weight_decay: cfg.weight_decay,
+        grad_clip: cfg.grad_clip,
+        schedule: LrSchedule::warmup_cosine(cfg.warmup, cfg.steps, cfg.final_lr_fraction)?,
+        ..OptimConfig::adamw(cfg.lr)
+    };
+    let mut opt = Optimizer::<f32, Cpu>::for_table(optim_cfg, &table)?;
+
+    let (start, seconds0) = if run.resume {
+        resume(cfg, &paths, &mut model, &mut opt)?
+    } else {
+        write_json(&paths.config, cfg)?;
+        (0, 0.0)
+    };
+    let mut metrics = open_metrics(&paths.metrics, start)?;
+    let val_batches: Vec<Batch> = (0..cfg.eval_batches as u64)
+        .map(|j| {
+            corpus.batch(
+                Split::Val,
+                cfg.batch,
+                cfg.seq,
+                &mut step_rng(cfg.seed, VAL_STREAM, j),
+            )
+        })
+        .collect::<Result<_>>()?;
+    let formats = cfg.precision.formats();
+    let mut stats = (QuantStats::default(), QuantStats::default());
+    let mut grads = model.alloc_grads();
+    let clock = Instant::now();
+    let tokens_per_step = cfg.batch * cfg.seq;
+    let mut initial_loss = None;
+    let mut last_val = f64::NAN;
+    let mut last_checkpoint = format!("{} (step {start})", paths.model.display());
+    let end = run.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
+    let mut step = start;
+    loop {
+        let batch = corpus.batch(
+            Split::Train,
+            cfg.batch,
+            cfg.seq,
+            &mut step_rng(cfg.seed, TRAIN_STREAM, step as u64),
+        )?;
+        let mut quant = (!formats.is_none()).then(|| {
+            MatmulQuantiser::new(formats, step_rng(cfg.seed, QUANT_STREAM, step as u64).gen())
+        });
+        let ids = dev
+            .try_tensor_from_vec(batch.inputs.clone(), (batch.inputs.len(),))
+            .map_err(Error::device)?;
+        let shape = (batch.batch, batch.seq);
+        let updating = step < end;
+        let lr = opt.current_lr();
+        let train_loss = if updating {
+            let loss = model.loss(
+                ids.traced(grads),
+                &batch.targets,
+                shape,
+                &hp,
+                &opts,
+                quant.as_mut(),
+            )?;
+            let v = f64::from(loss.array());
+            check_finite(v, step, &last_checkpoint)?;
+            grads = loss.backward();
+            v
+        } else {
+            let loss = model.loss(ids, &batch.targets, shape, &hp, &opts, quant.as_mut())?;
+            f64::from(loss.array())
+        };
+        check_finite(train_loss, step, &last_checkpoint)?;
+        if let Some(q) = &quant {
+            stats.0.merge(q.forward_stats());
+            stats.1.merge(q.backward_stats());
+        }
+        if step == 0 {
+            initial_loss = Some(train_loss);
+        }
+        let evaluate = step % cfg.eval_every == 0 || step == end;
+        let val_loss = if evaluate {
+            let v = evaluate_loss(&model, &val_batches, &hp, &opts, formats, cfg.seed)?;
+            check_finite(v, step, &last_checkpoint)?;
+            last_val = v;
+            Some(v)
+        } else {
+            None
+        };
+        let seconds = seconds0 + clock.elapsed().as_secs_f64();
+        writeln!(
+            metrics,
+            "{step},{},{train_loss},{},{lr},{seconds:.3}",
+            step * tokens_per_step,
+            val_loss.map(|v| v.to_string()).unwrap_or_default(),
+        )
+        .and_then(|_| metrics.flush())
+        .map_err(|e| io(&paths.metrics, e))?;
+        let resumed_here = step == start && start > 0;
+        if (step % cfg.eval_every == 0 && !resumed_here) || step == end {
+            save_checkpoint(&paths, &model, &mut opt, step, seconds)?;
+            last_checkpoint = format!("{} (step {step})", paths.model.display());
+        }
+        let done = (step - start) as f64;
+        observe(&Progress {
+            step,
+            steps: cfg.steps,
+            train_loss,
+            val_loss,
+            tokens_per_second: done * tokens_per_step as f64
+                / clock.elapsed().as_secs_f64().max(1e-9),
+        });
+        if !updating {
+            break;
+        }
+        opt.update(&mut model, &mut grads)?;
+        model.zero_grads(&mut grads);
+        step += 1;
+    }
+    let trained = (step - start) * tokens_per_step;
+    let sample = if run.sample_len > 0 {
+        generate(&model, corpus, &opts, &hp, cfg, run.sample_len)?
+    } else {
+        String::new()
+    };
+    Ok(Summary {
+        initial_loss,
+        final_val_loss: last_val,
+        step,
+        stopped: step < cfg.steps,
+        tokens_per_second: trained as f64 / clock.elapsed().as_secs_f64().max(1e-9),
+        quant_stats: stats,
+        sample,
+        table,
+    })
+}
+
+fn check_finite(v: f64, step: usize, checkpoint: &str) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Diverged {
+            step,
+            loss: v,
+            checkpoint: checkpoint.to_string(),
+        })
+    }
+}
+
+struct Paths {
+    config: PathBuf,
+    metrics: PathBuf,
+    model: PathBuf,
+    optim: PathBuf,
+    state: PathBuf,
+}
+
+impl Paths {
+    fn new(out: &Path) -> Self {
+        Paths {
+            config: out.join("config.json"),
+            metrics: out.join("metrics.csv"),
+            model: out.join("model.safetensors"),
+            optim: out.join("optim.safetensors"),
+            state: out.join("state.json"),
+        }
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::BadInput(e.to_string()))?;
+    checkpoint::write_atomically(path, text.as_bytes())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
+}
+
+fn save_checkpoint<const D: usize, const F: usize, const L: usize, P: Param>(
+    paths: &Paths,
+    model: &Lm<D, F, L, P>,
+    opt: &mut Optimizer<f32, Cpu>,
+    step: usize,
+    seconds: f64,
+) -> Result<()> {
+    let meta = BTreeMap::from([("step".to_string(), step.to_string())]);
+    checkpoint::save(model, &paths.model, &meta)?;
+    checkpoint::save_named(&paths.optim, &opt.state(model)?, &meta)?;
+    write_json(&paths.state, &State { step, seconds })
+}
+
+fn resume<const D: usize, const F: usize, const L: usize, P: Param>(
+    cfg: &TrainConfig,
+    paths: &Paths,
+    model: &mut Lm<D, F, L, P>,
+    opt: &mut Optimizer<f32, Cpu>,
+) -> Result<(usize, f64)> {
+    let saved: TrainConfig = read_json(&paths.config)?;
+    if saved != *cfg {
+        return Err(Error::BadInput(format!(
+            "--resume: the settings differ from the run in {} (see its config.json); resume with the same flags",
+            paths.config.display()
+        )));
+    }
+    let state: State = read_json(&paths.state)?;
+    let meta = checkpoint::load(model, &paths.model)?;
+    if meta.get("step") != Some(&state.step.to_string()) {
+        return Err(Error::BadInput(format!(
+            "{} does not hold step {} of state.json",
+            paths.model.display(),
+            state.step
+        )));
+    }
+    let (moments, _) = checkpoint::load_named::<f32>(&paths.optim)?;
+    opt.load_state(model, &|k| moments.get(k).cloned(), state.step)?;
+    Ok((state.step, state.seconds))
+}
+
+/// Opens `metrics.csv`: a new file with the header, or (resuming at `start`) the existing rows
+/// before `start`.
+fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
+    const HEADER: &str = "step,tokens,train_loss,val_loss,lr,seconds";
+    let mut text = String::new();
+    writeln!(text, "{HEADER}").ok();
+    if start > 0 {
+        let old = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        for line in old.lines().skip(1) {
+            let step: usize = line
+                .split(',')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::BadInput(format!("{}: bad row `{line}`", path.display())))?;
+            if step < start {
+                writeln!(text, "{line}").ok();
+            }
+        }
+    }
+    checkpoint::write_atomically(path, text.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| io(path, e))
+}
+
+fn evaluate_loss<const D: usize, const F: usize, const L: usize, P: Param>(
+    model: &Lm<D, F, L, P>,
+    batches: &[Batch],
+    hp: &Hyper,
+    opts: &LmOptions,
+    formats: MatmulFormats,
+    seed: u64,
+) -> Result<f64> {
+    let dev = model.embed.weight.device().clone();
+    let mut total = 0.0;
+    for (j, b) in batches.iter().enumerate() {
+        let mut quant =
+            (!formats.is_none()).then(|| MatmulQuantiser::new(formats, seed ^ j as u64));
+        let ids = dev
+            .try_tensor_from_vec(b.inputs.clone(), (b.inputs.len(),))
+            .map_err(Error::device)?;
+        let loss = model.loss(ids, &b.targets, (b.batch, b.seq), hp, opts, quant.as_mut())?;
+        total += f64::from(loss.array());
+    }
+    Ok(total / batches.len() as f64)
+}
+
+/// Samples `len` bytes after a prompt taken from the start of the validation split
+/// (temperature 0.8, seeded by the config's seed).
+fn generate<const D: usize, const F: usize, const L: usize, P: Param>(
+    model: &Lm<D, F, L, P>,
+    corpus: &Corpus,
+    opts: &LmOptions,
+    hp: &Hyper,
+    cfg: &TrainConfig,
+    len: usize,
+) -> Result<String> {
+    let dev = model.embed.weight.device().clone();
+    let val = corpus.split(Split::Val);
+    let prompt_len = cfg.seq.min(val.len()).min(32);
+    let mut text: Vec<usize> = val[..prompt_len].iter().map(|&b| b as usize).collect();
+    let mut rng = step_rng(cfg.seed, 4, 0);
+    for _ in 0..len {
+        let ctx = &text[text.len().saturating_sub(cfg.seq)..];
+        let ids = dev
+            .try_tensor_from_vec(ctx.to_vec(), (ctx.len(),))
+            .map_err(Error::device)?;
+        let logits = model.logits(ids, (1, ctx.len()), hp, opts, None)?.as_vec();
+        let last = &logits[(ctx.len() - 1) * VOCAB..];
+        let scaled: Vec<f64> = last
+            .iter()
+            .map(|&l| f64::from(l) * hp.alpha_loss_softmax / 0.8)
+            .collect();
+        let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scaled.iter().map(|l| (l - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut u = rng.gen::<f64>() * total;
+        let mut next = VOCAB - 1;
+        for (i, w) in weights.iter().enumerate() {
+            if u < *w {
+                next = i;
+                break;
+            }
+            u -= w;
+        }
+        text.push(next);
+    }
+    Ok(text.iter().map(|&b| b as u8 as char).collect())
+}

@@ -1,0 +1,142 @@
+//! The training loop at a tiny size: bit-exact resume, divergence handling, output files.
+
+use std::path::{Path, PathBuf};
+
+use umup::data::Corpus;
+use umup::nn::{Sp, Umup};
+use umup::train::{self, Precision, RunOptions, TrainConfig};
+
+fn corpus() -> Corpus {
+    let text: Vec<u8> = (0..20_000u32)
+        .map(|i| b"the quick brown fox jumps over the lazy dog. "[(i % 45) as usize])
+        .collect();
+    Corpus::from_bytes(text, 0.1).unwrap()
+}
+
+fn cfg() -> TrainConfig {
+    TrainConfig {
+        width: 64,
+        depth: 2,
+        heads: 2,
+        steps: 6,
+        batch: 2,
+        seq: 16,
+        warmup: 2,
+        eval_every: 3,
+        eval_batches: 2,
+        precision: Precision::Fp8Sim,
+        ..TrainConfig::default()
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("umup-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn opts(out: &Path, resume: bool, stop_at: Option<usize>) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        resume,
+        stop_at,
+        sample_len: 0,
+    }
+}
+
+/// (step, tokens, train_loss, val_loss, lr) of every row: everything but the wall time.
+fn rows(out: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(out.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').take(5).map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
+    let (c, cfg) = (corpus(), cfg());
+    let a = dir("a");
+    let full =
+        train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
+    assert_eq!(full.step, 6);
+    let l0 = full.initial_loss.unwrap();
+    assert!((l0 - 256f64.ln()).abs() < 0.05, "step-0 loss {l0}");
+
+    let b = dir("b");
+    let half =
+        train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&b, false, Some(3)), &mut |_| {}).unwrap();
+    assert!(half.stopped && half.step == 3);
+    let rest =
+        train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&b, true, None), &mut |_| {}).unwrap();
+    assert_eq!(rest.step, 6);
+    let (ra, rb) = (rows(&a), rows(&b));
+    assert_eq!(ra[0], ["step", "tokens", "train_loss", "val_loss", "lr"]);
+    assert_eq!(ra.len(), 8);
+    assert_eq!(ra, rb, "resumed metrics differ");
+    assert_eq!(full.final_val_loss, rest.final_val_loss);
+    // The files the run promises.
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "optim.safetensors",
+        "state.json",
+    ] {
+        assert!(a.join(f).exists(), "{f}");
+    }
+    let meta = umup::checkpoint::metadata(a.join("model.safetensors")).unwrap();
+    assert_eq!(meta["umup.parametrization"], "umup");
+    assert_eq!(meta["step"], "6");
+
+    // Resuming with other settings is refused.
+    let other = TrainConfig { lr: 0.5, ..cfg };
+    let e = train::train::<64, 256, 2, Umup>(&other, &c, &opts(&b, true, None), &mut |_| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("settings differ"), "{e}");
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_and_keeps_what_was_written() {
+    let c = corpus();
+    let cfg = TrainConfig {
+        lr: 1e30,
+        warmup: 0,
+        param: "sp".into(),
+        precision: Precision::F32,
+        eval_every: 1,
+        ..cfg()
+    };
+    let out = dir("nan");
+    let e = train::train::<64, 256, 2, Sp>(&cfg, &c, &opts(&out, false, None), &mut |_| {})
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, umup::Error::Diverged { step, .. } if step >= 1),
+        "{msg}"
+    );
+    assert!(msg.contains("model.safetensors"), "{msg}");
+    // Rows before the failure are on disk.
+    assert!(rows(&out).len() >= 2);
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let c = corpus();
+    let bad = TrainConfig { heads: 3, ..cfg() };
+    let out = dir("bad");
+    let e = train::train::<64, 256, 2, Umup>(&bad, &c, &opts(&out, false, None), &mut |_| {});
+    assert!(e.unwrap_err().to_string().contains("heads"));
+    let wrong_size = TrainConfig {
+        width: 128,
+        ..cfg()
+    };
+    let e =
+        train::train::<64, 256, 2, Umup>(&wrong_size, &c, &opts(&out, false, None), &mut |_| {});
+    assert!(e.unwrap_err().to_string().contains("width"));
+    assert!("fp9".parse::<Precision>().is_err());
+    let _ = std::fs::remove_dir_all(out);
+}
