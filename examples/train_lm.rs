@@ -184,7 +184,7 @@ fn main() -> ExitCode {
 fn main_inner(args: Args) -> umup::Result<()> {
     let param = args.param.as_str();
     if !["umup", "mup", "sp"].contains(&param) {
-        return Err(umup::Error::BadInput(format!(
+        return Err(umup::Error::Invalid(format!(
             "--param {param}: expected umup, mup or sp"
         )));
     }
@@ -220,7 +220,7 @@ fn main_inner(args: Args) -> umup::Result<()> {
             .map_or("shakespeare (embedded)".into(), |p| p.display().to_string()),
     };
     let unsupported = || {
-        umup::Error::BadInput(format!(
+        umup::Error::Invalid(format!(
             "--width {} --depth {} is not a compiled size ({SIZES})",
             cfg.width, cfg.depth
         ))

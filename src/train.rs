@@ -209,11 +209,11 @@ impl TrainConfig {
         ];
         for (what, v) in positive {
             if v == 0 {
-                return Err(Error::BadInput(format!("--{what} must be at least 1")));
+                return Err(Error::Invalid(format!("--{what} must be at least 1")));
             }
         }
         if !self.width.is_multiple_of(self.heads) {
-            return Err(Error::BadInput(format!(
+            return Err(Error::Invalid(format!(
                 "--heads {} does not divide the width {}",
                 self.heads, self.width
             )));
@@ -291,7 +291,7 @@ pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
 ) -> Result<Summary> {
     cfg.validate()?;
     if cfg.width != D || cfg.depth != L {
-        return Err(Error::BadInput(format!(
+        return Err(Error::Invalid(format!(
             "config asks for width {} depth {}, the model is width {D} depth {L}",
             cfg.width, cfg.depth
         )));
@@ -504,7 +504,7 @@ fn resume<const D: usize, const F: usize, const L: usize, P: Param>(
 ) -> Result<(usize, f64)> {
     let saved: TrainConfig = read_json(&paths.config)?;
     if saved != *cfg {
-        return Err(Error::BadInput(format!(
+        return Err(Error::Invalid(format!(
             "--resume: the settings differ from the run in {} (see its config.json); resume with the same flags",
             paths.config.display()
         )));

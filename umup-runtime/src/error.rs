@@ -98,6 +98,9 @@ pub enum Error {
         /// Where the last good checkpoint is.
         checkpoint: String,
     },
+    /// An invalid setting (a command-line flag, a training configuration).
+    #[error("{0}")]
+    Invalid(String),
     /// A malformed conformance fixture or other input file.
     #[error("bad input file: {0}")]
     BadInput(String),

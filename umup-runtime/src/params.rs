@@ -309,8 +309,10 @@ impl std::fmt::Display for Init {
 fn fmt_num(v: f64) -> String {
     if v == v.round() && v.abs() < 1e6 {
         format!("{v:.0}")
+    } else if v.abs() >= 1e-3 {
+        format!("{v:.4}")
     } else {
-        format!("{v:.4e}")
+        format!("{v:.3e}")
     }
 }
 
