@@ -57,10 +57,16 @@ fn rms<const K: usize>(x: Rows<K>) -> Rows<K> {
     x * r.broadcast_like::<_, Axis<1>>(&s)
 }
 
-fn plain_loss(m: &Built, ids: &[usize], targets: &[usize], grads: Gradients<f32, Cpu>) -> Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>> {
+fn plain_loss(
+    m: &Built,
+    ids: &[usize],
+    targets: &[usize],
+    grads: Gradients<f32, Cpu>,
+) -> Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>> {
     let dev = m.0.weight.device().clone();
     let n = ids.len();
-    let mut x = m.0.forward(dev.tensor_from_vec(ids.to_vec(), (n,)).traced(grads));
+    let mut x =
+        m.0.forward(dev.tensor_from_vec(ids.to_vec(), (n,)).traced(grads));
     let dh = D / H;
     let mask = dev.upper_tri_like(&(SEQ, SEQ), f32::NEG_INFINITY, 1);
     for layer in m.1.modules.iter() {
@@ -115,15 +121,25 @@ fn main() -> umup::Result<()> {
     let dev_u = Cpu::seed_from_u64(0);
     dev_u.enable_cache();
     let mut um = Lm::<D, F, L, Umup>::build(&dev_u)?;
-    let mut uopt = Optimizer::for_table(OptimConfig::adamw(1.0), &Lm::<D, F, L, Umup>::param_table()?)?;
+    let mut uopt = Optimizer::for_table(
+        OptimConfig::adamw(1.0),
+        &Lm::<D, F, L, Umup>::param_table()?,
+    )?;
     let mut ugrads = um.alloc_grads();
-    let (hp, opts) = (Hyper::default(), LmOptions { heads: H, rope: false });
+    let (hp, opts) = (
+        Hyper::default(),
+        LmOptions {
+            heads: H,
+            rope: false,
+        },
+    );
 
     // The same code in standard parametrization (no u-μP scales): isolates the cost of the scales.
     let dev_s = Cpu::seed_from_u64(0);
     dev_s.enable_cache();
     let mut sm = Lm::<D, F, L, Sp>::build(&dev_s)?;
-    let mut sopt = Optimizer::for_table(OptimConfig::adamw(1e-3), &Lm::<D, F, L, Sp>::param_table()?)?;
+    let mut sopt =
+        Optimizer::for_table(OptimConfig::adamw(1e-3), &Lm::<D, F, L, Sp>::param_table()?)?;
     let mut sgrads = sm.alloc_grads();
 
     // Plain dfdx model.
@@ -152,7 +168,8 @@ fn main() -> umup::Result<()> {
     let mut plain_step = |grads: Gradients<f32, Cpu>| -> Gradients<f32, Cpu> {
         let loss = plain_loss(&pm, &ids, &targets, grads);
         let mut g = loss.backward();
-        popt.update(&mut pm, &g).expect("every tensor has a gradient");
+        popt.update(&mut pm, &g)
+            .expect("every tensor has a gradient");
         pm.zero_grads(&mut g);
         g
     };
@@ -200,10 +217,25 @@ fn main() -> umup::Result<()> {
     );
     println!("| model | median step ms | GFLOP/s | % of gemm ceiling |");
     println!("|---|---:|---:|---:|");
-    println!("| umup (u-μP, AdamW) | {mu:.1} | {:.1} | {:.0}% |", gf(mu), 100.0 * gf(mu) / gemm_gf);
-    println!("| umup code in SP (no scales) | {ms:.1} | {:.1} | {:.0}% |", gf(ms), 100.0 * gf(ms) / gemm_gf);
-    println!("| plain dfdx (no scaling, Adam) | {mp:.1} | {:.1} | {:.0}% |", gf(mp), 100.0 * gf(mp) / gemm_gf);
+    println!(
+        "| umup (u-μP, AdamW) | {mu:.1} | {:.1} | {:.0}% |",
+        gf(mu),
+        100.0 * gf(mu) / gemm_gf
+    );
+    println!(
+        "| umup code in SP (no scales) | {ms:.1} | {:.1} | {:.0}% |",
+        gf(ms),
+        100.0 * gf(ms) / gemm_gf
+    );
+    println!(
+        "| plain dfdx (no scaling, Adam) | {mp:.1} | {:.1} | {:.0}% |",
+        gf(mp),
+        100.0 * gf(mp) / gemm_gf
+    );
     println!("| raw gemm [{n},{D}]x[{D},{F}] | {mg:.2} | {gemm_gf:.1} | 100% |");
-    println!("ratio umup/plain_dfdx = {:.3} (umup {mu:.1} ms, plain dfdx {mp:.1} ms)", mu / mp);
+    println!(
+        "ratio umup/plain_dfdx = {:.3} (umup {mu:.1} ms, plain dfdx {mp:.1} ms)",
+        mu / mp
+    );
     Ok(())
 }
