@@ -13,14 +13,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use umup::data::Corpus;
-use umup::nn::{Mup, Param, Sp, Umup};
-use umup::train::{self, Precision, RunOptions, Summary, TrainConfig};
+use umup::train::{self, Precision, RunOptions, TrainConfig};
 
 /// The Shakespeare corpus (public domain; see data/README.md for the attribution).
 const SHAKESPEARE: &[u8] = include_bytes!("../data/shakespeare.txt.gz");
-
-/// Compiled model sizes: (width, depth). The MLP width is 4 × width.
-const SIZES: &str = "width 64, 128 or 256; depth 2 or 4";
 
 #[derive(Parser, Debug)]
 #[command(about = "Train a byte-level u-μP transformer LM (default: Shakespeare, embedded)")]
@@ -117,18 +113,11 @@ struct Args {
     quiet: bool,
 }
 
-type Runner = fn(&TrainConfig, &Corpus, &RunOptions, bool) -> umup::Result<Summary>;
-
-fn run<const D: usize, const F: usize, const L: usize, P: Param>(
-    cfg: &TrainConfig,
-    corpus: &Corpus,
-    opts: &RunOptions,
-    quiet: bool,
-) -> umup::Result<Summary> {
+fn progress_bar(steps: usize, quiet: bool) -> ProgressBar {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(cfg.steps as u64)
+        ProgressBar::new(steps as u64)
     };
     bar.set_style(
         ProgressStyle::with_template(
@@ -136,38 +125,7 @@ fn run<const D: usize, const F: usize, const L: usize, P: Param>(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut last_val = None;
-    let summary = train::train::<D, F, L, P>(cfg, corpus, opts, &mut |p| {
-        if p.val_loss.is_some() {
-            last_val = p.val_loss;
-        }
-        bar.set_position(p.step as u64);
-        bar.set_message(format!(
-            "loss {:.4}  val {}  {:.0} tok/s",
-            p.train_loss,
-            last_val.map_or("-".into(), |v| format!("{v:.4}")),
-            p.tokens_per_second
-        ));
-    });
-    bar.finish();
-    summary
-}
-
-fn table<const D: usize, const F: usize, const L: usize, P: Param>() -> umup::Result<String> {
-    Ok(train::Lm::<D, F, L, P>::param_table()?.to_string())
-}
-
-macro_rules! sizes {
-    ($cfg:expr, $param:expr, $ty:ty, $f:ident, $($w:literal x $l:literal),*) => {
-        match ($cfg.width, $cfg.depth, $param) {
-            $(
-                ($w, $l, "umup") => Some($f::<$w, { 4 * $w }, $l, Umup> as $ty),
-                ($w, $l, "mup") => Some($f::<$w, { 4 * $w }, $l, Mup<64>> as $ty),
-                ($w, $l, "sp") => Some($f::<$w, { 4 * $w }, $l, Sp> as $ty),
-            )*
-            _ => None,
-        }
-    };
+    bar
 }
 
 fn main() -> ExitCode {
@@ -219,20 +177,11 @@ fn main_inner(args: Args) -> umup::Result<()> {
             .as_ref()
             .map_or("shakespeare (embedded)".into(), |p| p.display().to_string()),
     };
-    let unsupported = || {
-        umup::Error::Invalid(format!(
-            "--width {} --depth {} is not a compiled size ({SIZES})",
-            cfg.width, cfg.depth
-        ))
-    };
     if args.print_table {
-        let f = sizes!(cfg, param, fn() -> umup::Result<String>, table, 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4);
-        print!("{}", f.ok_or_else(unsupported)?()?);
+        print!("{}", train::param_table_compiled(&cfg)?);
         return Ok(());
     }
-    let runner =
-        sizes!(cfg, param, Runner, run, 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
-            .ok_or_else(unsupported)?;
+    train::param_table_compiled(&cfg)?;
     cfg.validate()?;
     let corpus = match &args.data {
         Some(p) => Corpus::from_path(p, args.val_fraction)?,
@@ -258,7 +207,22 @@ fn main_inner(args: Args) -> umup::Result<()> {
         stop_at: args.stop_at,
         sample_len: args.sample_len,
     };
-    let s = runner(&cfg, &corpus, &opts, args.quiet)?;
+    let bar = progress_bar(cfg.steps, args.quiet);
+    let mut last_val = None;
+    let s = train::train_compiled(&cfg, &corpus, &opts, &mut |p| {
+        if p.val_loss.is_some() {
+            last_val = p.val_loss;
+        }
+        bar.set_position(p.step as u64);
+        bar.set_message(format!(
+            "loss {:.4}  val {}  {:.0} tok/s",
+            p.train_loss,
+            last_val.map_or("-".into(), |v| format!("{v:.4}")),
+            p.tokens_per_second
+        ));
+    });
+    bar.finish();
+    let s = s?;
     if let Some(l0) = s.initial_loss {
         println!(
             "loss at step 0:        {l0:.4}  (ln 256 = {:.4})",

@@ -282,6 +282,61 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     Error::BadInput(format!("{}: {e}", path.display()))
 }
 
+/// The compiled model sizes `(width, depth)` of [`train_compiled`] (MLP width 4 × width).
+pub const COMPILED_SIZES: [(usize, usize); 6] =
+    [(64, 2), (64, 4), (128, 2), (128, 4), (256, 2), (256, 4)];
+
+/// The base width of the μP baseline (`--param mup`).
+pub const MUP_BASE_WIDTH: usize = 64;
+
+type TrainFn = fn(&TrainConfig, &Corpus, &RunOptions, &mut dyn FnMut(&Progress)) -> Result<Summary>;
+type TableFn = fn() -> Result<ParamTable>;
+
+fn table_of<const D: usize, const F: usize, const L: usize, P: Param>() -> Result<ParamTable> {
+    Lm::<D, F, L, P>::param_table()
+}
+
+macro_rules! compiled {
+    ($width:expr, $depth:expr, $param:expr, $f:ident, $ty:ty, $($w:literal x $l:literal),*) => {
+        match ($width, $depth, $param) {
+            $(
+                ($w, $l, "umup") => Some($f::<$w, { 4 * $w }, $l, crate::nn::Umup> as $ty),
+                ($w, $l, "mup") => Some($f::<$w, { 4 * $w }, $l, crate::nn::Mup<MUP_BASE_WIDTH>> as $ty),
+                ($w, $l, "sp") => Some($f::<$w, { 4 * $w }, $l, crate::nn::Sp> as $ty),
+            )*
+            _ => None,
+        }
+    };
+}
+
+fn unsupported(cfg: &TrainConfig) -> Error {
+    Error::Invalid(format!(
+        "--width {} --depth {} --param {} is not a compiled model: widths 64, 128, 256 × depths 2, 4 × umup, mup, sp",
+        cfg.width, cfg.depth, cfg.param
+    ))
+}
+
+/// [`train`] for the compiled size and parametrization that `cfg` names.
+pub fn train_compiled(
+    cfg: &TrainConfig,
+    corpus: &Corpus,
+    run: &RunOptions,
+    observe: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    let f = compiled!(cfg.width, cfg.depth, cfg.param.as_str(), train, TrainFn,
+        64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
+    .ok_or_else(|| unsupported(cfg))?;
+    f(cfg, corpus, run, observe)
+}
+
+/// The parameter table of the compiled model that `cfg` names.
+pub fn param_table_compiled(cfg: &TrainConfig) -> Result<ParamTable> {
+    let f = compiled!(cfg.width, cfg.depth, cfg.param.as_str(), table_of, TableFn,
+        64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
+    .ok_or_else(|| unsupported(cfg))?;
+    f()
+}
+
 /// Trains `Lm<D, F, L, P>` on `corpus` as `cfg` says; `observe` sees every step.
 pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
     cfg: &TrainConfig,

@@ -11,6 +11,7 @@
 
 use dfdx::prelude::*;
 
+use crate::analysis::{probe, ScaleLog};
 use crate::nn::{functional::residual_taus, Hyper, Param, UnitLinear};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::rand_distr::{Distribution, StandardNormal};
@@ -106,6 +107,18 @@ where
     }
 }
 
+/// [`probe`] when a log is given, the identity otherwise.
+fn tap<S: Shape, E: Dtype, Dev: Backend<E>, T: Tape<E, Dev>>(
+    x: Tensor<S, E, Dev, T>,
+    log: Option<&ScaleLog>,
+    name: impl FnOnce() -> String,
+) -> Result<Tensor<S, E, Dev, T>> {
+    match log {
+        Some(l) => probe(x, &name(), l),
+        None => Ok(x),
+    }
+}
+
 /// Rotates pairs `(x[i], x[i + d/2])` of every head by `pos·θ_i`, `θ_i = 10000^(−2i/d)`.
 fn rope<E: Dtype, Dev: Backend<E>, T: Tape<E, Dev> + Merge<T>>(
     x: Tensor<(usize, usize, usize, usize), E, Dev, T>,
@@ -172,10 +185,25 @@ where
     pub fn logits<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
+        shape: (usize, usize),
+        hp: &Hyper,
+        opts: &LmOptions,
+        quant: Option<&mut MatmulQuantiser>,
+    ) -> Result<Rows<V, E, Dev, T>> {
+        self.logits_logged(ids, shape, hp, opts, quant, None)
+    }
+
+    /// [`Self::logits`], recording the RMS of every intermediate activation (and, in the
+    /// backward pass, of its gradient) in `log`: `embed`, `layers.{i}.attn.{in,q,k,v,sdpa,out}`,
+    /// `layers.{i}.mlp.{in,act,out}`, `layers.{i}.residual`, `final_norm`, `logits`.
+    pub fn logits_logged<T: Tape<E, Dev> + Merge<T>>(
+        &self,
+        ids: Tensor<(usize,), usize, Dev, T>,
         (batch, seq): (usize, usize),
         hp: &Hyper,
         opts: &LmOptions,
         mut quant: Option<&mut MatmulQuantiser>,
+        log: Option<&ScaleLog>,
     ) -> Result<Rows<V, E, Dev, T>> {
         if opts.heads == 0 || !D.is_multiple_of(opts.heads) {
             return Err(Error::InvalidValue {
@@ -192,23 +220,33 @@ where
         }
         hp.validate()?;
         let taus = residual_taus(hp, L)?;
-        let mut x = self.embed.try_forward(ids)?;
+        let mut x = tap(self.embed.try_forward(ids)?, log, || "embed".into())?;
         for (i, layer) in self.layers.iter().enumerate() {
+            let name = |s: &str| format!("layers.{i}.{s}");
             x = P::residual(x, taus[2 * i], |r| {
-                let h = ops::rms_norm(r, None, NORM_EPS)?;
-                self.attention(&layer.attn, h, (batch, seq), hp, opts, &mut quant)
+                let h = tap(ops::rms_norm(r, None, NORM_EPS)?, log, || name("attn.in"))?;
+                let y =
+                    self.attention(&layer.attn, h, (batch, seq), hp, opts, &mut quant, log, i)?;
+                tap(y, log, || name("attn.out"))
             })?;
             x = P::residual(x, taus[2 * i + 1], |r| {
-                let h = ops::rms_norm(r, None, NORM_EPS)?;
+                let h = tap(ops::rms_norm(r, None, NORM_EPS)?, log, || name("mlp.in"))?;
                 let up = lin(&layer.mlp.up, h.with_empty_tape(), &mut quant)?;
                 let gate = lin(&layer.mlp.gate, h, &mut quant)?;
-                lin(&layer.mlp.down, P::swiglu(up, gate, hp)?, &mut quant)
+                let act = tap(P::swiglu(up, gate, hp)?, log, || name("mlp.act"))?;
+                tap(lin(&layer.mlp.down, act, &mut quant)?, log, || {
+                    name("mlp.out")
+                })
             })?;
+            x = tap(x, log, || name("residual"))?;
         }
-        let x = ops::rms_norm(x, None, NORM_EPS)?;
-        lin(&self.readout, x, &mut quant)
+        let x = tap(ops::rms_norm(x, None, NORM_EPS)?, log, || {
+            "final_norm".into()
+        })?;
+        tap(lin(&self.readout, x, &mut quant)?, log, || "logits".into())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention<T: Tape<E, Dev> + Merge<T>>(
         &self,
         attn: &Attention<D, E, Dev, P>,
@@ -217,7 +255,10 @@ where
         hp: &Hyper,
         opts: &LmOptions,
         quant: &mut Option<&mut MatmulQuantiser>,
+        log: Option<&ScaleLog>,
+        layer: usize,
     ) -> Result<Rows<D, E, Dev, T>> {
+        let name = |s: &str| format!("layers.{layer}.attn.{s}");
         let heads = opts.heads;
         let d_head = D / heads;
         let split =
@@ -227,9 +268,13 @@ where
                     .try_permute::<_, Axes4<0, 2, 1, 3>>()
                     .map_err(Error::device)
             };
-        let mut q = split(lin(&attn.q, h.with_empty_tape(), quant)?)?;
-        let mut k = split(lin(&attn.k, h.with_empty_tape(), quant)?)?;
-        let v = split(lin(&attn.v, h, quant)?)?;
+        let mut q = split(tap(lin(&attn.q, h.with_empty_tape(), quant)?, log, || {
+            name("q")
+        })?)?;
+        let mut k = split(tap(lin(&attn.k, h.with_empty_tape(), quant)?, log, || {
+            name("k")
+        })?)?;
+        let v = split(tap(lin(&attn.v, h, quant)?, log, || name("v"))?)?;
         if opts.rope {
             q = rope(q)?;
             k = rope(k)?;
@@ -250,6 +295,7 @@ where
             .map_err(Error::device)?
             .try_reshape_like(&(batch * seq, Const::<D>))
             .map_err(Error::device)?;
+        let y = tap(y, log, || name("sdpa"))?;
         lin(&attn.o, y, quant)
     }
 

@@ -15,6 +15,7 @@
 //!   the parameter table, and the parametrization-aware forward pieces (what `#[umup_model]`
 //!   generates code for).
 //! * [`formats`]: FP8 (OCP and the reference's simulation formats), f16 and bf16 rounding (spec §8).
+//! * [`analysis`]: scale tracking (RMS of every parameter, activation and gradient).
 //! * [`checkpoint`]: safetensors checkpoints with the u-μP metadata.
 //! * [`conformance`]: a runner for the reference library's float64 fixture files.
 //!
@@ -25,6 +26,7 @@
 // Tensor types with const-generic shapes, dtype, device and tape are long by nature.
 #![allow(clippy::type_complexity)]
 
+pub mod analysis;
 pub mod checkpoint;
 pub mod conformance;
 pub mod constraint;

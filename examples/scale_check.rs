@@ -1,0 +1,266 @@
+//! Scale check (μP's coord check): RMS of every parameter, activation and gradient of the
+//! transformer LM at several widths, on real data, at init and over the first training steps.
+//!
+//! ```text
+//! cargo run --release --example scale_check                                   # u-μP, widths 64..1024
+//! cargo run --release --example scale_check -- --param umup,mup,sp --widths 64,128,256,512
+//! cargo run --release --example scale_check -- --steps 5 --json runs/scale.json
+//! ```
+//!
+//! Prints an aligned table (one row per tensor, one column per width, and the spread
+//! max/min across widths), checks the u-μP expectations of spec §10, and draws
+//! `runs/scale_check/scale_check.png` (RMS vs width, log-log, one panel per parametrization and
+//! kind). `--json PATH` writes one report per parametrization (an array when several):
+//! `{"parametrization": "umup", "rows": [{"width": 64, "step": 0, "kind": "param|activation|grad",
+//! "name": "layers.0.mlp.up.weight", "rms": 1.0}, ...], "loss": [{"width": 64, "step": 0,
+//! "value": 5.55}, ...]}`.
+
+#[path = "common/plot.rs"]
+mod plot;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use umup::analysis::Kind;
+use umup::data::Corpus;
+use umup::nn::{Mup, Sp, Umup};
+use umup::scale_check::{by_tensor, scale_check, umup_violations, LossRow, Report, Row, Settings};
+
+const SHAKESPEARE: &[u8] = include_bytes!("../data/shakespeare.txt.gz");
+const DEPTH: usize = 4;
+
+#[derive(Parser, Debug)]
+#[command(about = "RMS of every parameter, activation and gradient of the LM across widths")]
+struct Args {
+    /// Widths (compiled: 64, 128, 256, 512, 1024).
+    #[arg(long, default_value = "64,128,256,512,1024", value_delimiter = ',')]
+    widths: Vec<usize>,
+    /// Parametrizations, comma-separated: umup, mup (base width 64), sp.
+    #[arg(long, default_value = "umup", value_delimiter = ',')]
+    param: Vec<String>,
+    /// Training steps to measure after init.
+    #[arg(long, default_value_t = 0)]
+    steps: usize,
+    /// Seed of init and batch (the same batch at every width).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Average over this many seeds (seed, seed+1, ...): RMS combined as √(mean of squares).
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Bytes per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// η for --steps [default: 1 for umup, 2^-7 for mup and sp].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Attention head dimension (heads = width / d_head).
+    #[arg(long, default_value_t = 64)]
+    d_head: usize,
+    /// Write the reports as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where to draw the plot.
+    #[arg(long, default_value = "runs/scale_check/scale_check.png")]
+    png: PathBuf,
+    /// Use this file instead of the embedded Shakespeare.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+type Check = fn(&Corpus, &Settings, &mut Vec<Row>, &mut Vec<LossRow>) -> umup::Result<()>;
+
+fn check_fn(width: usize, param: &str) -> Option<Check> {
+    macro_rules! widths {
+        ($($w:literal),*) => {
+            match (width, param) {
+                $(
+                    ($w, "umup") => Some(scale_check::<$w, { 4 * $w }, DEPTH, Umup> as Check),
+                    ($w, "mup") => Some(scale_check::<$w, { 4 * $w }, DEPTH, Mup<64>> as Check),
+                    ($w, "sp") => Some(scale_check::<$w, { 4 * $w }, DEPTH, Sp> as Check),
+                )*
+                _ => None,
+            }
+        };
+    }
+    widths!(64, 128, 256, 512, 1024)
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> umup::Result<()> {
+    let corpus = match &args.data {
+        Some(p) => Corpus::from_path(p, 0.1)?,
+        None => Corpus::from_gzip(SHAKESPEARE, 0.1)?,
+    };
+    let mut reports = Vec::new();
+    for param in &args.param {
+        let mut widths = args.widths.clone();
+        widths.sort_unstable();
+        let settings = Settings {
+            batch: args.batch,
+            seq: args.seq,
+            steps: args.steps,
+            seed: args.seed,
+            lr: args
+                .lr
+                .unwrap_or(if param == "umup" { 1.0 } else { 2f64.powi(-7) }),
+            d_head: args.d_head,
+        };
+        let (mut rows, mut loss) = (Vec::new(), Vec::new());
+        for &w in &widths {
+            let f = check_fn(w, param).ok_or_else(|| {
+                umup::Error::Invalid(format!(
+                    "--widths {w} / --param {param}: compiled widths are 64, 128, 256, 512, 1024 and parametrizations umup, mup, sp"
+                ))
+            })?;
+            eprintln!("{param}: width {w} ...");
+            let repeats = args.repeats.max(1);
+            let (mut r_rows, mut r_loss) = (Vec::new(), Vec::new());
+            for r in 0..repeats as u64 {
+                let s = Settings {
+                    seed: args.seed + r,
+                    ..settings.clone()
+                };
+                f(&corpus, &s, &mut r_rows, &mut r_loss)?;
+            }
+            rows.extend(average(r_rows, repeats));
+            loss.extend(average_loss(r_loss, repeats));
+        }
+        let report = Report {
+            parametrization: param.clone(),
+            rows,
+            loss,
+        };
+        print_report(&report, &widths, args.steps);
+        reports.push(report);
+    }
+    if let Some(path) = &args.json {
+        let text = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])
+        } else {
+            serde_json::to_string_pretty(&reports)
+        }
+        .map_err(|e| umup::Error::Invalid(e.to_string()))?;
+        std::fs::write(path, text)
+            .map_err(|e| umup::Error::Invalid(format!("{}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(dir) = args.png.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| umup::Error::Invalid(format!("{}: {e}", dir.display())))?;
+    }
+    let mut panels = Vec::new();
+    for r in &reports {
+        for kind in [Kind::Param, Kind::Activation, Kind::Grad] {
+            let series = by_tensor(&r.rows)
+                .into_iter()
+                .filter(|((step, k, _), _)| *step == 0 && *k == kind)
+                .map(|((_, _, name), by_w)| {
+                    (name, by_w.into_iter().map(|(w, v)| (w as f64, v)).collect())
+                })
+                .collect();
+            panels.push(plot::Panel {
+                title: format!("{}: {kind} RMS at init", r.parametrization),
+                x_label: "width".into(),
+                y_label: "RMS".into(),
+                series,
+                log_y: true,
+                legend: false,
+            });
+        }
+    }
+    plot::draw(&args.png, &panels, 3)?;
+    println!("wrote {}", args.png.display());
+    Ok(())
+}
+
+/// √(mean of squares) of the repeats of each (width, step, kind, name), in first-seen order.
+fn average(rows: Vec<Row>, repeats: usize) -> Vec<Row> {
+    let n = rows.len() / repeats;
+    let mut out: Vec<Row> = rows[..n].to_vec();
+    for (i, o) in out.iter_mut().enumerate() {
+        let ss: f64 = (0..repeats).map(|r| rows[r * n + i].rms.powi(2)).sum();
+        o.rms = (ss / repeats as f64).sqrt();
+    }
+    out
+}
+
+fn average_loss(loss: Vec<LossRow>, repeats: usize) -> Vec<LossRow> {
+    let n = loss.len() / repeats;
+    let mut out: Vec<LossRow> = loss[..n].to_vec();
+    for (i, o) in out.iter_mut().enumerate() {
+        o.value = (0..repeats).map(|r| loss[r * n + i].value).sum::<f64>() / repeats as f64;
+    }
+    out
+}
+
+fn print_report(report: &Report, widths: &[usize], steps: usize) {
+    println!("\n== {} ==", report.parametrization);
+    let table = by_tensor(&report.rows);
+    let name_w = table
+        .keys()
+        .map(|(_, _, n)| n.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    for step in [0, steps]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        println!("step {step}");
+        print!("{:<10} {:<name_w$}", "kind", "name");
+        for w in widths {
+            print!(" {:>9}", format!("w={w}"));
+        }
+        println!(" {:>8}", "spread");
+        for ((s, kind, name), by_w) in &table {
+            if *s != step {
+                continue;
+            }
+            print!("{:<10} {:<name_w$}", kind.to_string(), name);
+            for w in widths {
+                match by_w.get(w) {
+                    Some(v) => print!(" {v:>9.4}"),
+                    None => print!(" {:>9}", "-"),
+                }
+            }
+            let (lo, hi) = by_w
+                .values()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            println!(" {:>8.3}", hi / lo);
+        }
+        print!("{:<10} {:<name_w$}", "loss", "");
+        for w in widths {
+            let l = report
+                .loss
+                .iter()
+                .find(|l| l.width == *w && l.step == step)
+                .map_or(f64::NAN, |l| l.value);
+            print!(" {l:>9.4}");
+        }
+        println!();
+    }
+    if report.parametrization == "umup" {
+        let bad = umup_violations(report);
+        if bad.is_empty() {
+            println!("u-μP checks (spec §10): every weight RMS 1 ± 0.02, loss ln 256 ± 0.05, every activation and gradient within [0.8, 1.25]× of its narrowest-width value (logits exempt): all pass");
+        } else {
+            println!("u-μP checks (spec §10): {} violations", bad.len());
+            for b in bad {
+                println!("  {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The scale check (μP's "coord check"): RMS of every parameter, activation and gradient of the
+//! language model on real data, per width and per training step.
+//!
+//! For any other `#[umup_model]` model, [`crate::analysis`] has the pieces: `record_params`,
+//! `record_param_grads` and `probe` (placed in the model's forward code).
+
+use std::collections::BTreeMap;
+
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::{record_param_grads, record_params, Kind, ScaleLog};
+use crate::data::{step_rng, Corpus, Split};
+use crate::models::LmOptions;
+use crate::nn::{Hyper, Param};
+use crate::optim::{OptimConfig, Optimizer};
+use crate::train::Lm;
+use crate::{Error, Result};
+
+/// One measurement (the `rows` of the JSON output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Model width.
+    pub width: usize,
+    /// Training step the measurement was taken at (0 = init).
+    pub step: usize,
+    /// `param`, `activation` or `grad`.
+    pub kind: Kind,
+    /// Tensor path or activation name.
+    pub name: String,
+    /// Root mean square.
+    pub rms: f64,
+}
+
+/// The loss at one width and step (the `loss` entries of the JSON output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossRow {
+    /// Model width.
+    pub width: usize,
+    /// Training step.
+    pub step: usize,
+    /// Mean cross entropy of the step's batch.
+    pub value: f64,
+}
+
+/// The JSON document: `{"parametrization", "rows": [...], "loss": [...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `umup`, `mup` or `sp`.
+    pub parametrization: String,
+    /// Every measurement.
+    pub rows: Vec<Row>,
+    /// Loss per width and step.
+    pub loss: Vec<LossRow>,
+}
+
+/// Settings of a scale check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Training steps to measure after init (0: init only).
+    pub steps: usize,
+    /// Seed of init and of the batches (the same batches at every width).
+    pub seed: u64,
+    /// η for the training steps.
+    pub lr: f64,
+    /// Attention head dimension (heads = width / d_head, at least 1).
+    pub d_head: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            batch: 8,
+            seq: 128,
+            steps: 0,
+            seed: 0,
+            lr: 1.0,
+            d_head: 64,
+        }
+    }
+}
+
+/// Measures `Lm<D, F, L, P>`: at init and after each of `settings.steps` AdamW steps, the RMS of
+/// every parameter, every activation and gradient the model probes, and every parameter
+/// gradient, on real data.
+pub fn scale_check<const D: usize, const F: usize, const L: usize, P: Param>(
+    corpus: &Corpus,
+    settings: &Settings,
+    rows: &mut Vec<Row>,
+    losses: &mut Vec<LossRow>,
+) -> Result<()> {
+    let dev = Cpu::seed_from_u64(settings.seed);
+    let mut model = Lm::<D, F, L, P>::build(&dev)?;
+    let table = Lm::<D, F, L, P>::param_table()?;
+    let mut opt = Optimizer::for_table(OptimConfig::adamw(settings.lr), &table)?;
+    let opts = LmOptions {
+        heads: (D / settings.d_head.max(1)).max(1),
+        rope: false,
+    };
+    let hp = Hyper::default();
+    let mut grads = model.alloc_grads();
+    for step in 0..=settings.steps {
+        let b = corpus.batch(
+            Split::Train,
+            settings.batch,
+            settings.seq,
+            &mut step_rng(settings.seed, 1, step as u64),
+        )?;
+        let log = ScaleLog::new();
+        record_params(&model, &log)?;
+        let ids = dev
+            .try_tensor_from_vec(b.inputs.clone(), (b.inputs.len(),))
+            .map_err(Error::device)?;
+        let logits = model.logits_logged(
+            ids.traced(grads),
+            (b.batch, b.seq),
+            &hp,
+            &opts,
+            None,
+            Some(&log),
+        )?;
+        let loss = P::cross_entropy(logits, &b.targets, &hp)?;
+        losses.push(LossRow {
+            width: D,
+            step,
+            value: f64::from(loss.array()),
+        });
+        grads = loss.backward();
+        record_param_grads(&model, &mut grads, &log)?;
+        rows.extend(log.records().into_iter().map(|r| Row {
+            width: D,
+            step,
+            kind: r.kind,
+            name: r.name,
+            rms: r.rms,
+        }));
+        if step < settings.steps {
+            opt.update(&mut model, &mut grads)?;
+        }
+        model.zero_grads(&mut grads);
+    }
+    Ok(())
+}
+
+/// RMS by `(step, kind, name)` and width, for tables and checks.
+pub fn by_tensor(rows: &[Row]) -> BTreeMap<(usize, Kind, String), BTreeMap<usize, f64>> {
+    let mut m: BTreeMap<(usize, Kind, String), BTreeMap<usize, f64>> = BTreeMap::new();
+    for r in rows {
+        m.entry((r.step, r.kind, r.name.clone()))
+            .or_default()
+            .insert(r.width, r.rms);
+    }
+    m
+}
+
+/// The u-μP acceptance checks of a report's step-0 rows (spec §10): weights RMS 1 ± 0.02,
+/// loss ln V ± 0.05, and every activation and gradient within `[0.8, 1.25]×` of its value at the
+/// narrowest width (the logits are exempt: they fall as 1/√width). Returns the violations.
+pub fn umup_violations(report: &Report) -> Vec<String> {
+    let mut bad = Vec::new();
+    for r in report
+        .rows
+        .iter()
+        .filter(|r| r.step == 0 && r.kind == Kind::Param)
+    {
+        if (r.rms - 1.0).abs() > 0.02 {
+            bad.push(format!(
+                "width {}: {} has RMS {:.4}",
+                r.width, r.name, r.rms
+            ));
+        }
+    }
+    for l in report.loss.iter().filter(|l| l.step == 0) {
+        if (l.value - 256f64.ln()).abs() > 0.05 {
+            bad.push(format!("width {}: loss at init {:.4}", l.width, l.value));
+        }
+    }
+    for ((step, kind, name), by_width) in by_tensor(&report.rows) {
+        if step != 0 || kind == Kind::Param || (kind == Kind::Activation && name == "logits") {
+            continue;
+        }
+        let Some((&w0, &base)) = by_width.iter().next() else {
+            continue;
+        };
+        for (&w, &v) in &by_width {
+            let ratio = v / base;
+            if !(0.8..=1.25).contains(&ratio) {
+                bad.push(format!(
+                    "{kind} {name}: {v:.4} at width {w} is {ratio:.3}× its {base:.4} at width {w0}"
+                ));
+            }
+        }
+    }
+    bad
+}

@@ -1,0 +1,87 @@
+//! The scale check at two small widths: what it records, and the u-μP checks it applies.
+
+use umup::analysis::Kind;
+use umup::data::Corpus;
+use umup::nn::Umup;
+use umup::scale_check::{by_tensor, scale_check, umup_violations, LossRow, Report, Row, Settings};
+
+fn corpus() -> Corpus {
+    let text: Vec<u8> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 % 64 + 32)
+        .collect();
+    Corpus::from_bytes(text, 0.1).unwrap()
+}
+
+#[test]
+fn records_every_tensor_at_every_width_and_step() {
+    let c = corpus();
+    let s = Settings {
+        batch: 2,
+        seq: 32,
+        steps: 1,
+        d_head: 32,
+        ..Settings::default()
+    };
+    let (mut rows, mut loss) = (Vec::new(), Vec::new());
+    scale_check::<64, 256, 2, Umup>(&c, &s, &mut rows, &mut loss).unwrap();
+    scale_check::<128, 512, 2, Umup>(&c, &s, &mut rows, &mut loss).unwrap();
+    assert_eq!(loss.len(), 4);
+    for l in loss.iter().filter(|l| l.step == 0) {
+        assert!((l.value - 256f64.ln()).abs() < 0.05, "{l:?}");
+    }
+    let t = by_tensor(&rows);
+    // 1 + 2·7 + 1 parameters, each with its gradient; activations and their gradients.
+    let count = |k: Kind| {
+        t.keys()
+            .filter(|(s, kind, _)| *s == 0 && *kind == k)
+            .count()
+    };
+    assert_eq!(count(Kind::Param), 16);
+    assert!(count(Kind::Activation) >= 2 + 2 * 10);
+    assert_eq!(count(Kind::Grad), 16 + count(Kind::Activation));
+    for by_w in t.values() {
+        assert_eq!(by_w.len(), 2);
+        assert!(by_w.values().all(|v| v.is_finite() && *v > 0.0));
+    }
+    // The logits fall as 1/√width; the logits' gradient is unit (the loss's gradient scale).
+    let logits = &t[&(0, Kind::Activation, "logits".to_string())];
+    let ratio = logits[&64] / logits[&128];
+    assert!((1.2..1.7).contains(&ratio), "{ratio}");
+    let g = &t[&(0, Kind::Grad, "logits".to_string())];
+    assert!(g.values().all(|v| (v - 1.0).abs() < 0.05), "{g:?}");
+}
+
+#[test]
+fn the_umup_checks_flag_drift_and_exempt_the_logits() {
+    let row = |width, kind, name: &str, rms| Row {
+        width,
+        step: 0,
+        kind,
+        name: name.into(),
+        rms,
+    };
+    let loss = |width, value| LossRow {
+        width,
+        step: 0,
+        value,
+    };
+    let mut r = Report {
+        parametrization: "umup".into(),
+        rows: vec![
+            row(64, Kind::Param, "w", 1.01),
+            row(256, Kind::Param, "w", 0.99),
+            row(64, Kind::Activation, "h", 1.0),
+            row(256, Kind::Activation, "h", 1.2),
+            row(64, Kind::Activation, "logits", 0.12),
+            row(256, Kind::Activation, "logits", 0.06),
+        ],
+        loss: vec![loss(64, 5.55), loss(256, 5.54)],
+    };
+    assert!(umup_violations(&r).is_empty());
+    r.rows.push(row(64, Kind::Grad, "h", 2.0));
+    r.rows.push(row(256, Kind::Grad, "h", 3.0));
+    r.rows.push(row(256, Kind::Param, "v", 1.05));
+    r.loss.push(loss(512, 6.0));
+    let v = umup_violations(&r);
+    assert_eq!(v.len(), 3, "{v:?}");
+}
