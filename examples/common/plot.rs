@@ -65,10 +65,27 @@ pub fn draw(path: &std::path::Path, panels: &[Panel], cols: usize) -> umup::Resu
             .configure_mesh()
             .x_desc(&panel.x_label)
             .y_desc(&panel.y_label)
-            .x_label_formatter(&|v| format!("{}", 2f64.powf(*v).round()))
+            .x_label_formatter(&|v| {
+                // Label powers of two only.
+                if (v - v.round()).abs() < 0.05 {
+                    let x = 2f64.powf(v.round());
+                    if x >= 1.0 {
+                        format!("{x}")
+                    } else {
+                        format!("2^{}", v.round())
+                    }
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|v| {
                 if log_y {
-                    format!("{:.3}", 10f64.powf(*v))
+                    let y = 10f64.powf(*v);
+                    if (0.01..1000.0).contains(&y) {
+                        format!("{y:.3}")
+                    } else {
+                        format!("{y:.1e}")
+                    }
                 } else {
                     format!("{v:.2}")
                 }
