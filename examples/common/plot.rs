@@ -95,11 +95,12 @@ pub fn draw(path: &std::path::Path, panels: &[Panel], cols: usize) -> umup::Resu
             .map_err(err)?;
         for (i, (name, points)) in panel.series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            let pts: Vec<(f64, f64)> = points
+            let mut pts: Vec<(f64, f64)> = points
                 .iter()
                 .filter(|(x, y)| *x > 0.0 && fin(*y))
                 .map(|(x, y)| (x.log2(), if log_y { y.log10() } else { *y }))
                 .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             let s = chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(err)?;
