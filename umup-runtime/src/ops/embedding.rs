@@ -24,13 +24,8 @@ pub fn embedding<
     table: &Tensor<(V, M), E, D>,
 ) -> Result<Tensor<(N, M), E, D, T>> {
     let vocab = table.shape().0.size();
-    let tokens = ids.shape().0.size();
-    if tokens == 0 {
-        return Err(crate::Error::ShapeMismatch {
-            op: "embedding",
-            detail: "no ids (the id tensor is empty)".into(),
-        });
-    }
+    // An empty id tensor is refused by `embedding_scaled`; `max(1)` only keeps the scale defined.
+    let tokens = ids.shape().0.size().max(1);
     embedding_scaled(ids, table, scales::embedding_grad(vocab, tokens)?)
 }
 
