@@ -85,7 +85,7 @@ pub struct LmOptions {
     pub rope: bool,
 }
 
-const NORM_EPS: f64 = 1e-5;
+pub(super) const NORM_EPS: f64 = 1e-5;
 
 type Rows<const K: usize, E, Dev, T> = Tensor<(usize, Const<K>), E, Dev, T>;
 
@@ -175,7 +175,7 @@ impl<const V: usize, const D: usize, const F: usize, const L: usize, E, Dev, P>
     TransformerLm<V, D, F, L, E, Dev, P>
 where
     E: Dtype,
-    Dev: Backend<E> + Storage<usize>,
+    Dev: Backend<E> + Storage<usize> + 'static,
     P: Param,
     StandardNormal: Distribution<E>,
 {
@@ -205,20 +205,7 @@ where
         mut quant: Option<&mut MatmulQuantiser>,
         log: Option<&ScaleLog>,
     ) -> Result<Rows<V, E, Dev, T>> {
-        if opts.heads == 0 || !D.is_multiple_of(opts.heads) {
-            return Err(Error::InvalidValue {
-                what: "number of heads",
-                value: opts.heads as f64,
-                reason: "the width must be a positive multiple of it",
-            });
-        }
-        if ids.shape().0 != batch * seq {
-            return Err(Error::ShapeMismatch {
-                op: "TransformerLm::logits",
-                detail: format!("{} ids for batch {batch} × seq {seq}", ids.shape().0),
-            });
-        }
-        hp.validate()?;
+        check_inputs::<D>(ids.shape().0, (batch, seq), hp, opts)?;
         let taus = residual_taus(hp, L)?;
         let mut x = tap(self.embed.try_forward(ids)?, log, || "embed".into())?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -300,7 +287,46 @@ where
     }
 
     /// Mean next-token cross entropy of a batch (`P::cross_entropy` with α_loss-softmax).
-    pub fn loss<T: Tape<E, Dev> + Merge<T>>(
+    ///
+    /// On `Cpu` in `f32`/`f64` without a quantiser or RoPE this runs the fused CPU step
+    /// (`models::fused`: same values and gradients, one backward op for the whole model);
+    /// otherwise the device-generic composition of umup's ops.
+    pub fn loss<T: Tape<E, Dev> + Merge<T> + 'static>(
+        &self,
+        ids: Tensor<(usize,), usize, Dev, T>,
+        targets: &[usize],
+        shape: (usize, usize),
+        hp: &Hyper,
+        opts: &LmOptions,
+        quant: Option<&mut MatmulQuantiser>,
+    ) -> Result<Tensor<(), E, Dev, T>> {
+        check_inputs::<D>(ids.shape().0, shape, hp, opts)?;
+        let ids = if quant.is_none() && !opts.rope {
+            let args = super::fused::LossArgs {
+                targets,
+                shape,
+                hp,
+                opts,
+            };
+            match super::fused::try_loss(self, ids, &args) {
+                Ok(result) => return result,
+                Err(ids) => ids,
+            }
+        } else {
+            ids
+        };
+        self.loss_generic(ids, targets, shape, hp, opts, quant)
+    }
+
+    /// Whether [`Self::loss`] runs the fused CPU step for a `T` tape with these options (a
+    /// quantiser always takes the generic path).
+    pub fn uses_fused_step<T: 'static>(opts: &LmOptions, quantised: bool) -> bool {
+        !quantised && !opts.rope && super::fused::applies::<E, Dev, T>()
+    }
+
+    /// [`Self::loss`] always through the device-generic composition of umup's ops (the path
+    /// `Cuda` runs, and the reference the fused CPU step is tested against).
+    pub fn loss_generic<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         targets: &[usize],
@@ -312,4 +338,28 @@ where
         let logits = self.logits(ids, shape, hp, opts, quant)?;
         P::cross_entropy(logits, targets, hp)
     }
+}
+
+/// Checks the run-time settings of a forward pass: heads divide the width, one id per
+/// position, valid hyperparameters.
+fn check_inputs<const D: usize>(
+    ids: usize,
+    (batch, seq): (usize, usize),
+    hp: &Hyper,
+    opts: &LmOptions,
+) -> Result<()> {
+    if opts.heads == 0 || !D.is_multiple_of(opts.heads) {
+        return Err(Error::InvalidValue {
+            what: "number of heads",
+            value: opts.heads as f64,
+            reason: "the width must be a positive multiple of it",
+        });
+    }
+    if ids != batch * seq {
+        return Err(Error::ShapeMismatch {
+            op: "TransformerLm::logits",
+            detail: format!("{ids} ids for batch {batch} × seq {seq}"),
+        });
+    }
+    hp.validate()
 }

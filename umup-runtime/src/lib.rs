@@ -21,7 +21,9 @@
 //!
 //! The reference is the Python library `unit-scaling` 0.3.5; `spec §N` in these docs refers to
 //! the project's normative specification of it (`UMUP.md`).
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: `ops::cpu::gemm` (the bounds-checked front end to the `gemm` crate) is
+// the one module allowed to use `unsafe`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 // Tensor types with const-generic shapes, dtype, device and tape are long by nature.
 #![allow(clippy::type_complexity)]

@@ -27,17 +27,56 @@ pub fn attention<P: Param, B: Dim, H: Dim, S: Dim, K: Dim, E: Dtype, D: Backend<
 where
     T: Tape<E, D> + Merge<T>,
 {
-    let d = q.shape().3.size() as f64;
+    let qs = q.shape().concrete();
+    ops::attention::check_qkv(&qs, &k.shape().concrete(), &v.shape().concrete())?;
+    let (logit, out) = attention_scales::<P>(qs[2], qs[3], hp, is_causal)?;
+    ops::attention::attention_core(q, k, v, logit, out, is_causal)
+}
+
+/// `(logit scale, output scale)` of [`attention`] for `seq` positions and `d_head` features:
+/// u-μP `(α/d_head, s)` with `s` from [`scales::sdpa`] (spec §4.12); μP `(α/d_head, 1)`;
+/// SP `(1/√d_head, 1)`. The output scale is a true-gradient multiply.
+pub fn attention_scales<P: Param>(
+    seq: usize,
+    d_head: usize,
+    hp: &Hyper,
+    is_causal: bool,
+) -> Result<(f64, f64)> {
+    let d = d_head as f64;
+    let alpha = hp.alpha_attn_softmax;
     match P::parametrization() {
-        Parametrization::Umup => {
-            ops::scaled_dot_product_attention(q, k, v, hp.alpha_attn_softmax, is_causal)
-        }
-        Parametrization::Mup { .. } => {
-            ops::attention::attention_core(q, k, v, hp.alpha_attn_softmax / d, 1.0, is_causal)
-        }
-        Parametrization::Sp => {
-            ops::attention::attention_core(q, k, v, d.powf(-0.5), 1.0, is_causal)
-        }
+        Parametrization::Umup => Ok((alpha / d, scales::sdpa(seq, d_head, alpha, is_causal, 0.0)?)),
+        Parametrization::Mup { .. } => Ok((alpha / d, 1.0)),
+        Parametrization::Sp => Ok((d.powf(-0.5), 1.0)),
+    }
+}
+
+/// The scale of the SwiGLU core under `P`: u-μP's [`scales::silu_glu`] of α_ffn-act, 1 for
+/// μP and SP (a true-gradient multiply either way).
+pub fn swiglu_scale<P: Param>(hp: &Hyper) -> Result<f64> {
+    match P::parametrization() {
+        Parametrization::Umup => scales::silu_glu(hp.alpha_ffn_act),
+        _ => Ok(1.0),
+    }
+}
+
+/// `(a, b)` of a residual branch under `P`: u-μP's [`scales::residual`] of τ (forward
+/// `a·f(x) + b·x`, `grad x = b·G + a·G_branch`, branch output gradient unscaled); `(1, 1)` for
+/// μP and SP.
+pub fn residual_scales<P: Param>(tau: f64) -> Result<(f64, f64)> {
+    match P::parametrization() {
+        Parametrization::Umup => scales::residual(tau),
+        _ => Ok((1.0, 1.0)),
+    }
+}
+
+/// The coefficient `c` of the logits gradient `c·(softmax(α·x) − onehot)·G` of [`cross_entropy`]
+/// (mean over `rows`, `classes` classes): u-μP's [`scales::cross_entropy_grad`] (neither α nor
+/// `1/rows` enters it); `α/rows` (the true gradient) for μP and SP.
+pub fn cross_entropy_grad_coef<P: Param>(rows: usize, classes: usize, hp: &Hyper) -> Result<f64> {
+    match P::parametrization() {
+        Parametrization::Umup => scales::cross_entropy_grad(classes),
+        _ => Ok(hp.alpha_loss_softmax / rows.max(1) as f64),
     }
 }
 
@@ -48,18 +87,18 @@ pub fn swiglu<P: Param, S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge
     gate: Tensor<S, E, D, T>,
     hp: &Hyper,
 ) -> Result<Tensor<S, E, D, T>> {
-    match P::parametrization() {
-        Parametrization::Umup => ops::silu_glu(x, gate, hp.alpha_ffn_act),
-        _ => {
-            let sig = gate
-                .with_empty_tape()
-                .try_mul(ops::scale::elem::<E>("alpha_ffn_act", hp.alpha_ffn_act)?)
-                .dev()?
-                .try_sigmoid()
-                .dev()?;
-            x.try_mul(gate.try_mul(sig).dev()?).dev()
-        }
+    let s = swiglu_scale::<P>(hp)?;
+    if P::parametrization() == Parametrization::Umup {
+        return ops::silu_glu(x, gate, hp.alpha_ffn_act);
     }
+    debug_assert_eq!(s, 1.0);
+    let sig = gate
+        .with_empty_tape()
+        .try_mul(ops::scale::elem::<E>("alpha_ffn_act", hp.alpha_ffn_act)?)
+        .dev()?
+        .try_sigmoid()
+        .dev()?;
+    x.try_mul(gate.try_mul(sig).dev()?).dev()
 }
 
 /// A residual branch `x → x + f(x)`: u-μP's [`ops::residual_apply`] with `tau` (from

@@ -57,6 +57,40 @@ fn linear_output_scale<R: LinearRole, P: Param>(fan_in: usize, fan_out: usize) -
     }
 }
 
+/// The scales `(output, grad_input, grad_weight)` a linear layer with role `R` under `P` applies
+/// to `rows` input rows: u-μP's [`scales::linear`] / [`scales::linear_readout`] with the role's
+/// constraint; for μP and SP one multiplier (the parametrization's forward multiplier) for all
+/// three, i.e. a plain multiply with true gradients.
+pub fn linear_layer_scales<R: LinearRole, P: Param>(
+    rows: usize,
+    fan_in: usize,
+    fan_out: usize,
+) -> Result<LinearScales> {
+    match P::parametrization() {
+        Parametrization::Umup if R::ROLE == Role::Output => {
+            scales::linear_readout(fan_in, fan_out, rows, R::CONSTRAINT)
+        }
+        Parametrization::Umup => scales::linear(fan_in, fan_out, rows, R::CONSTRAINT),
+        _ => {
+            let m = linear_output_scale::<R, P>(fan_in, fan_out)?;
+            Ok(LinearScales {
+                output: m,
+                grad_input: m,
+                grad_weight: m,
+            })
+        }
+    }
+}
+
+/// The table-gradient scale of an embedding under `P` for `tokens` looked-up ids: u-μP's
+/// [`scales::embedding_grad`], 1 (the true gradient) for μP and SP.
+pub fn embedding_grad_scale<P: Param>(vocab: usize, tokens: usize) -> Result<f64> {
+    match P::parametrization() {
+        Parametrization::Umup => scales::embedding_grad(vocab, tokens),
+        _ => Ok(1.0),
+    }
+}
+
 fn linear_forward<R: LinearRole, P: Param, Rw: Dim, const I: usize, const O: usize, E, D, T>(
     x: Tensor<(Rw, Const<I>), E, D, T>,
     weight: &Tensor<Rank2<O, I>, E, D>,
@@ -68,19 +102,10 @@ where
     D: Backend<E>,
     T: Tape<E, D> + Merge<T>,
 {
-    let s = match P::parametrization() {
-        Parametrization::Umup => {
-            ops::linear::linear_scales(R::ROLE == Role::Output, &x, weight, bias, R::CONSTRAINT)?
-        }
-        _ => {
-            let m = linear_output_scale::<R, P>(I, O)?;
-            LinearScales {
-                output: m,
-                grad_input: m,
-                grad_weight: m,
-            }
-        }
-    };
+    if let Some(b) = bias {
+        ops::check_dim("linear", "bias length", b.shape().0.size(), O)?;
+    }
+    let s = linear_layer_scales::<R, P>(x.shape().0.size(), I, O)?;
     ops::quantise::linear_maybe_quantised(x, weight, bias, s, quantiser)
 }
 
@@ -371,10 +396,10 @@ where
     type Error = Error;
 
     fn try_forward(&self, ids: Tensor<(N,), usize, D, T>) -> Result<Self::Output> {
-        match P::parametrization() {
-            Parametrization::Umup => ops::embedding(ids, &self.weight),
-            _ => ops::embedding::embedding_scaled(ids, &self.weight, 1.0),
-        }
+        // An empty id tensor is refused by `embedding_scaled`; `max(1)` only keeps the scale
+        // defined.
+        let scale = embedding_grad_scale::<P>(V, ids.shape().0.size().max(1))?;
+        ops::embedding::embedding_scaled(ids, &self.weight, scale)
     }
 }
 

@@ -16,7 +16,10 @@ mod layers;
 
 use std::fmt::Debug;
 
-pub use layers::{Stack, UnitEmbedding, UnitLayerNorm, UnitLinear, UnitLinearBias, UnitRmsNorm};
+pub use layers::{
+    embedding_grad_scale, linear_layer_scales, Stack, UnitEmbedding, UnitLayerNorm, UnitLinear,
+    UnitLinearBias, UnitRmsNorm,
+};
 
 use dfdx::prelude::{Dim, Dtype, Merge, Shape, Tape, Tensor};
 

@@ -29,8 +29,16 @@ pub fn scaled_dot_product_attention<
     is_causal: bool,
 ) -> Result<Tensor<(B, H, S, K), E, D, T>> {
     let qs = q.shape().concrete();
-    for (name, t) in [("k", k.shape().concrete()), ("v", v.shape().concrete())] {
-        for (axis, (&got, &want)) in t.iter().zip(qs.iter()).enumerate() {
+    check_qkv(&qs, &k.shape().concrete(), &v.shape().concrete())?;
+    let (seq, d_head) = (qs[2], qs[3]);
+    let s = scales::sdpa(seq, d_head, mult, is_causal, 0.0)?;
+    attention_core(q, k, v, mult / d_head as f64, s, is_causal)
+}
+
+/// Checks that `k` and `v` have the shape of `q`.
+pub(crate) fn check_qkv(q: &[usize; 4], k: &[usize; 4], v: &[usize; 4]) -> Result<()> {
+    for (name, t) in [("k", k), ("v", v)] {
+        for (axis, (&got, &want)) in t.iter().zip(q.iter()).enumerate() {
             check_dim(
                 "scaled_dot_product_attention",
                 &format!("{name}.shape[{axis}] vs q.shape[{axis}]"),
@@ -39,9 +47,7 @@ pub fn scaled_dot_product_attention<
             )?;
         }
     }
-    let (seq, d_head) = (qs[2], qs[3]);
-    let s = scales::sdpa(seq, d_head, mult, is_causal, 0.0)?;
-    attention_core(q, k, v, mult / d_head as f64, s, is_causal)
+    Ok(())
 }
 
 /// `out_scale · softmax(logit_scale · q·kᵀ [+ causal mask]) · v` with true gradients (a plain

@@ -54,8 +54,9 @@ pub(crate) fn embedding_scaled<
     table.try_gather(ids).dev()
 }
 
-/// Checks that every id indexes a row of a `vocab`-row table.
-pub(crate) fn check_ids(ids: &[usize], vocab: usize) -> Result<()> {
+/// Checks that every id indexes a row of a `vocab`-row table ([`Error::TokenOutOfRange`] names
+/// the first bad position).
+pub fn check_ids(ids: &[usize], vocab: usize) -> Result<()> {
     match ids.iter().position(|&id| id >= vocab) {
         None => Ok(()),
         Some(position) => Err(Error::TokenOutOfRange {

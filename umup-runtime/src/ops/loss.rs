@@ -78,7 +78,9 @@ pub fn cross_entropy_plain<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D
     cross_entropy_core(x, targets, reduction, true)
 }
 
-fn check_targets(targets: &[usize], rows: usize, classes: usize) -> Result<()> {
+/// Checks class targets against `rows × classes` logits: one target per row, at least one row,
+/// every target `< classes` ([`Error::TargetOutOfRange`] names the first bad row).
+pub fn check_targets(targets: &[usize], rows: usize, classes: usize) -> Result<()> {
     check_dim(
         "cross_entropy",
         "number of targets vs logits rows",

@@ -13,6 +13,7 @@
 
 mod activation;
 pub(crate) mod attention;
+pub mod cpu;
 pub(crate) mod embedding;
 mod kernels;
 pub(crate) mod linear;
@@ -25,9 +26,9 @@ mod sum;
 
 pub use activation::{dropout, gelu, silu, silu_glu, softmax};
 pub use attention::scaled_dot_product_attention;
-pub use embedding::embedding;
+pub use embedding::{check_ids, embedding};
 pub use linear::{linear, linear_readout, matmul, matmul_batched};
-pub use loss::{cross_entropy, cross_entropy_plain, mse_loss, Reduction};
+pub use loss::{check_targets, cross_entropy, cross_entropy_plain, mse_loss, Reduction};
 pub use norm::{layer_norm, rms_norm};
 pub use quantise::MatmulQuantiser;
 pub use residual::{residual_add, residual_apply, residual_split};

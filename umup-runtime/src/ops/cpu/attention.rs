@@ -1,0 +1,254 @@
+//! Fused multi-head attention, causal or not, on `[batch·seq, heads·d_head]` rows.
+//!
+//! Forward: `O = out_scale · softmax(logit_scale · Q·Kᵀ [+ causal mask]) · V` per (batch, head),
+//! in blocks of query rows; a causal block computes only the keys it can see (`j ≤ i`), so the
+//! fully masked half of `Q·Kᵀ` and of `P·V` is never computed, and no mask is materialised. The
+//! probabilities are kept for the backward pass. Backward (true gradients of that forward):
+//! `dV = out_scale·Pᵀ·dO`, `dP = out_scale·dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`,
+//! `dQ = logit_scale·dS·K`, `dK = logit_scale·dSᵀ·Q` — with the same block skipping. Batches run
+//! in parallel; each (batch, head) is a sequence of small single-threaded matmuls.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Threads, View, ViewMut};
+use super::Real;
+
+/// Query rows per block.
+const BLOCK: usize = 32;
+
+/// The shape of an attention problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Positions per sequence.
+    pub seq: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Features per head.
+    pub d_head: usize,
+}
+
+impl AttnShape {
+    /// `heads · d_head`.
+    pub fn width(&self) -> usize {
+        self.heads * self.d_head
+    }
+
+    /// Elements of `q`, `k`, `v` or the output: `batch·seq·width`.
+    pub fn numel(&self) -> usize {
+        self.batch * self.seq * self.width()
+    }
+
+    /// Elements of the probabilities: `batch·heads·seq²`.
+    pub fn probs_numel(&self) -> usize {
+        self.batch * self.heads * self.seq * self.seq
+    }
+
+    /// The query blocks `(first row, end row, keys visible to the block)`.
+    fn blocks(&self, causal: bool) -> impl Iterator<Item = (usize, usize, usize)> {
+        let seq = self.seq;
+        (0..seq.div_ceil(BLOCK)).map(move |b| {
+            let (r0, r1) = (b * BLOCK, ((b + 1) * BLOCK).min(seq));
+            (r0, r1, if causal { r1 } else { seq })
+        })
+    }
+
+    fn check(&self, what: &str, lens: &[usize], probs: usize) {
+        assert!(
+            lens.iter().all(|&l| l == self.numel()) && probs == self.probs_numel(),
+            "{what}: buffer lengths do not match {self:?}"
+        );
+    }
+}
+
+/// Attention forward; writes `out` (`[batch·seq, width]`) and `probs`
+/// (`[batch, heads, seq, seq]`, zero where masked).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fwd<E: Real>(
+    sh: AttnShape,
+    q: &[E],
+    k: &[E],
+    v: &[E],
+    logit_scale: E,
+    out_scale: E,
+    causal: bool,
+    out: &mut [E],
+    probs: &mut [E],
+) {
+    sh.check(
+        "attention_fwd",
+        &[q.len(), k.len(), v.len(), out.len()],
+        probs.len(),
+    );
+    let (s, w, dh) = (sh.seq, sh.width(), sh.d_head);
+    if sh.numel() == 0 {
+        return;
+    }
+    out.par_chunks_mut(s * w)
+        .zip(probs.par_chunks_mut(sh.heads * s * s))
+        .enumerate()
+        .for_each(|(b, (ob, pb))| {
+            let (qb, kb, vb) = (
+                &q[b * s * w..(b + 1) * s * w],
+                &k[b * s * w..(b + 1) * s * w],
+                &v[b * s * w..(b + 1) * s * w],
+            );
+            for (h, ph) in pb.chunks_mut(s * s).enumerate() {
+                for (r0, r1, kend) in sh.blocks(causal) {
+                    let rows = r1 - r0;
+                    gemm(
+                        ViewMut::block(ph, r0 * s, rows, kend, s),
+                        false,
+                        View::block(qb, r0 * w + h * dh, rows, dh, w),
+                        View::block(kb, h * dh, kend, dh, w).t(),
+                        logit_scale,
+                        Threads::One,
+                    );
+                    for i in r0..r1 {
+                        let valid = if causal { i + 1 } else { s };
+                        let row = &mut ph[i * s..(i + 1) * s];
+                        let max = row[..valid]
+                            .iter()
+                            .fold(E::neg_infinity(), |m, &x| m.max(x));
+                        let mut sum = E::zero();
+                        for x in &mut row[..valid] {
+                            *x = (*x - max).exp();
+                            sum += *x;
+                        }
+                        let inv = E::one() / sum;
+                        row[..valid].iter_mut().for_each(|x| *x *= inv);
+                        row[valid..].iter_mut().for_each(|x| *x = E::zero());
+                    }
+                    gemm(
+                        ViewMut::block(ob, r0 * w + h * dh, rows, dh, w),
+                        false,
+                        View::block(ph, r0 * s, rows, kend, s),
+                        View::block(vb, h * dh, kend, dh, w),
+                        out_scale,
+                        Threads::One,
+                    );
+                }
+            }
+        });
+}
+
+/// Attention backward from the forward's `probs`; overwrites `dq`, `dk`, `dv`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd<E: Real>(
+    sh: AttnShape,
+    q: &[E],
+    k: &[E],
+    v: &[E],
+    probs: &[E],
+    dout: &[E],
+    logit_scale: E,
+    out_scale: E,
+    causal: bool,
+    dq: &mut [E],
+    dk: &mut [E],
+    dv: &mut [E],
+) {
+    sh.check(
+        "attention_bwd",
+        &[
+            q.len(),
+            k.len(),
+            v.len(),
+            dout.len(),
+            dq.len(),
+            dk.len(),
+            dv.len(),
+        ],
+        probs.len(),
+    );
+    let (s, w, dh) = (sh.seq, sh.width(), sh.d_head);
+    if sh.numel() == 0 {
+        return;
+    }
+    dq.par_chunks_mut(s * w)
+        .zip(dk.par_chunks_mut(s * w))
+        .zip(dv.par_chunks_mut(s * w))
+        .enumerate()
+        .for_each(|(b, ((dqb, dkb), dvb))| {
+            let span = b * s * w..(b + 1) * s * w;
+            let (qb, kb, vb, gb) = (
+                &q[span.clone()],
+                &k[span.clone()],
+                &v[span.clone()],
+                &dout[span],
+            );
+            let pb = &probs[b * sh.heads * s * s..(b + 1) * sh.heads * s * s];
+            let mut ds = vec![E::zero(); BLOCK.min(s) * s];
+            for (h, ph) in pb.chunks(s * s).enumerate() {
+                for (n, (r0, r1, kend)) in sh.blocks(causal).enumerate() {
+                    let rows = r1 - r0;
+                    // dP = out_scale · dO · Vᵀ  (rows × kend, row stride kend)
+                    gemm(
+                        ViewMut::rows(&mut ds[..rows * kend], rows, kend),
+                        false,
+                        View::block(gb, r0 * w + h * dh, rows, dh, w),
+                        View::block(vb, h * dh, kend, dh, w).t(),
+                        out_scale,
+                        Threads::One,
+                    );
+                    for i in 0..rows {
+                        let valid = if causal { r0 + i + 1 } else { s };
+                        let p = &ph[(r0 + i) * s..(r0 + i) * s + kend];
+                        let d = &mut ds[i * kend..(i + 1) * kend];
+                        let dot = p[..valid]
+                            .iter()
+                            .zip(&d[..valid])
+                            .map(|(&p, &d)| p * d)
+                            .sum::<E>();
+                        for (d, &p) in d[..valid].iter_mut().zip(p) {
+                            *d = p * (*d - dot);
+                        }
+                        d[valid..].iter_mut().for_each(|x| *x = E::zero());
+                    }
+                    let ds_v = View::rows(&ds[..rows * kend], rows, kend);
+                    // dQ = logit_scale · dS · K
+                    gemm(
+                        ViewMut::block(dqb, r0 * w + h * dh, rows, dh, w),
+                        false,
+                        ds_v,
+                        View::block(kb, h * dh, kend, dh, w),
+                        logit_scale,
+                        Threads::One,
+                    );
+                    // dK[..kend] += logit_scale · dSᵀ · Q;  dV[..kend] += out_scale · Pᵀ · dO.
+                    // The first block of a causal head sees the fewest keys, so the rows a later
+                    // block adds to are always initialised: overwrite on block 0, then
+                    // accumulate; a non-causal head has every block see every key.
+                    let first = n == 0;
+                    let zero_tail = |buf: &mut [E]| {
+                        if causal && first {
+                            for r in kend..s {
+                                buf[r * w + h * dh..r * w + (h + 1) * dh]
+                                    .iter_mut()
+                                    .for_each(|x| *x = E::zero());
+                            }
+                        }
+                    };
+                    zero_tail(dkb);
+                    zero_tail(dvb);
+                    gemm(
+                        ViewMut::block(dkb, h * dh, kend, dh, w),
+                        !first,
+                        ds_v.t(),
+                        View::block(qb, r0 * w + h * dh, rows, dh, w),
+                        logit_scale,
+                        Threads::One,
+                    );
+                    gemm(
+                        ViewMut::block(dvb, h * dh, kend, dh, w),
+                        !first,
+                        View::block(ph, r0 * s, rows, kend, s).t(),
+                        View::block(gb, r0 * w + h * dh, rows, dh, w),
+                        out_scale,
+                        Threads::One,
+                    );
+                }
+            }
+        });
+}
