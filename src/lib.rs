@@ -13,6 +13,7 @@ extern crate self as umup;
 
 pub mod data;
 pub mod models;
+pub mod profile;
 pub mod scale_check;
 pub mod train;
 

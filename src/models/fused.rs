@@ -23,6 +23,7 @@ use crate::nn::functional::{
 };
 use crate::nn::{embedding_grad_scale, Hyper, LinearRole, Param, UnitLinear};
 use crate::ops::cpu::{self, gemm, AttnShape, Real, Threads, View, ViewMut};
+use crate::profile::{time, Part};
 use crate::scales::LinearScales;
 use crate::{Error, Result};
 
@@ -156,9 +157,13 @@ impl<E: Real> Lin<E> {
         layer: &UnitLinear<I, O, R, E, Cpu, P>,
         rows: usize,
     ) -> Result<Self> {
-        let w = copy_of(&layer.weight);
+        let (w, wt) = time(Part::Weights, || {
+            let w = copy_of(&layer.weight);
+            let wt = cpu::transpose(&w, O, I);
+            (w, wt)
+        });
         Ok(Self {
-            wt: cpu::transpose(&w, O, I),
+            wt,
             w,
             o: O,
             i: I,
@@ -169,28 +174,32 @@ impl<E: Real> Lin<E> {
 
     /// `y = output · x·Wᵀ`.
     fn fwd(&self, x: &[E], rows: usize) -> Vec<E> {
-        let mut y = zeros(rows * self.o);
-        gemm(
-            ViewMut::rows(&mut y, rows, self.o),
-            false,
-            View::rows(x, rows, self.i),
-            View::rows(&self.wt, self.i, self.o),
-            E::of(self.s.output),
-            Threads::All,
-        );
-        y
+        time(Part::Linears, || {
+            let mut y = zeros(rows * self.o);
+            gemm(
+                ViewMut::rows(&mut y, rows, self.o),
+                false,
+                View::rows(x, rows, self.i),
+                View::rows(&self.wt, self.i, self.o),
+                E::of(self.s.output),
+                Threads::All,
+            );
+            y
+        })
     }
 
     /// `dx (+)= grad_input · dy·W`.
     fn bwd_input(&self, dy: &[E], rows: usize, dx: &mut [E], accumulate: bool) {
-        gemm(
-            ViewMut::rows(dx, rows, self.i),
-            accumulate,
-            View::rows(dy, rows, self.o),
-            View::rows(&self.w, self.o, self.i),
-            E::of(self.s.grad_input),
-            Threads::All,
-        );
+        time(Part::Linears, || {
+            gemm(
+                ViewMut::rows(dx, rows, self.i),
+                accumulate,
+                View::rows(dy, rows, self.o),
+                View::rows(&self.w, self.o, self.i),
+                E::of(self.s.grad_input),
+                Threads::All,
+            )
+        });
     }
 
     /// `grad W += grad_weight · dyᵀ·x`, straight into the gradient buffer.
@@ -202,14 +211,16 @@ impl<E: Real> Lin<E> {
         rows: usize,
     ) -> std::result::Result<(), <Cpu as HasErr>::Err> {
         let g = (self.grad)(grads)?;
-        gemm(
-            ViewMut::rows(g, self.o, self.i),
-            true,
-            View::rows(dy, rows, self.o).t(),
-            View::rows(x, rows, self.i),
-            E::of(self.s.grad_weight),
-            Threads::All,
-        );
+        time(Part::Linears, || {
+            gemm(
+                ViewMut::rows(g, self.o, self.i),
+                true,
+                View::rows(dy, rows, self.o).t(),
+                View::rows(x, rows, self.i),
+                E::of(self.s.grad_weight),
+                Threads::All,
+            )
+        });
         Ok(())
     }
 }
@@ -279,7 +290,9 @@ where
     let pair = |(a, b): (f64, f64)| (E::of(a), E::of(b));
 
     let mut x = zeros(n * D);
-    cpu::embedding_fwd(&copy_of(&m.embed.weight), D, &ids, &mut x);
+    time(Part::Embedding, || {
+        cpu::embedding_fwd(&copy_of(&m.embed.weight), D, &ids, &mut x)
+    });
     let mut params = Vec::with_capacity(L);
     let mut acts = Vec::with_capacity(L);
     for (i, layer) in m.layers.iter().enumerate() {
@@ -297,31 +310,43 @@ where
         };
         let x_a = x;
         let (mut inv_a, mut h_a) = (zeros(n), zeros(n * D));
-        cpu::rms_norm_fwd(&x_a, D, eps, &mut h_a, &mut inv_a);
+        time(Part::Norms, || {
+            cpu::rms_norm_fwd(&x_a, D, eps, &mut h_a, &mut inv_a)
+        });
         let (q, k, v) = (p.q.fwd(&h_a, n), p.k.fwd(&h_a, n), p.v.fwd(&h_a, n));
         let (mut att, mut probs) = (zeros(n * D), zeros(sh.probs_numel()));
-        cpu::attention_fwd(
-            sh,
-            &q,
-            &k,
-            &v,
-            logit_scale,
-            out_scale,
-            true,
-            &mut att,
-            &mut probs,
-        );
+        time(Part::Attention, || {
+            cpu::attention_fwd(
+                sh,
+                &q,
+                &k,
+                &v,
+                logit_scale,
+                out_scale,
+                true,
+                &mut att,
+                &mut probs,
+            )
+        });
         let branch = p.o.fwd(&att, n);
         let mut x_m = zeros(n * D);
-        cpu::lincomb(&mut x_m, p.res_attn.0, &branch, p.res_attn.1, &x_a);
+        time(Part::Residual, || {
+            cpu::lincomb(&mut x_m, p.res_attn.0, &branch, p.res_attn.1, &x_a)
+        });
         let (mut inv_m, mut h_m) = (zeros(n), zeros(n * D));
-        cpu::rms_norm_fwd(&x_m, D, eps, &mut h_m, &mut inv_m);
+        time(Part::Norms, || {
+            cpu::rms_norm_fwd(&x_m, D, eps, &mut h_m, &mut inv_m)
+        });
         let (up, gate) = (p.up.fwd(&h_m, n), p.gate.fwd(&h_m, n));
         let mut act = zeros(n * F);
-        cpu::swiglu_fwd(&up, &gate, ffn_mult, ffn_scale, &mut act);
+        time(Part::Swiglu, || {
+            cpu::swiglu_fwd(&up, &gate, ffn_mult, ffn_scale, &mut act)
+        });
         let branch = p.down.fwd(&act, n);
         x = zeros(n * D);
-        cpu::lincomb(&mut x, p.res_mlp.0, &branch, p.res_mlp.1, &x_m);
+        time(Part::Residual, || {
+            cpu::lincomb(&mut x, p.res_mlp.0, &branch, p.res_mlp.1, &x_m)
+        });
         params.push(p);
         acts.push(LayerActs {
             x_a,
@@ -341,18 +366,19 @@ where
         });
     }
     let (mut inv_f, mut h_f) = (zeros(n), zeros(n * D));
-    cpu::rms_norm_fwd(&x, D, eps, &mut h_f, &mut inv_f);
+    time(Part::Norms, || {
+        cpu::rms_norm_fwd(&x, D, eps, &mut h_f, &mut inv_f)
+    });
     let readout = Lin::new(&m.readout, n)?;
     let logits = readout.fwd(&h_f, n);
     let mut dlogits = zeros(n * V);
-    let losses = cpu::cross_entropy_fwd_bwd(
-        &logits,
-        V,
-        args.targets,
+    let (loss_mult, loss_coef) = (
         E::of(hp.alpha_loss_softmax),
         E::of(cross_entropy_grad_coef::<P>(n, V, hp)?),
-        &mut dlogits,
     );
+    let losses = time(Part::Loss, || {
+        cpu::cross_entropy_fwd_bwd(&logits, V, args.targets, loss_mult, loss_coef, &mut dlogits)
+    });
     drop(logits);
     let total: f64 = losses.iter().map(|l| l.to_f64().unwrap_or(f64::NAN)).sum();
     let dev = m.embed.weight.device().clone();
@@ -377,7 +403,9 @@ where
         readout.bwd_input(&dl, n, &mut dh, false);
         drop(dl);
         let mut g = zeros(n * D);
-        cpu::rms_norm_bwd(&x, &inv_f, &dh, D, E::zero(), E::one(), &mut g);
+        time(Part::Norms, || {
+            cpu::rms_norm_bwd(&x, &inv_f, &dh, D, E::zero(), E::one(), &mut g)
+        });
         let (mut d_act, mut d_up, mut d_gate) = (zeros(n * F), zeros(n * F), zeros(n * F));
         let (mut dq, mut dk, mut dv, mut d_att) =
             (zeros(n * D), zeros(n * D), zeros(n * D), zeros(n * D));
@@ -385,38 +413,44 @@ where
             // MLP branch: the branch output's gradient is g itself (the delayed residual scale).
             p.down.bwd_weight(grads, &g, &a.act, n)?;
             p.down.bwd_input(&g, n, &mut d_act, false);
-            cpu::swiglu_bwd(
-                &a.up,
-                &a.gate,
-                &d_act,
-                ffn_mult,
-                ffn_scale,
-                &mut d_up,
-                &mut d_gate,
-            );
+            time(Part::Swiglu, || {
+                cpu::swiglu_bwd(
+                    &a.up,
+                    &a.gate,
+                    &d_act,
+                    ffn_mult,
+                    ffn_scale,
+                    &mut d_up,
+                    &mut d_gate,
+                )
+            });
             p.up.bwd_weight(grads, &d_up, &a.h_m, n)?;
             p.gate.bwd_weight(grads, &d_gate, &a.h_m, n)?;
             p.up.bwd_input(&d_up, n, &mut dh, false);
             p.gate.bwd_input(&d_gate, n, &mut dh, true);
             let (ra, rb) = p.res_mlp;
-            cpu::rms_norm_bwd(&a.x_m, &a.inv_m, &dh, D, rb, ra, &mut g);
+            time(Part::Norms, || {
+                cpu::rms_norm_bwd(&a.x_m, &a.inv_m, &dh, D, rb, ra, &mut g)
+            });
             // Attention branch.
             p.o.bwd_weight(grads, &g, &a.att, n)?;
             p.o.bwd_input(&g, n, &mut d_att, false);
-            cpu::attention_bwd(
-                sh,
-                &a.q,
-                &a.k,
-                &a.v,
-                &a.probs,
-                &d_att,
-                logit_scale,
-                out_scale,
-                true,
-                &mut dq,
-                &mut dk,
-                &mut dv,
-            );
+            time(Part::Attention, || {
+                cpu::attention_bwd(
+                    sh,
+                    &a.q,
+                    &a.k,
+                    &a.v,
+                    &a.probs,
+                    &d_att,
+                    logit_scale,
+                    out_scale,
+                    true,
+                    &mut dq,
+                    &mut dk,
+                    &mut dv,
+                )
+            });
             p.q.bwd_weight(grads, &dq, &a.h_a, n)?;
             p.k.bwd_weight(grads, &dk, &a.h_a, n)?;
             p.v.bwd_weight(grads, &dv, &a.h_a, n)?;
@@ -424,9 +458,14 @@ where
             p.k.bwd_input(&dk, n, &mut dh, true);
             p.v.bwd_input(&dv, n, &mut dh, true);
             let (ra, rb) = p.res_attn;
-            cpu::rms_norm_bwd(&a.x_a, &a.inv_a, &dh, D, rb, ra, &mut g);
+            time(Part::Norms, || {
+                cpu::rms_norm_bwd(&a.x_a, &a.inv_a, &dh, D, rb, ra, &mut g)
+            });
         }
-        cpu::embedding_bwd(&g, D, &ids, emb_scale, emb_grad(grads)?);
+        let table = emb_grad(grads)?;
+        time(Part::Embedding, || {
+            cpu::embedding_bwd(&g, D, &ids, emb_scale, table)
+        });
         Ok(())
     });
     Ok(out.put_tape(tape))
