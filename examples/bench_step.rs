@@ -22,7 +22,7 @@ use umup::dfdx::prelude::*;
 use umup::models::LmOptions;
 use umup::nn::{Hyper, Sp, Umup};
 use umup::optim::{OptimConfig, Optimizer};
-use umup::profile::{self, Part};
+use umup::profile;
 use umup::train::Lm;
 
 const V: usize = 256;
@@ -418,17 +418,7 @@ fn main() -> umup::Result<()> {
         println!("| {name} | {ms:.1} | {:.0}% |", 100.0 * ms / step_ms);
     };
     for (part, s) in &parts {
-        let name = match part {
-            Part::Weights => "weights copy + transpose",
-            Part::Embedding => "embedding",
-            Part::Linears => "linear matmuls (fwd, dx, dW)",
-            Part::Attention => "attention core (fwd + bwd)",
-            Part::Norms => "RMSNorms (fwd + bwd)",
-            Part::Swiglu => "SwiGLU core (fwd + bwd)",
-            Part::Residual => "residual adds",
-            Part::Loss => "cross entropy",
-        };
-        row(name, s * 1e3 / timed);
+        row(part.describe(), s * 1e3 / timed);
     }
     row(
         "optimizer (AdamW, per-tensor LRs)",

@@ -19,36 +19,54 @@ pub enum Part {
     Weights,
     /// Embedding lookup and its gradient scatter.
     Embedding,
-    /// The linear layers' matmuls (forward, input and weight gradients), readout included.
-    Linears,
-    /// The attention core: `softmax(QKᵀ)·V` forward and backward.
-    Attention,
     /// RMSNorm forward and backward.
     Norms,
+    /// The attention projections' matmuls (q, k, v, o: forward, input and weight gradients).
+    AttentionLinears,
+    /// The attention core: `softmax(QKᵀ)·V` forward and backward.
+    AttentionCore,
+    /// The MLP's matmuls (up, gate, down: forward, input and weight gradients).
+    MlpLinears,
     /// The SwiGLU core forward and backward.
     Swiglu,
     /// Residual adds.
     Residual,
-    /// Cross entropy (forward and logits gradient).
+    /// The readout matmuls and the cross entropy (forward and logits gradient).
     Loss,
 }
 
 impl Part {
     /// Every part, in display order.
-    pub const ALL: [Part; 8] = [
+    pub const ALL: [Part; 9] = [
         Part::Weights,
         Part::Embedding,
-        Part::Linears,
-        Part::Attention,
         Part::Norms,
+        Part::AttentionLinears,
+        Part::AttentionCore,
+        Part::MlpLinears,
         Part::Swiglu,
         Part::Residual,
         Part::Loss,
     ];
+
+    /// A short description for tables.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Part::Weights => "weights copy + transpose",
+            Part::Embedding => "embedding (fwd + bwd)",
+            Part::Norms => "RMSNorms (fwd + bwd)",
+            Part::AttentionLinears => "attention: q/k/v/o matmuls (fwd, dx, dW)",
+            Part::AttentionCore => "attention: core softmax(QKᵀ)V (fwd + bwd)",
+            Part::MlpLinears => "MLP: up/gate/down matmuls (fwd, dx, dW)",
+            Part::Swiglu => "MLP: SwiGLU core (fwd + bwd)",
+            Part::Residual => "residual adds",
+            Part::Loss => "loss: readout matmuls + cross entropy",
+        }
+    }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static NANOS: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
 
 /// Turns the recording on or off (process-wide).
 pub fn enable(on: bool) {

@@ -150,12 +150,15 @@ struct Lin<E: Real> {
     i: usize,
     s: LinearScales,
     grad: Slot<E>,
+    /// Where its matmuls count in [`crate::profile`].
+    part: Part,
 }
 
 impl<E: Real> Lin<E> {
     fn new<const I: usize, const O: usize, R: LinearRole, P: Param>(
         layer: &UnitLinear<I, O, R, E, Cpu, P>,
         rows: usize,
+        part: Part,
     ) -> Result<Self> {
         let (w, wt) = time(Part::Weights, || {
             let w = copy_of(&layer.weight);
@@ -169,12 +172,13 @@ impl<E: Real> Lin<E> {
             i: I,
             s: crate::nn::linear_layer_scales::<R, P>(rows, I, O)?,
             grad: slot(&layer.weight),
+            part,
         })
     }
 
     /// `y = output · x·Wᵀ`.
     fn fwd(&self, x: &[E], rows: usize) -> Vec<E> {
-        time(Part::Linears, || {
+        time(self.part, || {
             let mut y = zeros(rows * self.o);
             gemm(
                 ViewMut::rows(&mut y, rows, self.o),
@@ -190,7 +194,7 @@ impl<E: Real> Lin<E> {
 
     /// `dx (+)= grad_input · dy·W`.
     fn bwd_input(&self, dy: &[E], rows: usize, dx: &mut [E], accumulate: bool) {
-        time(Part::Linears, || {
+        time(self.part, || {
             gemm(
                 ViewMut::rows(dx, rows, self.i),
                 accumulate,
@@ -211,7 +215,7 @@ impl<E: Real> Lin<E> {
         rows: usize,
     ) -> std::result::Result<(), <Cpu as HasErr>::Err> {
         let g = (self.grad)(grads)?;
-        time(Part::Linears, || {
+        time(self.part, || {
             gemm(
                 ViewMut::rows(g, self.o, self.i),
                 true,
@@ -298,13 +302,13 @@ where
     for (i, layer) in m.layers.iter().enumerate() {
         let (at, mlp) = (&layer.attn, &layer.mlp);
         let p = LayerParams {
-            q: Lin::new(&at.q, n)?,
-            k: Lin::new(&at.k, n)?,
-            v: Lin::new(&at.v, n)?,
-            o: Lin::new(&at.o, n)?,
-            up: Lin::new(&mlp.up, n)?,
-            gate: Lin::new(&mlp.gate, n)?,
-            down: Lin::new(&mlp.down, n)?,
+            q: Lin::new(&at.q, n, Part::AttentionLinears)?,
+            k: Lin::new(&at.k, n, Part::AttentionLinears)?,
+            v: Lin::new(&at.v, n, Part::AttentionLinears)?,
+            o: Lin::new(&at.o, n, Part::AttentionLinears)?,
+            up: Lin::new(&mlp.up, n, Part::MlpLinears)?,
+            gate: Lin::new(&mlp.gate, n, Part::MlpLinears)?,
+            down: Lin::new(&mlp.down, n, Part::MlpLinears)?,
             res_attn: pair(residual_scales::<P>(taus[2 * i])?),
             res_mlp: pair(residual_scales::<P>(taus[2 * i + 1])?),
         };
@@ -315,7 +319,7 @@ where
         });
         let (q, k, v) = (p.q.fwd(&h_a, n), p.k.fwd(&h_a, n), p.v.fwd(&h_a, n));
         let (mut att, mut probs) = (zeros(n * D), zeros(sh.probs_numel()));
-        time(Part::Attention, || {
+        time(Part::AttentionCore, || {
             cpu::attention_fwd(
                 sh,
                 &q,
@@ -369,7 +373,7 @@ where
     time(Part::Norms, || {
         cpu::rms_norm_fwd(&x, D, eps, &mut h_f, &mut inv_f)
     });
-    let readout = Lin::new(&m.readout, n)?;
+    let readout = Lin::new(&m.readout, n, Part::Loss)?;
     let logits = readout.fwd(&h_f, n);
     let mut dlogits = zeros(n * V);
     let (loss_mult, loss_coef) = (
@@ -435,7 +439,7 @@ where
             // Attention branch.
             p.o.bwd_weight(grads, &g, &a.att, n)?;
             p.o.bwd_input(&g, n, &mut d_att, false);
-            time(Part::Attention, || {
+            time(Part::AttentionCore, || {
                 cpu::attention_bwd(
                     sh,
                     &a.q,

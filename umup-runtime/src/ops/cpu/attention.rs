@@ -111,11 +111,10 @@ pub fn attention_fwd<E: Real>(
                         let max = row[..valid]
                             .iter()
                             .fold(E::neg_infinity(), |m, &x| m.max(x));
-                        let mut sum = E::zero();
-                        for x in &mut row[..valid] {
-                            *x = (*x - max).exp();
-                            sum += *x;
-                        }
+                        row[..valid]
+                            .iter_mut()
+                            .for_each(|x| *x = (*x - max).exp_v());
+                        let sum = row[..valid].iter().fold(E::zero(), |s, &x| s + x);
                         let inv = E::one() / sum;
                         row[..valid].iter_mut().for_each(|x| *x *= inv);
                         row[valid..].iter_mut().for_each(|x| *x = E::zero());

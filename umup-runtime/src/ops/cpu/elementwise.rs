@@ -4,8 +4,9 @@ use rayon::prelude::*;
 
 use super::{Real, CHUNK};
 
+#[inline(always)]
 fn sigmoid<E: Real>(z: E) -> E {
-    E::one() / (E::one() + (-z).exp())
+    E::one() / (E::one() + (-z).exp_v())
 }
 
 /// SwiGLU forward (spec §4.10): `out = scale · x · g · σ(mult·g)`.

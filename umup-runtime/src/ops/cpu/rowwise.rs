@@ -100,12 +100,10 @@ pub fn cross_entropy_fwd_bwd<E: Real>(
             for (((dl, loss), x), &t) in dl.chunks_mut(vocab).zip(loss).zip(x.chunks(vocab)).zip(t)
             {
                 let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
-                let mut sum = E::zero();
                 for (d, &v) in dl.iter_mut().zip(x) {
-                    let e = (mult * v - max).exp();
-                    *d = e;
-                    sum += e;
+                    *d = (mult * v - max).exp_v();
                 }
+                let sum = dl.iter().fold(E::zero(), |s, &e| s + e);
                 let lse = max + sum.ln();
                 *loss = lse - mult * x[t];
                 let inv = E::one() / sum;
