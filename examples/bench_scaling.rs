@@ -54,15 +54,15 @@ fn run<const D: usize, const F: usize>(seq: usize, steps: usize) -> umup::Result
     };
     let hp = Hyper::default();
     let mut times = Vec::new();
-    for step in 0..steps + 1 {
-        profile::enable(step > 0);
+    for step in 0..steps + 2 {
+        profile::enable(step > 1);
         let t = Instant::now();
         let x = dev.tensor_from_vec(ids.clone(), (n,)).traced(grads);
         let loss = m.loss(x, &targets, (BATCH, seq), &hp, &opts, None)?;
         grads = loss.backward();
         opt.update(&mut m, &mut grads)?;
         m.zero_grads(&mut grads);
-        if step > 0 {
+        if step > 1 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         } else {
             profile::take();
@@ -102,7 +102,7 @@ fn main() -> umup::Result<()> {
         run::<256, 1024>(512, steps)?,
     ];
     println!(
-        "u-μP LM, fused CPU step (AdamW included): {L} layers, MLP 4×width, d_head 64, batch {BATCH}, f32, {} threads; median of {steps} steps after 1 warm-up",
+        "u-μP LM, fused CPU step (AdamW included): {L} layers, MLP 4×width, d_head 64, batch {BATCH}, f32, {} threads; median of {steps} steps after 2 warm-up steps",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();

@@ -52,7 +52,11 @@ impl Real for f32 {
         // eˣ = 2ⁿ·eʳ with n = round(x·log₂e), r = x − n·ln 2 (ln 2 split in two for accuracy),
         // eʳ by its degree-7 minimax polynomial on [−ln2/2, ln2/2] (Cephes `expf`).
         let x = self.clamp(-87.3, 88.3);
-        let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+        // round(x·log₂e) by the 1.5·2²³ trick (exact for |t| < 2²²): plain SSE2 arithmetic,
+        // where `floor` would be a libm call on the baseline x86-64 target and block
+        // vectorisation.
+        const ROUND: f32 = 12_582_912.0;
+        let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
             * r
