@@ -2,7 +2,7 @@
 //!
 //! Everything a run depends on is in [`TrainConfig`]. Batches, evaluation windows and stochastic
 //! rounding are drawn from RNGs keyed by `(seed, purpose, step)`, so a run stopped at step `k`
-//! and resumed ([`TrainConfig::resume`]) computes exactly what an uninterrupted run computes.
+//! and resumed ([`RunOptions::resume`]) computes exactly what an uninterrupted run computes.
 //!
 //! Files in the output directory: `config.json`, `metrics.csv`
 //! (`step,tokens,train_loss,val_loss,lr,seconds`; row `k` is the loss after `k` updates, row 0

@@ -1,8 +1,8 @@
 //! Procedural macros for [umup](https://docs.rs/umup): the `#[umup_model]` attribute.
 //!
-//! The macro works in three steps, each in its own module: [`parse`] reads the struct and its
-//! field attributes into a small IR, [`validate`] checks roles against field types and shapes,
-//! and [`expand`] generates the dfdx module. Every user error is a spanned `syn::Error`; all of
+//! The macro works in three steps, each in its own module: `parse` reads the struct and its
+//! field attributes into a small IR, `validate` checks roles against field types and shapes,
+//! and `expand` generates the dfdx module. Every user error is a spanned `syn::Error`; all of
 //! them are reported at once, and a fallback struct is emitted so the rest of the crate does not
 //! drown in secondary errors.
 #![forbid(unsafe_code)]
