@@ -296,6 +296,14 @@ fn table_of<const D: usize, const F: usize, const L: usize, P: Param>() -> Resul
     Lm::<D, F, L, P>::param_table()
 }
 
+/// Calls `$m!(args..., <every compiled size>)`: the one list behind [`COMPILED_SIZES`] and the
+/// dispatch (a test checks that they agree).
+macro_rules! with_compiled_sizes {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)* 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
+    };
+}
+
 macro_rules! compiled {
     ($width:expr, $depth:expr, $param:expr, $f:ident, $ty:ty, $($w:literal x $l:literal),*) => {
         match ($width, $depth, $param) {
@@ -310,9 +318,16 @@ macro_rules! compiled {
 }
 
 fn unsupported(cfg: &TrainConfig) -> Error {
+    let sizes: Vec<String> = COMPILED_SIZES
+        .iter()
+        .map(|(w, d)| format!("{w}×{d}"))
+        .collect();
     Error::Invalid(format!(
-        "--width {} --depth {} --param {} is not a compiled model: widths 64, 128, 256 × depths 2, 4 × umup, mup, sp",
-        cfg.width, cfg.depth, cfg.param
+        "--width {} --depth {} --param {} is not a compiled model: width×depth {} × umup, mup, sp",
+        cfg.width,
+        cfg.depth,
+        cfg.param,
+        sizes.join(", ")
     ))
 }
 
@@ -323,16 +338,26 @@ pub fn train_compiled(
     run: &RunOptions,
     observe: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
-    let f = compiled!(cfg.width, cfg.depth, cfg.param.as_str(), train, TrainFn,
-        64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
+    let f = with_compiled_sizes!(compiled!(
+        cfg.width,
+        cfg.depth,
+        cfg.param.as_str(),
+        train,
+        TrainFn,
+    ))
     .ok_or_else(|| unsupported(cfg))?;
     f(cfg, corpus, run, observe)
 }
 
 /// The parameter table of the compiled model that `cfg` names.
 pub fn param_table_compiled(cfg: &TrainConfig) -> Result<ParamTable> {
-    let f = compiled!(cfg.width, cfg.depth, cfg.param.as_str(), table_of, TableFn,
-        64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
+    let f = with_compiled_sizes!(compiled!(
+        cfg.width,
+        cfg.depth,
+        cfg.param.as_str(),
+        table_of,
+        TableFn,
+    ))
     .ok_or_else(|| unsupported(cfg))?;
     f()
 }

@@ -140,3 +140,27 @@ fn bad_settings_are_errors() {
     assert!("fp9".parse::<Precision>().is_err());
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn every_listed_compiled_size_dispatches_and_others_are_refused() {
+    for &(width, depth) in &train::COMPILED_SIZES {
+        for param in ["umup", "mup", "sp"] {
+            let cfg = TrainConfig {
+                width,
+                depth,
+                param: param.into(),
+                ..TrainConfig::default()
+            };
+            let table = train::param_table_compiled(&cfg).unwrap();
+            // embedding + 7 linears per layer + readout.
+            assert_eq!(table.rows.len(), 2 + 7 * depth, "{width}×{depth} {param}");
+        }
+    }
+    let cfg = TrainConfig {
+        width: 512,
+        depth: 4,
+        ..TrainConfig::default()
+    };
+    let err = train::param_table_compiled(&cfg).unwrap_err().to_string();
+    assert!(err.contains("512") && err.contains("256×4"), "{err}");
+}

@@ -301,7 +301,7 @@ where
         quant: Option<&mut MatmulQuantiser>,
     ) -> Result<Tensor<(), E, Dev, T>> {
         check_inputs::<D>(ids.shape().0, shape, hp, opts)?;
-        let ids = if quant.is_none() && !opts.rope {
+        let ids = if fusable(opts, quant.is_some()) {
             let args = super::fused::LossArgs {
                 targets,
                 shape,
@@ -321,7 +321,7 @@ where
     /// Whether [`Self::loss`] runs the fused CPU step for a `T` tape with these options (a
     /// quantiser always takes the generic path).
     pub fn uses_fused_step<T: 'static>(opts: &LmOptions, quantised: bool) -> bool {
-        !quantised && !opts.rope && super::fused::applies::<E, Dev, T>()
+        fusable(opts, quantised) && super::fused::applies::<E, Dev, T>()
     }
 
     /// [`Self::loss`] always through the device-generic composition of umup's ops (the path
@@ -338,6 +338,11 @@ where
         let logits = self.logits(ids, shape, hp, opts, quant)?;
         P::cross_entropy(logits, targets, hp)
     }
+}
+
+/// Whether the options allow the fused CPU step (it has no quantiser and no RoPE).
+fn fusable(opts: &LmOptions, quantised: bool) -> bool {
+    !quantised && !opts.rope
 }
 
 /// Checks the run-time settings of a forward pass: heads divide the width, one id per

@@ -88,17 +88,7 @@ pub fn swiglu<P: Param, S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge
     hp: &Hyper,
 ) -> Result<Tensor<S, E, D, T>> {
     let s = swiglu_scale::<P>(hp)?;
-    if P::parametrization() == Parametrization::Umup {
-        return ops::silu_glu(x, gate, hp.alpha_ffn_act);
-    }
-    debug_assert_eq!(s, 1.0);
-    let sig = gate
-        .with_empty_tape()
-        .try_mul(ops::scale::elem::<E>("alpha_ffn_act", hp.alpha_ffn_act)?)
-        .dev()?
-        .try_sigmoid()
-        .dev()?;
-    x.try_mul(gate.try_mul(sig).dev()?).dev()
+    ops::activation::silu_glu_scaled(x, gate, hp.alpha_ffn_act, s)
 }
 
 /// A residual branch `x → x + f(x)`: u-μP's [`ops::residual_apply`] with `tau` (from

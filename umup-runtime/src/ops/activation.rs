@@ -87,6 +87,18 @@ pub fn silu_glu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     gate: Tensor<S, E, D, T>,
     mult: f64,
 ) -> Result<Tensor<S, E, D, T>> {
+    silu_glu_scaled(x, gate, mult, scales::silu_glu(mult)?)
+}
+
+/// `scale · x · gate·σ(mult·gate)` with true gradients (a plain multiply by `scale`; 1 skips
+/// it): [`silu_glu`] with an explicit scale, and the SwiGLU core of the μP and SP baselines.
+/// `x` and `gate` must have the same shape ([`crate::Error::ShapeMismatch`] otherwise).
+pub(crate) fn silu_glu_scaled<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<S, E, D, T>,
+    gate: Tensor<S, E, D, T>,
+    mult: f64,
+    scale: f64,
+) -> Result<Tensor<S, E, D, T>> {
     let [xs, gs] = [x.shape().concrete(), gate.shape().concrete()];
     if xs.as_ref() != gs.as_ref() {
         return Err(crate::Error::ShapeMismatch {
@@ -98,7 +110,6 @@ pub fn silu_glu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
             ),
         });
     }
-    let s = scales::silu_glu(mult)?;
     let sig = gate
         .with_empty_tape()
         .try_mul(elem::<E>("mult", mult)?)
@@ -106,10 +117,12 @@ pub fn silu_glu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
         .try_sigmoid()
         .dev()?;
     let act = gate.try_mul(sig).dev()?;
-    x.try_mul(elem::<E>("silu_glu scale", s)?)
-        .dev()?
-        .try_mul(act)
-        .dev()
+    let x = if scale == 1.0 {
+        x
+    } else {
+        x.try_mul(elem::<E>("silu_glu scale", scale)?).dev()?
+    };
+    x.try_mul(act).dev()
 }
 
 /// Unit-scaled softmax over the last dim of `x[R, n]` (spec §4.11): `p = softmax(mult·x)`,

@@ -11,7 +11,7 @@
 //! it can (usually the weight), so a scaled op costs almost exactly what the unscaled dfdx op does.
 //! Runtime dims are checked up front: a mismatch is an [`crate::Error::ShapeMismatch`], not a panic.
 
-mod activation;
+pub(crate) mod activation;
 pub(crate) mod attention;
 pub mod cpu;
 pub(crate) mod embedding;
