@@ -91,6 +91,9 @@ struct Args {
     /// Bytes per sequence.
     #[arg(long, default_value_t = 64)]
     seq: usize,
+    /// Validation batches (of `--batch` × `--seq`) for each point's final loss.
+    #[arg(long, default_value_t = 8)]
+    eval_batches: usize,
     /// Seed (the same data order at every point).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -120,22 +123,45 @@ impl Point {
     fn command(&self, out: &Path) -> String {
         let c = &self.cfg;
         format!(
-            "cargo run --release --example train_lm -- --quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --eval-every {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --out {}",
-            c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.eval_every,
+            "cargo run --release --example train_lm -- --quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --out {}",
+            c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.eval_every, c.eval_batches,
             c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax,
             self.dir(out).display()
         )
     }
 }
 
-/// The final validation loss of a finished point, if it finished.
-fn finished(dir: &Path, steps: usize) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).ok()?;
-    let last = text.lines().last()?;
+/// The final validation loss of a point if it finished (∞ if it diverged), `None` if it is still
+/// to run. A directory that holds a run with other settings than the point's is an error, never
+/// a silently reused result.
+fn finished(dir: &Path, cfg: &TrainConfig) -> umup::Result<Option<f64>> {
+    let Ok(saved) = std::fs::read_to_string(dir.join("config.json")) else {
+        return Ok(None);
+    };
+    let saved: TrainConfig = serde_json::from_str(&saved)
+        .map_err(|e| umup::Error::Invalid(format!("{}: {e}", dir.join("config.json").display())))?;
+    if saved != *cfg {
+        return Err(umup::Error::Invalid(format!(
+            "{} holds a run with other settings than this sweep's point (compare its config.json \
+             with the flags): pass the flags that made it, or another --out",
+            dir.display()
+        )));
+    }
+    if dir.join("diverged").exists() {
+        return Ok(Some(f64::INFINITY));
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join("metrics.csv")) else {
+        return Ok(None);
+    };
+    let Some(last) = text.lines().last() else {
+        return Ok(None);
+    };
     let f: Vec<&str> = last.split(',').collect();
-    (f.first()?.parse::<usize>().ok()? == steps)
-        .then(|| f.get(3)?.parse::<f64>().ok())
-        .flatten()
+    Ok(
+        (f.first().and_then(|s| s.parse::<usize>().ok()) == Some(cfg.steps))
+            .then(|| f.get(3).and_then(|s| s.parse::<f64>().ok()))
+            .flatten(),
+    )
 }
 
 fn base(args: &Args, param: &str, width: usize, lr: f64) -> TrainConfig {
@@ -151,7 +177,7 @@ fn base(args: &Args, param: &str, width: usize, lr: f64) -> TrainConfig {
         warmup: args.steps / 10,
         seed: args.seed,
         eval_every: args.steps,
-        eval_batches: 8,
+        eval_batches: args.eval_batches,
         ..TrainConfig::default()
     }
 }
@@ -235,10 +261,12 @@ fn best_alphas(results: &[(Point, Option<f64>)]) -> BTreeMap<&'static str, (f64,
 }
 
 fn run_points(args: &Args, corpus: &Corpus, points: &[Point]) -> umup::Result<()> {
-    let pending: Vec<&Point> = points
-        .iter()
-        .filter(|p| finished(&p.dir(&args.out), args.steps).is_none())
-        .collect();
+    let mut pending = Vec::new();
+    for p in points {
+        if finished(&p.dir(&args.out), &p.cfg)?.is_none() {
+            pending.push(p);
+        }
+    }
     if pending.is_empty() {
         return Ok(());
     }
@@ -292,18 +320,10 @@ fn run_points(args: &Args, corpus: &Corpus, points: &[Point]) -> umup::Result<()
     }
 }
 
-fn results(args: &Args, points: &[Point]) -> Vec<(Point, Option<f64>)> {
+fn results(args: &Args, points: &[Point]) -> umup::Result<Vec<(Point, Option<f64>)>> {
     points
         .iter()
-        .map(|p| {
-            let dir = p.dir(&args.out);
-            let loss = if dir.join("diverged").exists() {
-                Some(f64::INFINITY)
-            } else {
-                finished(&dir, args.steps)
-            };
-            (p.clone(), loss)
-        })
+        .map(|p| Ok((p.clone(), finished(&p.dir(&args.out), &p.cfg)?)))
         .collect()
 }
 
@@ -344,7 +364,7 @@ fn run(mut args: Args) -> umup::Result<()> {
         let points = match *stage {
             "eta" => eta_points(&args),
             "alpha" | "combined" => {
-                let Some(eta) = best_eta(&args, &results(&args, &all)) else {
+                let Some(eta) = best_eta(&args, &results(&args, &all)?) else {
                     return Err(umup::Error::Invalid(
                         "the α stages need the u-μP η points at the α width to have finished (run --stage eta first)".into(),
                     ));
@@ -353,7 +373,7 @@ fn run(mut args: Args) -> umup::Result<()> {
                 if *stage == "alpha" {
                     alpha
                 } else {
-                    let best = best_alphas(&results(&args, &alpha));
+                    let best = best_alphas(&results(&args, &alpha)?);
                     let mut cfg = base(&args, "umup", alpha_width(&args), eta);
                     let mut hp = cfg.hyper();
                     for (a, (v, _)) in &best {
@@ -370,12 +390,11 @@ fn run(mut args: Args) -> umup::Result<()> {
             _ => Vec::new(),
         };
         if args.plan.is_some() {
-            plan.extend(
-                points
-                    .iter()
-                    .filter(|p| finished(&p.dir(&args.out), args.steps).is_none())
-                    .map(|p| p.command(&args.out)),
-            );
+            for p in &points {
+                if finished(&p.dir(&args.out), &p.cfg)?.is_none() {
+                    plan.push(p.command(&args.out));
+                }
+            }
             // Later stages depend on this one's results.
             break;
         }
@@ -395,7 +414,7 @@ fn run(mut args: Args) -> umup::Result<()> {
         println!("wrote {} commands to {}", plan.len(), path.display());
         return Ok(());
     }
-    report(&args, &results(&args, &all))
+    report(&args, &results(&args, &all)?)
 }
 
 fn report(args: &Args, results: &[(Point, Option<f64>)]) -> umup::Result<()> {

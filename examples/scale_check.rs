@@ -5,6 +5,7 @@
 //! cargo run --release --example scale_check                                   # u-μP, widths 64..1024
 //! cargo run --release --example scale_check -- --param umup,mup,sp --widths 64,128,256,512
 //! cargo run --release --example scale_check -- --steps 5 --json runs/scale.json
+//! cargo run --release --example scale_check -- --load runs/scale.json             # re-check a saved run
 //! ```
 //!
 //! Prints an aligned table (one row per tensor, one column per width, and the spread
@@ -25,7 +26,10 @@ use clap::Parser;
 use umup::analysis::Kind;
 use umup::data::Corpus;
 use umup::nn::{Mup, Sp, Umup};
-use umup::scale_check::{by_tensor, scale_check, umup_violations, LossRow, Report, Row, Settings};
+use umup::scale_check::{
+    by_tensor, finite_width_fit, out_of_band, scale_check, umup_violations, LossRow, Report, Row,
+    Settings,
+};
 
 const SHAKESPEARE: &[u8] = include_bytes!("../data/shakespeare.txt.gz");
 const DEPTH: usize = 4;
@@ -46,8 +50,8 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Average over this many seeds (seed, seed+1, ...): RMS combined as √(mean of squares).
-    #[arg(long, default_value_t = 1)]
-    repeats: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repeats: u64,
     /// Sequences per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -69,6 +73,10 @@ struct Args {
     /// Use this file instead of the embedded Shakespeare.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Measure nothing: read the reports from a file written by `--json`, then print the table
+    /// and the checks and draw the plot as for a new measurement.
+    #[arg(long, conflicts_with_all = ["widths", "param", "steps", "seed", "repeats", "batch", "seq", "lr", "d_head", "data", "json"])]
+    load: Option<PathBuf>,
 }
 
 type Check = fn(&Corpus, &Settings, &mut Vec<Row>, &mut Vec<LossRow>) -> umup::Result<()>;
@@ -100,51 +108,20 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> umup::Result<()> {
-    let corpus = match &args.data {
-        Some(p) => Corpus::from_path(p, 0.1)?,
-        None => Corpus::from_gzip(SHAKESPEARE, 0.1)?,
+    let reports = match &args.load {
+        Some(path) => load(path)?,
+        None => measure(&args)?,
     };
-    let mut reports = Vec::new();
-    for param in &args.param {
-        let mut widths = args.widths.clone();
-        widths.sort_unstable();
-        let settings = Settings {
-            batch: args.batch,
-            seq: args.seq,
-            steps: args.steps,
-            seed: args.seed,
-            lr: args
-                .lr
-                .unwrap_or(if param == "umup" { 1.0 } else { 2f64.powi(-7) }),
-            d_head: args.d_head,
-        };
-        let (mut rows, mut loss) = (Vec::new(), Vec::new());
-        for &w in &widths {
-            let f = check_fn(w, param).ok_or_else(|| {
-                umup::Error::Invalid(format!(
-                    "--widths {w} / --param {param}: compiled widths are 64, 128, 256, 512, 1024 and parametrizations umup, mup, sp"
-                ))
-            })?;
-            eprintln!("{param}: width {w} ...");
-            let repeats = args.repeats.max(1);
-            let (mut r_rows, mut r_loss) = (Vec::new(), Vec::new());
-            for r in 0..repeats as u64 {
-                let s = Settings {
-                    seed: args.seed + r,
-                    ..settings.clone()
-                };
-                f(&corpus, &s, &mut r_rows, &mut r_loss)?;
-            }
-            rows.extend(average(r_rows, repeats));
-            loss.extend(average_loss(r_loss, repeats));
-        }
-        let report = Report {
-            parametrization: param.clone(),
-            rows,
-            loss,
-        };
-        print_report(&report, &widths, args.steps);
-        reports.push(report);
+    for report in &reports {
+        let widths: Vec<usize> = report
+            .rows
+            .iter()
+            .map(|r| r.width)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let steps = report.rows.iter().map(|r| r.step).max().unwrap_or(0);
+        print_report(report, &widths, steps);
     }
     if let Some(path) = &args.json {
         let text = if reports.len() == 1 {
@@ -184,6 +161,69 @@ fn run(args: Args) -> umup::Result<()> {
     plot::draw(&args.png, &panels, 3)?;
     println!("wrote {}", args.png.display());
     Ok(())
+}
+
+/// The reports of a `--json` file: one object, or an array of them.
+fn load(path: &std::path::Path) -> umup::Result<Vec<Report>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| umup::Error::Invalid(format!("{}: {e}", path.display())))?;
+    serde_json::from_str::<Vec<Report>>(&text)
+        .or_else(|_| serde_json::from_str::<Report>(&text).map(|r| vec![r]))
+        .map_err(|e| {
+            umup::Error::Invalid(format!(
+                "{}: not a scale-check report (as written by --json): {e}",
+                path.display()
+            ))
+        })
+}
+
+/// Runs the scale check of every `--param` at every `--widths`, `--repeats` seeds each.
+fn measure(args: &Args) -> umup::Result<Vec<Report>> {
+    let corpus = match &args.data {
+        Some(p) => Corpus::from_path(p, 0.1)?,
+        None => Corpus::from_gzip(SHAKESPEARE, 0.1)?,
+    };
+    let mut reports = Vec::new();
+    for param in &args.param {
+        let mut widths = args.widths.clone();
+        widths.sort_unstable();
+        let settings = Settings {
+            batch: args.batch,
+            seq: args.seq,
+            steps: args.steps,
+            seed: args.seed,
+            lr: args
+                .lr
+                .unwrap_or(if param == "umup" { 1.0 } else { 2f64.powi(-7) }),
+            d_head: args.d_head,
+        };
+        let (mut rows, mut loss) = (Vec::new(), Vec::new());
+        for &w in &widths {
+            let f = check_fn(w, param).ok_or_else(|| {
+                umup::Error::Invalid(format!(
+                    "--widths {w} / --param {param}: compiled widths are 64, 128, 256, 512, 1024 and parametrizations umup, mup, sp"
+                ))
+            })?;
+            eprintln!("{param}: width {w} ...");
+            let repeats = args.repeats;
+            let (mut r_rows, mut r_loss) = (Vec::new(), Vec::new());
+            for r in 0..repeats {
+                let s = Settings {
+                    seed: args.seed + r,
+                    ..settings.clone()
+                };
+                f(&corpus, &s, &mut r_rows, &mut r_loss)?;
+            }
+            rows.extend(average(r_rows, repeats as usize));
+            loss.extend(average_loss(r_loss, repeats as usize));
+        }
+        reports.push(Report {
+            parametrization: param.clone(),
+            rows,
+            loss,
+        });
+    }
+    Ok(reports)
 }
 
 /// √(mean of squares) of the repeats of each (width, step, kind, name), in first-seen order.
@@ -260,6 +300,18 @@ fn print_report(report: &Report, widths: &[usize], steps: usize) {
             println!("u-μP checks (spec §10): {} violations", bad.len());
             for b in bad {
                 println!("  {b}");
+            }
+            println!("fits of RMS² = a + b/width to the tensors out of the band (a 1/width finite-width term fits with small residuals; a scaling-rule error is a power law and does not):");
+            for ((kind, name), by_w) in out_of_band(report) {
+                match finite_width_fit(&by_w) {
+                    Some(f) => println!(
+                        "  {kind} {name}: limit {:.4}, narrowest width {:.3}× the limit, largest residual {:.1}%",
+                        f.limit,
+                        f.narrowest_over_limit,
+                        100.0 * f.max_residual
+                    ),
+                    None => println!("  {kind} {name}: fewer than 3 widths, no fit"),
+                }
             }
         }
     }

@@ -180,16 +180,13 @@ pub fn umup_violations(report: &Report) -> Vec<String> {
             bad.push(format!("width {}: loss at init {:.4}", l.width, l.value));
         }
     }
-    for ((step, kind, name), by_width) in by_tensor(&report.rows) {
-        if step != 0 || kind == Kind::Param || (kind == Kind::Activation && name == "logits") {
-            continue;
-        }
+    for ((kind, name), by_width) in out_of_band(report) {
         let Some((&w0, &base)) = by_width.iter().next() else {
             continue;
         };
         for (&w, &v) in &by_width {
             let ratio = v / base;
-            if !(0.8..=1.25).contains(&ratio) {
+            if !BAND.contains(&ratio) {
                 bad.push(format!(
                     "{kind} {name}: {v:.4} at width {w} is {ratio:.3}× its {base:.4} at width {w0}"
                 ));
@@ -197,4 +194,83 @@ pub fn umup_violations(report: &Report) -> Vec<String> {
         }
     }
     bad
+}
+
+/// The band of spec §10: at init every activation and gradient stays within this factor of its
+/// value at the narrowest width.
+pub const BAND: std::ops::RangeInclusive<f64> = 0.8..=1.25;
+
+/// The activations and gradients (logits exempt) whose step-0 RMS leaves [`BAND`] of their
+/// narrowest-width value at some width, with their RMS by width.
+pub fn out_of_band(report: &Report) -> Vec<((Kind, String), BTreeMap<usize, f64>)> {
+    by_tensor(&report.rows)
+        .into_iter()
+        .filter(|((step, kind, name), by_width)| {
+            let exempt = *step != 0
+                || *kind == Kind::Param
+                || (*kind == Kind::Activation && name == "logits");
+            let base = by_width.values().next().copied().unwrap_or(f64::NAN);
+            !exempt && by_width.values().any(|v| !BAND.contains(&(v / base)))
+        })
+        .map(|((_, kind, name), by_width)| ((kind, name), by_width))
+        .collect()
+}
+
+/// A least-squares fit of `RMS(width)² = a + b / width` to one tensor's RMS across widths.
+///
+/// This is the form of a finite-width correction: a term that falls as `1/width` on top of a
+/// width-independent limit `√a`. It tells such a correction (which every parametrization shares
+/// and which vanishes as the model widens) apart from a scaling-rule error, which is a power law
+/// in width (μP's gradients fall as `1/width`, SP's as `1/√width`) and does not fit this form.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FiniteWidthFit {
+    /// `√a`: the RMS the fit converges to as width → ∞ (NaN when the fit's `a ≤ 0`, i.e. the
+    /// data fall towards zero: no width-independent limit).
+    pub limit: f64,
+    /// The narrowest width's fitted RMS over the limit: `√(1 + b / (a · width_min))`.
+    pub narrowest_over_limit: f64,
+    /// The largest relative deviation of the fitted RMS from a measured one.
+    pub max_residual: f64,
+}
+
+/// Fits `RMS² = a + b / width` by least squares (see [`FiniteWidthFit`]); `None` with fewer than
+/// three widths or a non-positive width or RMS.
+pub fn finite_width_fit(by_width: &BTreeMap<usize, f64>) -> Option<FiniteWidthFit> {
+    if by_width.len() < 3
+        || by_width
+            .iter()
+            .any(|(&w, &v)| w == 0 || v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+    {
+        return None;
+    }
+    let pts: Vec<(f64, f64)> = by_width
+        .iter()
+        .map(|(&w, &v)| (1.0 / w as f64, v * v))
+        .collect();
+    let n = pts.len() as f64;
+    let (mx, my) = pts
+        .iter()
+        .fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x / n, sy + y / n));
+    let sxx: f64 = pts.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let b = sxy / sxx;
+    let a = my - b * mx;
+    let max_residual = pts
+        .iter()
+        .map(|(x, y)| ((a + b * x).max(0.0).sqrt() / y.sqrt() - 1.0).abs())
+        .fold(0.0, f64::max);
+    let x_narrowest = pts[0].0;
+    Some(if a > 0.0 {
+        FiniteWidthFit {
+            limit: a.sqrt(),
+            narrowest_over_limit: (1.0 + b * x_narrowest / a).max(0.0).sqrt(),
+            max_residual,
+        }
+    } else {
+        FiniteWidthFit {
+            limit: f64::NAN,
+            narrowest_over_limit: f64::INFINITY,
+            max_residual,
+        }
+    })
 }

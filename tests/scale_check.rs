@@ -3,7 +3,9 @@
 use umup::analysis::Kind;
 use umup::data::Corpus;
 use umup::nn::Umup;
-use umup::scale_check::{by_tensor, scale_check, umup_violations, LossRow, Report, Row, Settings};
+use umup::scale_check::{
+    by_tensor, out_of_band, scale_check, umup_violations, LossRow, Report, Row, Settings,
+};
 
 fn corpus() -> Corpus {
     let text: Vec<u8> = (0..50_000u32)
@@ -84,4 +86,37 @@ fn the_umup_checks_flag_drift_and_exempt_the_logits() {
     r.loss.push(loss(512, 6.0));
     let v = umup_violations(&r);
     assert_eq!(v.len(), 3, "{v:?}");
+    // Only the gradient is out of the band (the parameter and the loss are separate checks).
+    let o = out_of_band(&r);
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(o[0].0, (Kind::Grad, "h".to_string()));
+    assert_eq!(o[0].1.get(&256), Some(&3.0));
+}
+
+#[test]
+fn the_finite_width_fit_recovers_a_one_over_width_term_and_rejects_a_power_law() {
+    use std::collections::BTreeMap;
+    use umup::scale_check::finite_width_fit;
+    let widths = [64usize, 128, 256, 512, 1024];
+    // RMS² = 0.01 + 0.96/width: the limit is 0.1, and at width 64 the RMS is √2.5 × 0.1.
+    let corrected: BTreeMap<usize, f64> = widths
+        .iter()
+        .map(|&w| (w, (0.01 + 0.96 / w as f64).sqrt()))
+        .collect();
+    let f = finite_width_fit(&corrected).unwrap();
+    assert!((f.limit - 0.1).abs() < 1e-12, "{f:?}");
+    assert!(
+        (f.narrowest_over_limit - 2.5f64.sqrt()).abs() < 1e-12,
+        "{f:?}"
+    );
+    assert!(f.max_residual < 1e-12, "{f:?}");
+    // μP's gradients: RMS ∝ 1/width. No width-independent limit fits them.
+    let power: BTreeMap<usize, f64> = widths.iter().map(|&w| (w, 64.0 / w as f64)).collect();
+    let p = finite_width_fit(&power).unwrap();
+    assert!(p.max_residual > 0.5 || p.limit.is_nan(), "{p:?}");
+    // Too few widths, or a zero RMS: no fit.
+    let two: BTreeMap<usize, f64> = [(64, 1.0), (128, 1.0)].into_iter().collect();
+    assert!(finite_width_fit(&two).is_none());
+    let zero: BTreeMap<usize, f64> = [(64, 1.0), (128, 0.0), (256, 1.0)].into_iter().collect();
+    assert!(finite_width_fit(&zero).is_none());
 }
