@@ -11,8 +11,10 @@
 //! Every grid point is an independent `train_lm` run in `DIR/<point>/`; a point whose run
 //! finished is never redone, so an interrupted sweep resumes where it stopped. Locally the points
 //! run `--jobs` at a time with a progress bar. Outputs: `DIR/sweep.csv`, `DIR/transfer.png`
-//! (final validation loss vs η, one curve per width, one panel per parametrization),
-//! `DIR/alphas.png`, and `DIR/summary.md` (best η per width and its drift; α optima).
+//! (final validation loss vs η, one curve per width, one panel per parametrization; with
+//! `--seeds N` the mean over N seeds),
+//! `DIR/alphas.png`, and `DIR/summary.md` (best η per width and its drift, loss vs width at each
+//! fixed η, α optima).
 
 #[path = "common/plot.rs"]
 mod plot;
@@ -97,6 +99,11 @@ struct Args {
     /// Seed (the same data order at every point).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run every η point with this many seeds (`--seed`, `--seed`+1, ...) and compare the mean
+    /// final loss; the α stages run at `--seed` only. Points of seed 0 live under `eta/`, of
+    /// seed s > 0 under `eta-seed<s>/`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
     /// Points run at once.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -129,6 +136,41 @@ impl Point {
             self.dir(out).display()
         )
     }
+}
+
+/// "Loss vs width at fixed η": for every parametrization and η, the (mean) final loss at each
+/// width and whether it falls strictly from the narrowest to the widest.
+fn width_table(args: &Args, means: &BTreeMap<(String, usize, i32), Option<f64>>) -> String {
+    let mut widths = args.widths.clone();
+    widths.sort_unstable();
+    let mut t = String::from("\n## Loss vs width at fixed η\n\n| parametrization | η |");
+    for w in &widths {
+        t += &format!(" width {w} |");
+    }
+    t += " improves with width |\n|---|---:|";
+    t += &"---:|".repeat(widths.len());
+    t += "---|\n";
+    for param in &args.param {
+        for &e in lr_exps(args, param) {
+            let losses: Vec<Option<f64>> = widths
+                .iter()
+                .map(|&w| means.get(&(param.clone(), w, e)).copied().flatten())
+                .collect();
+            t += &format!("| {param} | 2^{e} |");
+            for l in &losses {
+                t += &l.map_or(" - |".into(), |l| format!(" {l:.4} |"));
+            }
+            let verdict = if losses.iter().any(Option::is_none) {
+                "-"
+            } else if losses.windows(2).all(|p| p[1] < p[0]) {
+                "yes"
+            } else {
+                "no"
+            };
+            t += &format!(" {verdict} |\n");
+        }
+    }
+    t
 }
 
 /// The final validation loss of a point if it finished (∞ if it diverged), `None` if it is still
@@ -182,24 +224,67 @@ fn base(args: &Args, param: &str, width: usize, lr: f64) -> TrainConfig {
     }
 }
 
+fn lr_exps<'a>(args: &'a Args, param: &str) -> &'a [i32] {
+    if param == "umup" {
+        &args.umup_lr_exps
+    } else {
+        &args.sp_lr_exps
+    }
+}
+
 fn eta_points(args: &Args) -> Vec<Point> {
     let mut v = Vec::new();
-    for p in &args.param {
-        let exps = if p == "umup" {
-            &args.umup_lr_exps
+    for seed in args.seed..args.seed + args.seeds {
+        let stage = if seed == 0 {
+            "eta".to_string()
         } else {
-            &args.sp_lr_exps
+            format!("eta-seed{seed}")
         };
-        for &w in &args.widths {
-            for &e in exps {
-                v.push(Point {
-                    cfg: base(args, p, w, 2f64.powi(e)),
-                    label: format!("eta/{p}/w{w}/log2lr{e}"),
-                });
+        for p in &args.param {
+            for &w in &args.widths {
+                for &e in lr_exps(args, p) {
+                    v.push(Point {
+                        cfg: TrainConfig {
+                            seed,
+                            ..base(args, p, w, 2f64.powi(e))
+                        },
+                        label: format!("{stage}/{p}/w{w}/log2lr{e}"),
+                    });
+                }
             }
         }
     }
     v
+}
+
+/// The mean final loss over `--seeds` of each η point, by parametrization, width and log2 η:
+/// `None` until every seed finished, ∞ if any diverged.
+fn eta_means(
+    args: &Args,
+    results: &[(Point, Option<f64>)],
+) -> BTreeMap<(String, usize, i32), Option<f64>> {
+    let mut sums: BTreeMap<(String, usize, i32), (f64, u64, bool)> = BTreeMap::new();
+    for (p, l) in results.iter().filter(|(p, _)| p.label.starts_with("eta")) {
+        let key = (
+            p.cfg.param.clone(),
+            p.cfg.width,
+            p.cfg.lr.log2().round() as i32,
+        );
+        let e = sums.entry(key).or_insert((0.0, 0, true));
+        match l {
+            Some(v) => {
+                e.0 += v;
+                e.1 += 1;
+            }
+            None => e.2 = false,
+        }
+    }
+    sums.into_iter()
+        .map(|(k, (sum, n, complete))| {
+            let mean = (complete && n == args.seeds).then(|| sum / n as f64);
+            (k, mean)
+        })
+        .collect()
 }
 
 fn alpha_width(args: &Args) -> usize {
@@ -207,14 +292,14 @@ fn alpha_width(args: &Args) -> usize {
         .unwrap_or_else(|| args.widths.iter().copied().max().unwrap_or(64))
 }
 
-/// Best log2 η of u-μP at the α width, from the finished η points.
+/// Best η of u-μP at the α width (lowest mean loss over the seeds), from the finished η points.
 fn best_eta(args: &Args, results: &[(Point, Option<f64>)]) -> Option<f64> {
     let w = alpha_width(args);
-    results
-        .iter()
-        .filter(|(p, l)| p.label.starts_with("eta/umup/") && p.cfg.width == w && l.is_some())
-        .min_by(|a, b| a.1.unwrap_or(f64::MAX).total_cmp(&b.1.unwrap_or(f64::MAX)))
-        .map(|(p, _)| p.cfg.lr)
+    eta_means(args, results)
+        .into_iter()
+        .filter_map(|((param, width, e), l)| (param == "umup" && width == w).then_some((e, l?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(e, _)| 2f64.powi(e))
 }
 
 fn alpha_points(args: &Args, eta: f64) -> Vec<Point> {
@@ -420,15 +505,16 @@ fn run(mut args: Args) -> umup::Result<()> {
 fn report(args: &Args, results: &[(Point, Option<f64>)]) -> umup::Result<()> {
     std::fs::create_dir_all(&args.out)
         .map_err(|e| umup::Error::Invalid(format!("{}: {e}", args.out.display())))?;
-    let mut csv = String::from("label,param,width,lr,alpha_ffn_act,alpha_attn_softmax,alpha_res,alpha_res_attn_ratio,alpha_loss_softmax,final_val_loss\n");
+    let mut csv = String::from("label,param,width,lr,seed,alpha_ffn_act,alpha_attn_softmax,alpha_res,alpha_res_attn_ratio,alpha_loss_softmax,final_val_loss\n");
     for (p, l) in results {
         let c = &p.cfg;
         csv += &format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
             p.label,
             c.param,
             c.width,
             c.lr,
+            c.seed,
             c.alpha_ffn_act,
             c.alpha_attn_softmax,
             c.alpha_res,
@@ -443,16 +529,24 @@ fn report(args: &Args, results: &[(Point, Option<f64>)]) -> umup::Result<()> {
     };
     write("sweep.csv", &csv)?;
 
-    let mut summary = String::from("## η transfer\n\n| parametrization | width | best η | loss at best η |\n|---|---:|---:|---:|\n");
+    let means = eta_means(args, results);
+    let seeds = if args.seeds > 1 {
+        format!(" (mean final loss over {} seeds)", args.seeds)
+    } else {
+        String::new()
+    };
+    let mut summary = format!("## η transfer{seeds}\n\n| parametrization | width | best η | loss at best η |\n|---|---:|---:|---:|\n");
     let mut panels = Vec::new();
     for param in &args.param {
         let mut series = Vec::new();
         let mut best_per_width = Vec::new();
         for &w in &args.widths {
-            let pts: Vec<(f64, f64)> = results
+            let pts: Vec<(f64, f64)> = lr_exps(args, param)
                 .iter()
-                .filter(|(p, l)| p.label.starts_with(&format!("eta/{param}/w{w}/")) && l.is_some())
-                .map(|(p, l)| (p.cfg.lr, l.unwrap_or(f64::NAN)))
+                .filter_map(|&e| {
+                    let l = (*means.get(&(param.clone(), w, e))?)?;
+                    Some((2f64.powi(e), l))
+                })
                 .collect();
             if let Some(&(lr, loss)) = pts
                 .iter()
@@ -480,6 +574,7 @@ fn report(args: &Args, results: &[(Point, Option<f64>)]) -> umup::Result<()> {
         });
     }
     plot::draw(&args.out.join("transfer.png"), &panels, panels.len())?;
+    summary += &width_table(args, &means);
     let best = best_alphas(results);
     if !best.is_empty() {
         let default = results
