@@ -531,7 +531,7 @@ fn report(args: &Args, results: &[(Point, Option<f64>)]) -> umup::Result<()> {
 
     let means = eta_means(args, results);
     let seeds = if args.seeds > 1 {
-        format!(" (mean final loss over {} seeds)", args.seeds)
+        format!(" (mean over {} seeds)", args.seeds)
     } else {
         String::new()
     };
@@ -565,7 +565,7 @@ fn report(args: &Args, results: &[(Point, Option<f64>)]) -> umup::Result<()> {
             );
         }
         panels.push(plot::Panel {
-            title: format!("{param}: final validation loss vs η"),
+            title: format!("{param}: final validation loss vs η{seeds}"),
             x_label: "η".into(),
             y_label: "validation loss".into(),
             series,
