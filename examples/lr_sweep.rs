@@ -174,36 +174,26 @@ fn width_table(args: &Args, means: &BTreeMap<(String, usize, i32), Option<f64>>)
 }
 
 /// The final validation loss of a point if it finished (∞ if it diverged), `None` if it is still
-/// to run. A directory that holds a run with other settings than the point's is an error, never
-/// a silently reused result.
+/// to run; a directory holding a run with other settings is an error
+/// ([`train::finished_val_loss`]).
 fn finished(dir: &Path, cfg: &TrainConfig) -> umup::Result<Option<f64>> {
-    let Ok(saved) = std::fs::read_to_string(dir.join("config.json")) else {
-        return Ok(None);
-    };
-    let saved: TrainConfig = serde_json::from_str(&saved)
-        .map_err(|e| umup::Error::Invalid(format!("{}: {e}", dir.join("config.json").display())))?;
-    if saved != *cfg {
-        return Err(umup::Error::Invalid(format!(
-            "{} holds a run with other settings than this sweep's point (compare its config.json \
-             with the flags): pass the flags that made it, or another --out",
-            dir.display()
-        )));
+    let loss = train::finished_val_loss(cfg, dir)?;
+    Ok(if dir.join("diverged").exists() {
+        Some(f64::INFINITY)
+    } else {
+        loss
+    })
+}
+
+/// The points that have not finished (their settings checked against their directories).
+fn pending<'a>(args: &Args, points: &'a [Point]) -> umup::Result<Vec<&'a Point>> {
+    let mut v = Vec::new();
+    for p in points {
+        if finished(&p.dir(&args.out), &p.cfg)?.is_none() {
+            v.push(p);
+        }
     }
-    if dir.join("diverged").exists() {
-        return Ok(Some(f64::INFINITY));
-    }
-    let Ok(text) = std::fs::read_to_string(dir.join("metrics.csv")) else {
-        return Ok(None);
-    };
-    let Some(last) = text.lines().last() else {
-        return Ok(None);
-    };
-    let f: Vec<&str> = last.split(',').collect();
-    Ok(
-        (f.first().and_then(|s| s.parse::<usize>().ok()) == Some(cfg.steps))
-            .then(|| f.get(3).and_then(|s| s.parse::<f64>().ok()))
-            .flatten(),
-    )
+    Ok(v)
 }
 
 fn base(args: &Args, param: &str, width: usize, lr: f64) -> TrainConfig {
@@ -346,12 +336,7 @@ fn best_alphas(results: &[(Point, Option<f64>)]) -> BTreeMap<&'static str, (f64,
 }
 
 fn run_points(args: &Args, corpus: &Corpus, points: &[Point]) -> umup::Result<()> {
-    let mut pending = Vec::new();
-    for p in points {
-        if finished(&p.dir(&args.out), &p.cfg)?.is_none() {
-            pending.push(p);
-        }
-    }
+    let pending = pending(args, points)?;
     if pending.is_empty() {
         return Ok(());
     }
@@ -475,11 +460,11 @@ fn run(mut args: Args) -> umup::Result<()> {
             _ => Vec::new(),
         };
         if args.plan.is_some() {
-            for p in &points {
-                if finished(&p.dir(&args.out), &p.cfg)?.is_none() {
-                    plan.push(p.command(&args.out));
-                }
-            }
+            plan.extend(
+                pending(&args, &points)?
+                    .iter()
+                    .map(|p| p.command(&args.out)),
+            );
             // Later stages depend on this one's results.
             break;
         }

@@ -205,17 +205,16 @@ fn measure(args: &Args) -> umup::Result<Vec<Report>> {
                 ))
             })?;
             eprintln!("{param}: width {w} ...");
-            let repeats = args.repeats;
             let (mut r_rows, mut r_loss) = (Vec::new(), Vec::new());
-            for r in 0..repeats {
+            for r in 0..args.repeats {
                 let s = Settings {
                     seed: args.seed + r,
                     ..settings.clone()
                 };
                 f(&corpus, &s, &mut r_rows, &mut r_loss)?;
             }
-            rows.extend(average(r_rows, repeats as usize));
-            loss.extend(average_loss(r_loss, repeats as usize));
+            rows.extend(average(r_rows, args.repeats as usize));
+            loss.extend(average_loss(r_loss, args.repeats as usize));
         }
         reports.push(Report {
             parametrization: param.clone(),

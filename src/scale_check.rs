@@ -236,11 +236,8 @@ pub struct FiniteWidthFit {
 /// Fits `RMS² = a + b / width` by least squares (see [`FiniteWidthFit`]); `None` with fewer than
 /// three widths or a non-positive width or RMS.
 pub fn finite_width_fit(by_width: &BTreeMap<usize, f64>) -> Option<FiniteWidthFit> {
-    if by_width.len() < 3
-        || by_width
-            .iter()
-            .any(|(&w, &v)| w == 0 || v.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
-    {
+    let usable = |(&w, &v): (&usize, &f64)| w > 0 && v.is_finite() && v > 0.0;
+    if by_width.len() < 3 || !by_width.iter().all(usable) {
         return None;
     }
     let pts: Vec<(f64, f64)> = by_width

@@ -282,9 +282,22 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     Error::BadInput(format!("{}: {e}", path.display()))
 }
 
+/// Calls `$m!(args..., <every compiled size>)`: the one list behind [`COMPILED_SIZES`] and the
+/// dispatch of [`train_compiled`] and [`param_table_compiled`].
+macro_rules! with_compiled_sizes {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)* 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
+    };
+}
+
+macro_rules! size_list {
+    ($($w:literal x $l:literal),*) => {
+        [$(($w, $l)),*]
+    };
+}
+
 /// The compiled model sizes `(width, depth)` of [`train_compiled`] (MLP width 4 × width).
-pub const COMPILED_SIZES: [(usize, usize); 6] =
-    [(64, 2), (64, 4), (128, 2), (128, 4), (256, 2), (256, 4)];
+pub const COMPILED_SIZES: [(usize, usize); 6] = with_compiled_sizes!(size_list!());
 
 /// The base width of the μP baseline (`--param mup`).
 pub const MUP_BASE_WIDTH: usize = 64;
@@ -296,23 +309,17 @@ fn table_of<const D: usize, const F: usize, const L: usize, P: Param>() -> Resul
     Lm::<D, F, L, P>::param_table()
 }
 
-/// Calls `$m!(args..., <every compiled size>)`: the one list behind [`COMPILED_SIZES`] and the
-/// dispatch (a test checks that they agree).
-macro_rules! with_compiled_sizes {
-    ($m:ident!($($args:tt)*)) => {
-        $m!($($args)* 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
-    };
-}
-
+/// `$f::<width, 4·width, depth, P>` as a `$ty` for the size and parametrization `$cfg` names,
+/// or the error that lists the compiled ones.
 macro_rules! compiled {
-    ($width:expr, $depth:expr, $param:expr, $f:ident, $ty:ty, $($w:literal x $l:literal),*) => {
-        match ($width, $depth, $param) {
+    ($cfg:expr, $f:ident, $ty:ty, $($w:literal x $l:literal),*) => {
+        match ($cfg.width, $cfg.depth, $cfg.param.as_str()) {
             $(
-                ($w, $l, "umup") => Some($f::<$w, { 4 * $w }, $l, crate::nn::Umup> as $ty),
-                ($w, $l, "mup") => Some($f::<$w, { 4 * $w }, $l, crate::nn::Mup<MUP_BASE_WIDTH>> as $ty),
-                ($w, $l, "sp") => Some($f::<$w, { 4 * $w }, $l, crate::nn::Sp> as $ty),
+                ($w, $l, "umup") => Ok($f::<$w, { 4 * $w }, $l, crate::nn::Umup> as $ty),
+                ($w, $l, "mup") => Ok($f::<$w, { 4 * $w }, $l, crate::nn::Mup<MUP_BASE_WIDTH>> as $ty),
+                ($w, $l, "sp") => Ok($f::<$w, { 4 * $w }, $l, crate::nn::Sp> as $ty),
             )*
-            _ => None,
+            _ => Err(unsupported($cfg)),
         }
     };
 }
@@ -338,28 +345,13 @@ pub fn train_compiled(
     run: &RunOptions,
     observe: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
-    let f = with_compiled_sizes!(compiled!(
-        cfg.width,
-        cfg.depth,
-        cfg.param.as_str(),
-        train,
-        TrainFn,
-    ))
-    .ok_or_else(|| unsupported(cfg))?;
+    let f = with_compiled_sizes!(compiled!(cfg, train, TrainFn,))?;
     f(cfg, corpus, run, observe)
 }
 
 /// The parameter table of the compiled model that `cfg` names.
 pub fn param_table_compiled(cfg: &TrainConfig) -> Result<ParamTable> {
-    let f = with_compiled_sizes!(compiled!(
-        cfg.width,
-        cfg.depth,
-        cfg.param.as_str(),
-        table_of,
-        TableFn,
-    ))
-    .ok_or_else(|| unsupported(cfg))?;
-    f()
+    with_compiled_sizes!(compiled!(cfg, table_of, TableFn,))?()
 }
 
 /// Trains `Lm<D, F, L, P>` on `corpus` as `cfg` says; `observe` sees every step.
@@ -590,13 +582,7 @@ fn resume<const D: usize, const F: usize, const L: usize, P: Param>(
     model: &mut Lm<D, F, L, P>,
     opt: &mut Optimizer<f32, Cpu>,
 ) -> Result<(usize, f64)> {
-    let saved: TrainConfig = read_json(&paths.config)?;
-    if saved != *cfg {
-        return Err(Error::Invalid(format!(
-            "--resume: the settings differ from the run in {} (see its config.json); resume with the same flags",
-            paths.config.display()
-        )));
-    }
+    check_same_config(paths, cfg, "--resume: ", "; resume with the same flags")?;
     let state: State = read_json(&paths.state)?;
     let meta = checkpoint::load(model, &paths.model)?;
     if meta.get("step") != Some(&state.step.to_string()) {
@@ -609,6 +595,45 @@ fn resume<const D: usize, const F: usize, const L: usize, P: Param>(
     let (moments, _) = checkpoint::load_named::<f32>(&paths.optim)?;
     opt.load_state(model, &|k| moments.get(k).cloned(), state.step)?;
     Ok((state.step, state.seconds))
+}
+
+/// Errors unless the run in `paths` was started with exactly `cfg` (its `config.json`).
+fn check_same_config(paths: &Paths, cfg: &TrainConfig, prefix: &str, hint: &str) -> Result<()> {
+    let saved: TrainConfig = read_json(&paths.config)?;
+    if saved != *cfg {
+        return Err(Error::Invalid(format!(
+            "{prefix}the settings differ from the run in {} (see its config.json){hint}",
+            paths.config.parent().unwrap_or(&paths.config).display()
+        )));
+    }
+    Ok(())
+}
+
+/// The final validation loss of the run of `cfg` in `out` once it has finished all `cfg.steps`
+/// steps; `None` while `out` holds no run or an unfinished one. A run in `out` that was started
+/// with other settings is an error, never a result to reuse.
+pub fn finished_val_loss(cfg: &TrainConfig, out: &Path) -> Result<Option<f64>> {
+    let paths = Paths::new(out);
+    if !paths.config.exists() {
+        return Ok(None);
+    }
+    check_same_config(
+        &paths,
+        cfg,
+        "",
+        "; use the same settings, or another directory",
+    )?;
+    let Ok(text) = std::fs::read_to_string(&paths.metrics) else {
+        return Ok(None);
+    };
+    // The last row `step,tokens,train_loss,val_loss,...` (see `open_metrics`).
+    let last: Vec<&str> = text.lines().last().unwrap_or("").split(',').collect();
+    let step = last.first().and_then(|s| s.parse::<usize>().ok());
+    Ok(if step == Some(cfg.steps) {
+        last.get(3).and_then(|s| s.parse::<f64>().ok())
+    } else {
+        None
+    })
 }
 
 /// Opens `metrics.csv`: a new file with the header, or (resuming at `start`) the existing rows

@@ -67,6 +67,9 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
     let half =
         train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&b, false, Some(3)), &mut |_| {}).unwrap();
     assert!(half.stopped && half.step == 3);
+    // A run stopped early is not finished; a missing run neither.
+    assert_eq!(train::finished_val_loss(&cfg, &b).unwrap(), None);
+    assert_eq!(train::finished_val_loss(&cfg, &dir("none")).unwrap(), None);
     let rest =
         train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&b, true, None), &mut |_| {}).unwrap();
     assert_eq!(rest.step, 6);
@@ -75,6 +78,10 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
     assert_eq!(ra.len(), 8);
     assert_eq!(ra, rb, "resumed metrics differ");
     assert_eq!(full.final_val_loss, rest.final_val_loss);
+    assert_eq!(
+        train::finished_val_loss(&cfg, &a).unwrap(),
+        Some(full.final_val_loss)
+    );
     // The files the run promises.
     for f in [
         "config.json",
@@ -92,6 +99,9 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
     let other = TrainConfig { lr: 0.5, ..cfg };
     let e = train::train::<64, 256, 2, Umup>(&other, &c, &opts(&b, true, None), &mut |_| {})
         .unwrap_err();
+    assert!(e.to_string().contains("settings differ"), "{e}");
+    // ... and so is reading its result as another run's.
+    let e = train::finished_val_loss(&other, &a).unwrap_err();
     assert!(e.to_string().contains("settings differ"), "{e}");
     for d in [a, b] {
         std::fs::remove_dir_all(d).unwrap();
