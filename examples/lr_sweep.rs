@@ -93,6 +93,12 @@ struct Args {
     /// Bytes per sequence.
     #[arg(long, default_value_t = 64)]
     seq: usize,
+    /// Linear warm-up as a fraction of `--steps` (the reference demo of spec §10: 0.2).
+    #[arg(long, default_value_t = 0.1)]
+    warmup_fraction: f64,
+    /// Final LR of the cosine decay as a fraction of η (the reference demo: 0).
+    #[arg(long, default_value_t = 0.1)]
+    final_lr_fraction: f64,
     /// Validation batches (of `--batch` × `--seq`) for each point's final loss.
     #[arg(long, default_value_t = 8)]
     eval_batches: usize,
@@ -130,8 +136,8 @@ impl Point {
     fn command(&self, out: &Path) -> String {
         let c = &self.cfg;
         format!(
-            "cargo run --release --example train_lm -- --quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --out {}",
-            c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.eval_every, c.eval_batches,
+            "cargo run --release --example train_lm -- --quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --out {}",
+            c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.final_lr_fraction, c.eval_every, c.eval_batches,
             c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax,
             self.dir(out).display()
         )
@@ -206,7 +212,8 @@ fn base(args: &Args, param: &str, width: usize, lr: f64) -> TrainConfig {
         batch: args.batch,
         seq: args.seq,
         lr,
-        warmup: args.steps / 10,
+        warmup: (args.steps as f64 * args.warmup_fraction).round() as usize,
+        final_lr_fraction: args.final_lr_fraction,
         seed: args.seed,
         eval_every: args.steps,
         eval_batches: args.eval_batches,
@@ -359,6 +366,7 @@ fn run_points(args: &Args, corpus: &Corpus, points: &[Point]) -> umup::Result<()
                     resume: false,
                     stop_at: None,
                     sample_len: 0,
+                    device: Default::default(),
                 };
                 match train::train_compiled(&p.cfg, corpus, &opts, &mut |_| {}) {
                     Ok(sm) => bar.set_message(format!("{}: {:.4}", p.label, sm.final_val_loss)),
@@ -422,9 +430,21 @@ fn run(mut args: Args) -> umup::Result<()> {
             )))
         }
     };
+    for (flag, v) in [
+        ("--warmup-fraction", args.warmup_fraction),
+        ("--final-lr-fraction", args.final_lr_fraction),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(umup::Error::Invalid(format!(
+                "{flag} {v}: expected a fraction in [0, 1]"
+            )));
+        }
+    }
     for p in &args.param {
         for &w in &args.widths {
-            train::param_table_compiled(&base(&args, p, w, 1.0))?;
+            let cfg = base(&args, p, w, 1.0);
+            train::param_table_compiled(&cfg)?;
+            cfg.validate()?;
         }
     }
     let corpus = Corpus::from_gzip(SHAKESPEARE, 0.1)?;

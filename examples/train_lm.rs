@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use umup::data::Corpus;
+use umup::device::DeviceKind;
 use umup::train::{self, Precision, RunOptions, TrainConfig};
 
 /// The Shakespeare corpus (public domain; see data/README.md for the attribution).
@@ -111,6 +112,9 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Device: cpu, or cuda (GPU 0; needs `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 fn progress_bar(steps: usize, quiet: bool) -> ProgressBar {
@@ -188,7 +192,7 @@ fn main_inner(args: Args) -> umup::Result<()> {
         None => Corpus::from_gzip(SHAKESPEARE, args.val_fraction)?,
     };
     println!(
-        "umup train_lm: {} · width {} depth {} heads {} · {} · η {} · batch {}×{} · {} steps · {} bytes ({} held out)",
+        "umup train_lm: {} · width {} depth {} heads {} · {} · η {} · batch {}×{} · {} steps · {} bytes ({} held out) · {}",
         cfg.param,
         cfg.width,
         cfg.depth,
@@ -200,12 +204,14 @@ fn main_inner(args: Args) -> umup::Result<()> {
         cfg.steps,
         corpus.len(),
         corpus.split(umup::data::Split::Val).len(),
+        args.device,
     );
     let opts = RunOptions {
         out: args.out.clone(),
         resume: args.resume,
         stop_at: args.stop_at,
         sample_len: args.sample_len,
+        device: args.device,
     };
     let bar = progress_bar(cfg.steps, args.quiet);
     let mut last_val = None;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::data::{step_rng, Batch, Corpus, Split};
+use crate::device::{DeviceKind, TrainDevice};
 use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
 use crate::models::{LmOptions, TransformerLm};
 use crate::nn::{Hyper, Param};
@@ -34,9 +35,13 @@ use crate::{Error, Result};
 /// The vocabulary: bytes.
 pub const VOCAB: usize = 256;
 
-/// The byte-level language model at width `D`, MLP width `F`, depth `L`, parametrization `P`.
-pub type Lm<const D: usize, const F: usize, const L: usize, P> =
-    TransformerLm<VOCAB, D, F, L, f32, Cpu, P>;
+/// The byte-level language model at width `D`, MLP width `F`, depth `L`, parametrization `P`,
+/// on `Cpu`.
+pub type Lm<const D: usize, const F: usize, const L: usize, P> = LmOn<D, F, L, P, Cpu>;
+
+/// [`Lm`] on the device `Dev` (e.g. `Cuda`).
+pub type LmOn<const D: usize, const F: usize, const L: usize, P, Dev> =
+    TransformerLm<VOCAB, D, F, L, f32, Dev, P>;
 
 const TRAIN_STREAM: u64 = 1;
 const VAL_STREAM: u64 = 2;
@@ -270,6 +275,9 @@ pub struct RunOptions {
     pub stop_at: Option<usize>,
     /// Bytes of generated text in the summary (0: none).
     pub sample_len: usize,
+    /// The device to train on. Checkpoints do not depend on it: a run started on one device
+    /// resumes on another.
+    pub device: DeviceKind,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -354,14 +362,38 @@ pub fn param_table_compiled(cfg: &TrainConfig) -> Result<ParamTable> {
     with_compiled_sizes!(compiled!(cfg, table_of, TableFn,))?()
 }
 
-/// Trains `Lm<D, F, L, P>` on `corpus` as `cfg` says; `observe` sees every step.
+/// Trains `Lm<D, F, L, P>` on `corpus` as `cfg` says, on the device `run.device` names;
+/// `observe` sees every step.
 pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
     cfg: &TrainConfig,
     corpus: &Corpus,
     run: &RunOptions,
     observe: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
+    match run.device {
+        DeviceKind::Cpu => train_on::<D, F, L, P, Cpu>(cfg, corpus, run, observe),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => train_on::<D, F, L, P, Cuda>(cfg, corpus, run, observe),
+        #[allow(unreachable_patterns)]
+        other => Err(other.not_compiled()),
+    }
+}
+
+/// [`train`] on the device `Dev` (`run.device` must name it).
+pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
+    cfg: &TrainConfig,
+    corpus: &Corpus,
+    run: &RunOptions,
+    observe: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
     cfg.validate()?;
+    if run.device != Dev::KIND {
+        return Err(Error::Invalid(format!(
+            "the run asks for device {}, this is the {} training loop",
+            run.device,
+            Dev::KIND
+        )));
+    }
     if cfg.width != D || cfg.depth != L {
         return Err(Error::Invalid(format!(
             "config asks for width {} depth {}, the model is width {D} depth {L}",
@@ -370,11 +402,11 @@ pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
     }
     std::fs::create_dir_all(&run.out).map_err(|e| io(&run.out, e))?;
     let paths = Paths::new(&run.out);
-    let dev = Cpu::seed_from_u64(cfg.seed);
+    let dev = Dev::open(cfg.seed)?;
     // Reuse freed buffers: allocation churn is a large share of CPU time otherwise.
     dev.try_enable_cache().map_err(Error::device)?;
-    let table = Lm::<D, F, L, P>::param_table()?;
-    let mut model = Lm::<D, F, L, P>::build(&dev)?;
+    let table = LmOn::<D, F, L, P, Dev>::param_table()?;
+    let mut model = LmOn::<D, F, L, P, Dev>::build(&dev)?;
     let hp = cfg.hyper();
     let opts = LmOptions {
         heads: cfg.heads,
@@ -386,7 +418,7 @@ pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
         schedule: LrSchedule::warmup_cosine(cfg.warmup, cfg.steps, cfg.final_lr_fraction)?,
         ..OptimConfig::adamw(cfg.lr)
     };
-    let mut opt = Optimizer::<f32, Cpu>::for_table(optim_cfg, &table)?;
+    let mut opt = Optimizer::<f32, Dev>::for_table(optim_cfg, &table)?;
 
     let (start, seconds0) = if run.resume {
         resume(cfg, &paths, &mut model, &mut opt)?
@@ -440,13 +472,13 @@ pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
                 &opts,
                 quant.as_mut(),
             )?;
-            let v = f64::from(loss.array());
+            let v = scalar(&loss);
             check_finite(v, step, &last_checkpoint)?;
             grads = loss.backward();
             v
         } else {
             let loss = model.loss(ids, &batch.targets, shape, &hp, &opts, quant.as_mut())?;
-            f64::from(loss.array())
+            scalar(&loss)
         };
         check_finite(train_loss, step, &last_checkpoint)?;
         if let Some(q) = &quant {
@@ -521,6 +553,11 @@ pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
     })
 }
 
+/// The value of a scalar tensor on any device.
+fn scalar<Dev: Storage<f32>, T>(t: &Tensor<(), f32, Dev, T>) -> f64 {
+    t.as_vec().first().map_or(f64::NAN, |&v| f64::from(v))
+}
+
 fn check_finite(v: f64, step: usize, checkpoint: &str) -> Result<()> {
     if v.is_finite() {
         Ok(())
@@ -563,10 +600,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
 }
 
-fn save_checkpoint<const D: usize, const F: usize, const L: usize, P: Param>(
+fn save_checkpoint<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
     paths: &Paths,
-    model: &Lm<D, F, L, P>,
-    opt: &mut Optimizer<f32, Cpu>,
+    model: &LmOn<D, F, L, P, Dev>,
+    opt: &mut Optimizer<f32, Dev>,
     step: usize,
     seconds: f64,
 ) -> Result<()> {
@@ -576,11 +613,11 @@ fn save_checkpoint<const D: usize, const F: usize, const L: usize, P: Param>(
     write_json(&paths.state, &State { step, seconds })
 }
 
-fn resume<const D: usize, const F: usize, const L: usize, P: Param>(
+fn resume<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
     cfg: &TrainConfig,
     paths: &Paths,
-    model: &mut Lm<D, F, L, P>,
-    opt: &mut Optimizer<f32, Cpu>,
+    model: &mut LmOn<D, F, L, P, Dev>,
+    opt: &mut Optimizer<f32, Dev>,
 ) -> Result<(usize, f64)> {
     check_same_config(paths, cfg, "--resume: ", "; resume with the same flags")?;
     let state: State = read_json(&paths.state)?;
@@ -662,8 +699,8 @@ fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
         .map_err(|e| io(path, e))
 }
 
-fn evaluate_loss<const D: usize, const F: usize, const L: usize, P: Param>(
-    model: &Lm<D, F, L, P>,
+fn evaluate_loss<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
+    model: &LmOn<D, F, L, P, Dev>,
     batches: &[Batch],
     hp: &Hyper,
     opts: &LmOptions,
@@ -679,15 +716,15 @@ fn evaluate_loss<const D: usize, const F: usize, const L: usize, P: Param>(
             .try_tensor_from_vec(b.inputs.clone(), (b.inputs.len(),))
             .map_err(Error::device)?;
         let loss = model.loss(ids, &b.targets, (b.batch, b.seq), hp, opts, quant.as_mut())?;
-        total += f64::from(loss.array());
+        total += scalar(&loss);
     }
     Ok(total / batches.len() as f64)
 }
 
 /// Samples `len` bytes after a prompt taken from the start of the validation split
 /// (temperature 0.8, seeded by the config's seed).
-fn generate<const D: usize, const F: usize, const L: usize, P: Param>(
-    model: &Lm<D, F, L, P>,
+fn generate<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
+    model: &LmOn<D, F, L, P, Dev>,
     corpus: &Corpus,
     opts: &LmOptions,
     hp: &Hyper,

@@ -58,6 +58,22 @@ fn scale_grad_accumulates_with_other_uses_of_its_input() {
 }
 
 #[test]
+fn sum_all_sums_every_rank_and_passes_the_gradient() {
+    let dev = dev();
+    let x = randn(&dev, 3, 5);
+    let sum = ops::sum_all(x.leaky_trace()).unwrap();
+    let expected: f32 = x.as_vec().iter().sum();
+    assert!((sum.as_vec()[0] - expected).abs() <= 1e-5 * expected.abs().max(1.0));
+    let g = sum.backward();
+    assert!(g.get(&x).as_vec().iter().all(|&v| v == 1.0));
+    // A scalar is summed through a one-element vector (dfdx's Cuda reduction of rank 0 panics).
+    let s: Tensor<(), f32, Cpu> = dev.tensor(2.5);
+    let y = ops::sum_all(s.leaky_trace() * 3.0).unwrap();
+    assert_eq!(y.as_vec(), vec![7.5]);
+    assert_eq!(y.backward().get(&s).as_vec(), vec![3.0]);
+}
+
+#[test]
 fn scale_ops_are_identities_without_a_tape() {
     let dev = dev();
     let x = randn(&dev, 3, 4);

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use umup::data::Corpus;
+use umup::device::DeviceKind;
 use umup::nn::{Sp, Umup};
 use umup::train::{self, Precision, RunOptions, TrainConfig};
 
@@ -41,6 +42,7 @@ fn opts(out: &Path, resume: bool, stop_at: Option<usize>) -> RunOptions {
         resume,
         stop_at,
         sample_len: 0,
+        device: Default::default(),
     }
 }
 
@@ -149,6 +151,40 @@ fn bad_settings_are_errors() {
     assert!(e.unwrap_err().to_string().contains("width"));
     assert!("fp9".parse::<Precision>().is_err());
     let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn devices_parse_and_a_device_the_build_lacks_is_an_error() {
+    assert_eq!("cpu".parse::<DeviceKind>().unwrap(), DeviceKind::Cpu);
+    assert_eq!("cuda".parse::<DeviceKind>().unwrap(), DeviceKind::Cuda);
+    let e = "gpu".parse::<DeviceKind>().unwrap_err().to_string();
+    assert!(e.contains("gpu") && e.contains("cpu, cuda"), "{e}");
+    let (c, out) = (corpus(), dir("device"));
+    // The Cpu loop refuses a run that asks for another device.
+    let cuda_run = RunOptions {
+        device: DeviceKind::Cuda,
+        ..opts(&out, false, None)
+    };
+    let e = train::train_on::<64, 256, 2, Umup, umup::dfdx::prelude::Cpu>(
+        &cfg(),
+        &c,
+        &cuda_run,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cuda") && e.contains("cpu"), "{e}");
+    assert_eq!(DeviceKind::Cuda.compiled(), cfg!(feature = "cuda"));
+    if !DeviceKind::Cuda.compiled() {
+        let e = train::train::<64, 256, 2, Umup>(&cfg(), &c, &cuda_run, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`cuda` feature"), "{e}");
+    }
+    assert!(
+        !out.exists(),
+        "nothing is written before the device is known"
+    );
 }
 
 #[test]

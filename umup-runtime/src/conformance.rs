@@ -20,15 +20,14 @@ use serde_json::Value;
 use crate::constraint::Constraint;
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::formats::Format;
-use crate::ops::{self, Reduction};
+use crate::ops::{self, Backend, Reduction};
 use crate::optim::{OptimConfig, Optimizer, OptimizerKind};
 use crate::params::{self, LrRule, ParamGroup, ParamSpec, Role};
 use crate::scales;
 
-type Dev = Cpu;
-type Tp = OwnedTape<f64, Dev>;
-type T1 = Tensor<(usize,), f64, Dev>;
-type T2 = Tensor<(usize, usize), f64, Dev>;
+type Tp<D> = OwnedTape<f64, D>;
+type T1<D> = Tensor<(usize,), f64, D>;
+type T2<D> = Tensor<(usize, usize), f64, D>;
 
 /// A fixture file.
 #[derive(Debug, Clone, Deserialize)]
@@ -191,9 +190,14 @@ pub fn parse(text: &str) -> Result<FixtureFile> {
     Ok(f)
 }
 
-/// Runs every case of a file.
+/// Runs every case of a file on `Cpu`.
 pub fn run_file(file: &FixtureFile) -> Vec<CaseResult> {
-    file.cases.iter().map(run_case).collect()
+    run_file_on(&Cpu::default(), file)
+}
+
+/// Runs every case of a file on `dev` (e.g. `Cuda`), in `f64`.
+pub fn run_file_on<D: Backend<f64>>(dev: &D, file: &FixtureFile) -> Vec<CaseResult> {
+    file.cases.iter().map(|c| run_case_on(dev, c)).collect()
 }
 
 /// What an op produced: named tensors (shape, values) and optional param groups.
@@ -204,8 +208,13 @@ struct Computed {
     groups: Option<Vec<ParamGroup>>,
 }
 
-/// Runs one case and compares it with its expected values.
+/// Runs one case on `Cpu` and compares it with its expected values.
 pub fn run_case(case: &Case) -> CaseResult {
+    run_case_on(&Cpu::default(), case)
+}
+
+/// Runs one case on `dev` (in `f64`) and compares it with its expected values.
+pub fn run_case_on<D: Backend<f64>>(dev: &D, case: &Case) -> CaseResult {
     let mut r = CaseResult {
         name: case.name.clone(),
         op: case.op.clone(),
@@ -219,7 +228,7 @@ pub fn run_case(case: &Case) -> CaseResult {
         .iter()
         .chain(&case.grad_outputs)
         .try_for_each(|(n, t)| t.check(n))
-        .and_then(|_| compute(case));
+        .and_then(|_| compute(case, dev));
     match computed {
         Err(e) => r.message = Some(e.to_string()),
         Ok(c) => match compare(case, &c, &mut r) {
@@ -370,13 +379,13 @@ fn grad_output<'a>(case: &'a Case, name: &str) -> Result<&'a TensorData> {
 // ---------------------------------------------------------------------------------------------
 // Tensor helpers.
 
-fn t1(dev: &Dev, t: &TensorData) -> Result<T1> {
+fn t1<D: Backend<f64>>(dev: &D, t: &TensorData) -> Result<T1<D>> {
     dev.try_tensor_from_vec(t.data.clone(), (t.data.len(),))
         .dev()
 }
 
 /// `[..., d]` viewed as `[numel/d, d]`.
-fn t2(dev: &Dev, t: &TensorData, d: usize) -> Result<T2> {
+fn t2<D: Backend<f64>>(dev: &D, t: &TensorData, d: usize) -> Result<T2<D>> {
     if d == 0 || !t.data.len().is_multiple_of(d) {
         return Err(Error::BadInput(format!(
             "cannot view shape {:?} as rows of {d}",
@@ -387,15 +396,15 @@ fn t2(dev: &Dev, t: &TensorData, d: usize) -> Result<T2> {
         .dev()
 }
 
-fn untaped<S: Shape>(t: &Tensor<S, f64, Dev, Tp>) -> Tensor<S, f64, Dev> {
+fn untaped<S: Shape, D: Backend<f64>>(t: &Tensor<S, f64, D, Tp<D>>) -> Tensor<S, f64, D> {
     t.retaped::<NoneTape>()
 }
 
 /// `Σ y ⊙ g` for one output: its backward pass is the vector–Jacobian product with `g`.
-fn vjp_term<S: Shape>(
-    y: Tensor<S, f64, Dev, Tp>,
+fn vjp_term<S: Shape, D: Backend<f64>>(
+    y: Tensor<S, f64, D, Tp<D>>,
     g: &TensorData,
-) -> Result<Tensor<(), f64, Dev, Tp>> {
+) -> Result<Tensor<(), f64, D, Tp<D>>> {
     let n = y.shape().num_elements();
     if g.data.len() != n {
         return Err(Error::BadInput(format!(
@@ -408,27 +417,27 @@ fn vjp_term<S: Shape>(
         .device()
         .try_tensor_from_vec(g.data.clone(), shape)
         .dev()?;
-    y.try_mul(g).dev()?.try_sum::<(), _>().dev()
+    ops::sum_all(y.try_mul(g).dev()?).dev()
 }
 
 /// Records a single output named `output`, runs its backward pass and returns the gradients.
-fn finish_single<S: Shape>(
+fn finish_single<S: Shape, D: Backend<f64>>(
     case: &Case,
     c: &mut Computed,
-    y: Tensor<S, f64, Dev, Tp>,
+    y: Tensor<S, f64, D, Tp<D>>,
     shape: Vec<usize>,
-) -> Result<Gradients<f64, Dev>> {
+) -> Result<Gradients<f64, D>> {
     c.outputs
         .insert("output".into(), (shape, untaped(&y).as_vec()));
     let loss = vjp_term(y, grad_output(case, "output")?)?;
     Ok(loss.backward())
 }
 
-fn record<S: Shape>(
+fn record<S: Shape, D: Backend<f64>>(
     c: &mut Computed,
-    grads: &Gradients<f64, Dev>,
+    grads: &Gradients<f64, D>,
     name: &str,
-    t: &Tensor<S, f64, Dev>,
+    t: &Tensor<S, f64, D>,
     shape: &[usize],
 ) {
     c.grads
@@ -447,14 +456,13 @@ fn with_last(shape: &[usize], last: usize) -> Vec<usize> {
 // ---------------------------------------------------------------------------------------------
 // Ops.
 
-fn compute(case: &Case) -> Result<Computed> {
-    let dev = Dev::default();
+fn compute<D: Backend<f64>>(case: &Case, dev: &D) -> Result<Computed> {
     let mut c = Computed::default();
     match case.op.as_str() {
         "scale_fwd" | "scale_bwd" => {
             let x = input(case, "x")?;
             let s = f64_param(case, "scale", None)?;
-            let xt = t1(&dev, x)?;
+            let xt = t1(dev, x)?;
             let y = if case.op == "scale_fwd" {
                 ops::scale_fwd(xt.leaky_trace(), s)?
             } else {
@@ -463,26 +471,26 @@ fn compute(case: &Case) -> Result<Computed> {
             let grads = finish_single(case, &mut c, y, x.shape.clone())?;
             record(&mut c, &grads, "x", &xt, &x.shape);
         }
-        "matmul" => matmul(case, &dev, &mut c)?,
-        "linear" | "linear_readout" => linear(case, &dev, &mut c)?,
+        "matmul" => matmul(case, dev, &mut c)?,
+        "linear" | "linear_readout" => linear(case, dev, &mut c)?,
         "embedding" => {
             let (ids, table) = (input(case, "ids")?, input(case, "weight")?);
-            let w = t2(&dev, table, table.last_dim())?;
+            let w = t2(dev, table, table.last_dim())?;
             let idt = dev
                 .try_tensor_from_vec(ids.ids("ids")?, (ids.data.len(),))
                 .dev()?;
-            let y = ops::embedding(Trace::<f64, Dev>::leaky_traced(idt), &w)?;
+            let y = ops::embedding(Trace::<f64, D>::leaky_traced(idt), &w)?;
             let mut shape = ids.shape.clone();
             shape.push(table.last_dim());
             let grads = finish_single(case, &mut c, y, shape)?;
             record(&mut c, &grads, "weight", &w, &table.shape);
         }
-        "rms_norm" | "layer_norm" => norm(case, &dev, &mut c)?,
+        "rms_norm" | "layer_norm" => norm(case, dev, &mut c)?,
         "gelu" | "silu" => {
             let x = input(case, "x")?;
             let mult = f64_param(case, "mult", Some(1.0))?;
             let con = constraint_param(case, Constraint::ToOutputScale)?;
-            let xt = t1(&dev, x)?;
+            let xt = t1(dev, x)?;
             let y = if case.op == "gelu" {
                 match str_param(case, "approximate")? {
                     None | Some("none") => {}
@@ -502,8 +510,8 @@ fn compute(case: &Case) -> Result<Computed> {
         "silu_glu" => {
             let (x, gate) = (input(case, "x")?, input(case, "gate")?);
             let mult = f64_param(case, "mult", Some(1.0))?;
-            let (xt, gt) = (t1(&dev, x)?, t1(&dev, gate)?);
-            let y = ops::silu_glu(xt.leaky_trace(), gt.retaped::<Tp>(), mult)?;
+            let (xt, gt) = (t1(dev, x)?, t1(dev, gate)?);
+            let y = ops::silu_glu(xt.leaky_trace(), gt.retaped::<Tp<D>>(), mult)?;
             let grads = finish_single(case, &mut c, y, x.shape.clone())?;
             record(&mut c, &grads, "x", &xt, &x.shape);
             record(&mut c, &grads, "gate", &gt, &gate.shape);
@@ -519,17 +527,17 @@ fn compute(case: &Case) -> Result<Computed> {
             }
             let mult = f64_param(case, "mult", Some(1.0))?;
             let con = constraint_param(case, Constraint::ToOutputScale)?;
-            let xt = t2(&dev, x, x.last_dim())?;
+            let xt = t2(dev, x, x.last_dim())?;
             let y = ops::softmax(xt.leaky_trace(), mult, con)?;
             let grads = finish_single(case, &mut c, y, x.shape.clone())?;
             record(&mut c, &grads, "x", &xt, &x.shape);
         }
-        "scaled_dot_product_attention" => sdpa(case, &dev, &mut c)?,
-        "add" => add(case, &dev, &mut c)?,
+        "scaled_dot_product_attention" => sdpa(case, dev, &mut c)?,
+        "add" => add(case, dev, &mut c)?,
         "residual_split" => {
             let x = input(case, "x")?;
             let tau = f64_param(case, "tau", None)?;
-            let xt = t1(&dev, x)?;
+            let xt = t1(dev, x)?;
             let (r, s) = ops::residual_split(xt.leaky_trace(), tau)?;
             c.outputs
                 .insert("residual".into(), (x.shape.clone(), untaped(&r).as_vec()));
@@ -544,11 +552,11 @@ fn compute(case: &Case) -> Result<Computed> {
         "residual_add" => {
             let (r, s) = (input(case, "residual")?, input(case, "skip")?);
             let tau = f64_param(case, "tau", None)?;
-            let (rt, st) = (t1(&dev, r)?, t1(&dev, s)?);
+            let (rt, st) = (t1(dev, r)?, t1(dev, s)?);
             if r.shape != s.shape {
                 return Err(Error::BadInput("residual and skip shapes differ".into()));
             }
-            let y = ops::residual_add(rt.leaky_trace(), st.retaped::<Tp>(), tau)?;
+            let y = ops::residual_add(rt.leaky_trace(), st.retaped::<Tp<D>>(), tau)?;
             let grads = finish_single(case, &mut c, y, r.shape.clone())?;
             record(&mut c, &grads, "residual", &rt, &r.shape);
             record(&mut c, &grads, "skip", &st, &s.shape);
@@ -565,7 +573,7 @@ fn compute(case: &Case) -> Result<Computed> {
             let (x, t) = (input(case, "logits")?, input(case, "targets")?);
             let mult = f64_param(case, "mult", Some(1.0))?;
             let reduction: Reduction = str_param(case, "reduction")?.unwrap_or("mean").parse()?;
-            let xt = t2(&dev, x, x.last_dim())?;
+            let xt = t2(dev, x, x.last_dim())?;
             let y = ops::cross_entropy(xt.leaky_trace(), &t.ids("targets")?, mult, reduction)?;
             let grads = finish_single(case, &mut c, y, vec![])?;
             record(&mut c, &grads, "logits", &xt, &x.shape);
@@ -579,8 +587,8 @@ fn compute(case: &Case) -> Result<Computed> {
                 });
             }
             let reduction: Reduction = str_param(case, "reduction")?.unwrap_or("mean").parse()?;
-            let (xt, tt) = (t1(&dev, x)?, t1(&dev, t)?);
-            let y = ops::mse_loss(xt.leaky_trace(), tt.retaped::<Tp>(), reduction)?;
+            let (xt, tt) = (t1(dev, x)?, t1(dev, t)?);
+            let y = ops::mse_loss(xt.leaky_trace(), tt.retaped::<Tp<D>>(), reduction)?;
             let grads = finish_single(case, &mut c, y, vec![])?;
             record(&mut c, &grads, "input", &xt, &x.shape);
             record(&mut c, &grads, "target", &tt, &t.shape);
@@ -605,7 +613,7 @@ fn compute(case: &Case) -> Result<Computed> {
                 bool_param(case, "independent_weight_decay", true)?,
             )?);
         }
-        "adamw_step" => adamw_step(case, &dev, &mut c)?,
+        "adamw_step" => adamw_step(case, dev, &mut c)?,
         "quantise" => {
             let x = input(case, "x")?;
             let format: Format = str_param(case, "format")?.unwrap_or("").parse()?;
@@ -628,7 +636,7 @@ fn compute(case: &Case) -> Result<Computed> {
     Ok(c)
 }
 
-fn matmul(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
+fn matmul<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()> {
     let (l, r) = (input(case, "left")?, input(case, "right")?);
     let con = constraint_param(case, Constraint::ToOutputScale)?;
     let (lr, rr) = (l.shape.len(), r.shape.len());
@@ -650,7 +658,7 @@ fn matmul(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     out_shape.extend([m, n]);
     if lb.is_empty() {
         let (lt, rt) = (t2(dev, l, k)?, t2(dev, r, n)?);
-        let y = ops::matmul(lt.leaky_trace(), rt.retaped::<Tp>(), con)?;
+        let y = ops::matmul(lt.leaky_trace(), rt.retaped::<Tp<D>>(), con)?;
         let grads = finish_single(case, c, y, out_shape)?;
         record(c, &grads, "left", &lt, &l.shape);
         record(c, &grads, "right", &rt, &r.shape);
@@ -658,7 +666,7 @@ fn matmul(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
         let b: usize = lb.iter().product();
         let lt = dev.try_tensor_from_vec(l.data.clone(), (b, m, k)).dev()?;
         let rt = dev.try_tensor_from_vec(r.data.clone(), (b, k2, n)).dev()?;
-        let y = ops::matmul_batched(lt.leaky_trace(), rt.retaped::<Tp>(), con)?;
+        let y = ops::matmul_batched(lt.leaky_trace(), rt.retaped::<Tp<D>>(), con)?;
         let grads = finish_single(case, c, y, out_shape)?;
         record(c, &grads, "left", &lt, &l.shape);
         record(c, &grads, "right", &rt, &r.shape);
@@ -666,7 +674,7 @@ fn matmul(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     Ok(())
 }
 
-fn linear(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
+fn linear<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()> {
     let readout = case.op == "linear_readout";
     let (x, w) = (input(case, "x")?, input(case, "weight")?);
     let con = constraint_param(
@@ -709,7 +717,7 @@ fn linear(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     Ok(())
 }
 
-fn norm(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
+fn norm<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()> {
     let x = input(case, "x")?;
     let eps = f64_param(case, "eps", Some(1e-5))?;
     let d: usize = match param(case, "normalized_shape").and_then(Value::as_array) {
@@ -751,7 +759,7 @@ fn norm(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     Ok(())
 }
 
-fn sdpa(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
+fn sdpa<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()> {
     let (q, k, v) = (input(case, "q")?, input(case, "k")?, input(case, "v")?);
     let p = f64_param(case, "dropout_p", Some(0.0))?;
     if p != 0.0 {
@@ -785,8 +793,8 @@ fn sdpa(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     let (qt, kt, vt) = (mk(q)?, mk(k)?, mk(v)?);
     let y = ops::scaled_dot_product_attention(
         qt.leaky_trace(),
-        kt.retaped::<Tp>(),
-        vt.retaped::<Tp>(),
+        kt.retaped::<Tp<D>>(),
+        vt.retaped::<Tp<D>>(),
         mult,
         causal,
     )?;
@@ -800,13 +808,13 @@ fn sdpa(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
 /// `add` with numpy broadcasting of `b` to `a`: `b`'s dims are grouped into runs of kept and
 /// broadcast dims, which covers `b` = a's suffix, prefix, middle block, a scalar, and `b` with
 /// size-1 dims.
-fn add(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
+fn add<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()> {
     let (a, b) = (input(case, "a")?, input(case, "b")?);
     let con = constraint_param(case, Constraint::ToOutputScale)?;
     let at = t1(dev, a)?;
     if a.shape == b.shape {
         let bt = t1(dev, b)?;
-        let y = ops::add(at.leaky_trace(), bt.retaped::<Tp>(), con)?;
+        let y = ops::add(at.leaky_trace(), bt.retaped::<Tp<D>>(), con)?;
         let grads = finish_single(case, c, y, a.shape.clone())?;
         record(c, &grads, "a", &at, &a.shape);
         record(c, &grads, "b", &bt, &b.shape);
@@ -840,7 +848,7 @@ fn add(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     let shape_a = a.shape.clone();
     let y = match runs[..] {
         [(false, p)] => {
-            let bs = bt.retaped::<Tp>().try_reshape_like(&()).dev()?;
+            let bs = bt.retaped::<Tp<D>>().try_reshape_like(&()).dev()?;
             ops::add_broadcast::<_, _, Axis<0>, _, _, _>(
                 at.leaky_trace().try_reshape_like(&(p,)).dev()?,
                 bs,
@@ -851,24 +859,24 @@ fn add(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
         }
         [(false, p), (true, q)] => flat(ops::add_broadcast::<_, _, Axis<0>, _, _, _>(
             at.leaky_trace().try_reshape_like(&(p, q)).dev()?,
-            bt.retaped::<Tp>(),
+            bt.retaped::<Tp<D>>(),
             con,
         )?)?,
         [(true, p), (false, q)] => flat(ops::add_broadcast::<_, _, Axis<1>, _, _, _>(
             at.leaky_trace().try_reshape_like(&(p, q)).dev()?,
-            bt.retaped::<Tp>(),
+            bt.retaped::<Tp<D>>(),
             con,
         )?)?,
         [(false, p), (true, q), (false, r)] => {
             flat3(ops::add_broadcast::<_, _, Axes2<0, 2>, _, _, _>(
                 at.leaky_trace().try_reshape_like(&(p, q, r)).dev()?,
-                bt.retaped::<Tp>(),
+                bt.retaped::<Tp<D>>(),
                 con,
             )?)?
         }
         [(true, p), (false, q), (true, r)] => flat3(ops::add_broadcast::<_, _, Axis<1>, _, _, _>(
             at.leaky_trace().try_reshape_like(&(p, q, r)).dev()?,
-            bt.retaped::<Tp>().try_reshape_like(&(p, r)).dev()?,
+            bt.retaped::<Tp<D>>().try_reshape_like(&(p, r)).dev()?,
             con,
         )?)?,
         _ => {
@@ -884,12 +892,16 @@ fn add(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     Ok(())
 }
 
-fn flat(t: Tensor<(usize, usize), f64, Dev, Tp>) -> Result<Tensor<(usize,), f64, Dev, Tp>> {
+fn flat<D: Backend<f64>>(
+    t: Tensor<(usize, usize), f64, D, Tp<D>>,
+) -> Result<Tensor<(usize,), f64, D, Tp<D>>> {
     let n = t.shape().num_elements();
     t.try_reshape_like(&(n,)).dev()
 }
 
-fn flat3(t: Tensor<(usize, usize, usize), f64, Dev, Tp>) -> Result<Tensor<(usize,), f64, Dev, Tp>> {
+fn flat3<D: Backend<f64>>(
+    t: Tensor<(usize, usize, usize), f64, D, Tp<D>>,
+) -> Result<Tensor<(usize,), f64, D, Tp<D>>> {
     let n = t.shape().num_elements();
     t.try_reshape_like(&(n,)).dev()
 }
@@ -966,7 +978,7 @@ fn param_specs(case: &Case) -> Result<Vec<ParamSpec>> {
         .collect()
 }
 
-fn adamw_step(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
+fn adamw_step<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()> {
     let specs = param_specs(case)?;
     let betas = match param(case, "betas")
         .and_then(Value::as_array)
@@ -988,8 +1000,8 @@ fn adamw_step(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
         independent_weight_decay: bool_param(case, "independent_weight_decay", true)?,
         ..Default::default()
     };
-    let mut opt = Optimizer::<f64, Dev>::new(cfg, &specs)?;
-    let mut tensors: Vec<T1> = specs
+    let mut opt = Optimizer::<f64, D>::new(cfg, &specs)?;
+    let mut tensors: Vec<T1<D>> = specs
         .iter()
         .map(|s| t1(dev, input(case, &s.path)?))
         .collect::<Result<_>>()?;
@@ -1004,12 +1016,12 @@ fn adamw_step(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
     }
     for step in &case.step_grads {
         // Σ_p Σ(p ⊙ g_p): its backward pass leaves exactly g_p in each parameter's gradient.
-        let mut loss: Option<Tensor<(), f64, Dev, Tp>> = None;
+        let mut loss: Option<Tensor<(), f64, D, Tp<D>>> = None;
         for (spec, t) in specs.iter().zip(&tensors) {
             let g = step
                 .get(&spec.path)
                 .ok_or_else(|| Error::BadInput(format!("no gradient for `{}`", spec.path)))?;
-            let term = vjp_term(t.retaped::<Tp>(), g)?;
+            let term = vjp_term(t.retaped::<Tp<D>>(), g)?;
             loss = Some(match loss {
                 None => term,
                 Some(l) => l.try_add(term).dev()?,
@@ -1019,7 +1031,7 @@ fn adamw_step(case: &Case, dev: &Dev, c: &mut Computed) -> Result<()> {
             Some(l) => l.backward(),
             None => Gradients::leaky(),
         };
-        let mut named: Vec<(&str, &mut T1)> = specs
+        let mut named: Vec<(&str, &mut T1<D>)> = specs
             .iter()
             .map(|s| s.path.as_str())
             .zip(tensors.iter_mut())

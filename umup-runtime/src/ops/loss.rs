@@ -164,9 +164,8 @@ pub fn mse_loss<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     let diff = input.try_sub(target).dev()?;
     let loss = scale_grad(diff, 1.0, scales::mse_grad())?
         .try_square()
-        .dev()?
-        .try_sum::<(), _>()
         .dev()?;
+    let loss = super::sum_all(loss).dev()?;
     match reduction {
         Reduction::Sum => Ok(loss),
         Reduction::Mean => scale_fwd(loss, 1.0 / numel as f64),

@@ -35,7 +35,24 @@ pub use residual::{residual_add, residual_apply, residual_split};
 pub use scale::{scale_bwd, scale_fwd, scale_grad, scale_grad_generic, Backend};
 pub use sum::{add, add_broadcast};
 
+use dfdx::prelude::*;
+
 use crate::error::{Error, Result};
+
+/// `Σ x` over every element, on any device and for any rank.
+///
+/// dfdx 0.13's `Cuda` reduction indexes past the end of a rank-0 shape (a panic in
+/// `permute_for_reductions`), so a scalar is summed as a one-element vector; every other rank
+/// goes straight to `try_sum`.
+pub fn sum_all<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> std::result::Result<Tensor<(), E, D, T>, D::Err> {
+    if S::NUM_DIMS == 0 {
+        x.try_reshape_like(&(1usize,))?.try_sum::<(), _>()
+    } else {
+        x.try_sum::<(), _>()
+    }
+}
 
 /// Checks that two runtime dims agree, naming the op and the dims in the error.
 pub(crate) fn check_dim(op: &'static str, what: &str, got: usize, expected: usize) -> Result<()> {

@@ -42,12 +42,7 @@ pub(crate) fn gradient_buffer<S: Shape, E: Dtype, D: Device<E>>(
     values: Tensor<S, E, D>,
 ) -> std::result::Result<(Gradients<E, D>, Tensor<S, E, D>), D::Err> {
     let probe = values.device().try_zeros_like(values.shape())?;
-    let grads = probe
-        .clone()
-        .leaky_traced()
-        .try_mul(values)?
-        .try_sum::<(), _>()?
-        .backward();
+    let grads = super::sum_all(probe.clone().leaky_traced().try_mul(values)?)?.backward();
     Ok((grads, probe))
 }
 

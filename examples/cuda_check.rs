@@ -1,0 +1,341 @@
+//! Runs umup on `Cuda` against `Cpu`: the conformance fixtures, the LM's loss and gradients, and
+//! the training-step time. Needs the `cuda` feature and a GPU.
+//!
+//! ```text
+//! cargo run --release --features cuda --example cuda_check -- [fixtures/public.json]
+//! cargo run --release --features cuda --example cuda_check -- --steps 20 --rounds 3
+//! ```
+//!
+//! 1. **Conformance on `Cuda`**: every fixture case through the public API on `Cuda` in `f64`,
+//!    with the fixture's tolerances (the same runner as `examples/conformance.rs`).
+//! 2. **LM on `Cuda` vs `Cpu`** (width 256, 4 layers, 4 heads, batch 8×128, f32): the same
+//!    weights (a checkpoint written on `Cpu` and read on `Cuda`), the same batch; the loss and
+//!    every parameter's gradient (from the first Adam moment after one step, `m = (1 − β₁)·g`)
+//!    compared with the `Cpu` fused step and the `Cpu` device-generic path.
+//! 3. **Step time**: one AdamW training step of that model, u-μP and SP on `Cuda` and u-μP on
+//!    `Cpu` (fused step, all cores), interleaved; medians over `--rounds` × `--steps`, at the
+//!    reference batch 8×128 and at `--big-batch`×128.
+//!
+//! Exits with status 1 if a conformance case fails or a gradient differs by more than
+//! `--grad-tol` (norm-wise relative error).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use umup::conformance;
+use umup::device::TrainDevice;
+use umup::dfdx::nn::ZeroGrads;
+use umup::dfdx::prelude::*;
+use umup::models::LmOptions;
+use umup::nn::{Hyper, Param, Sp, Umup};
+use umup::optim::{OptimConfig, Optimizer};
+use umup::train::LmOn;
+
+const D: usize = 256;
+const F: usize = 1024;
+const L: usize = 4;
+const H: usize = 4;
+const SEQ: usize = 128;
+const BATCH: usize = 8;
+const VOCAB: usize = umup::train::VOCAB;
+
+#[derive(Parser)]
+#[command(about = "umup on Cuda vs Cpu: conformance, LM gradients, step time")]
+struct Args {
+    /// Conformance fixture file.
+    #[arg(default_value = "fixtures/public.json")]
+    fixtures: String,
+    /// Timed steps per model per round (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Rounds of timed steps.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Sequences per batch of the second timing.
+    #[arg(long, default_value_t = 64)]
+    big_batch: usize,
+    /// Largest allowed norm-wise relative gradient difference Cuda vs Cpu.
+    #[arg(long, default_value_t = 1e-4)]
+    grad_tol: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> umup::Result<bool> {
+    if args.steps == 0 || args.rounds == 0 || args.big_batch == 0 {
+        return Err(umup::Error::Invalid(
+            "--steps, --rounds and --big-batch must be at least 1".into(),
+        ));
+    }
+    let cuda = Cuda::open(0)?;
+    let conformance_ok = conformance_on_cuda(&cuda, &args.fixtures)?;
+    let grads_ok = compare_lm(&cuda, args.grad_tol)?;
+    step_times(args)?;
+    Ok(conformance_ok && grads_ok)
+}
+
+fn conformance_on_cuda(cuda: &Cuda, path: &str) -> umup::Result<bool> {
+    let file = conformance::load(path)?;
+    let t = Instant::now();
+    // A panic inside dfdx's Cuda kernels fails that case instead of ending the run.
+    let results: Vec<_> = file
+        .cases
+        .iter()
+        .map(|case| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                conformance::run_case_on(cuda, case)
+            }))
+            .unwrap_or_else(|_| conformance::CaseResult {
+                name: case.name.clone(),
+                op: case.op.clone(),
+                passed: false,
+                worst_abs: f64::INFINITY,
+                worst_rel: f64::INFINITY,
+                message: Some("panicked (see the message above)".into()),
+            })
+        })
+        .collect();
+    let seconds = t.elapsed().as_secs_f64();
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+    for r in &failed {
+        println!(
+            "FAIL {}  worst abs {:.3e}  worst rel {:.3e}  ({})",
+            r.name,
+            r.worst_abs,
+            r.worst_rel,
+            r.message.as_deref().unwrap_or("")
+        );
+    }
+    let worst_abs = results.iter().map(|r| r.worst_abs).fold(0.0, f64::max);
+    let worst_rel = results.iter().map(|r| r.worst_rel).fold(0.0, f64::max);
+    println!(
+        "## 1. conformance on Cuda (f64, {path}): {} passed, {} failed; worst abs {worst_abs:.2e}, \
+         worst rel {worst_rel:.2e}; {seconds:.1} s",
+        results.len() - failed.len(),
+        failed.len()
+    );
+    Ok(failed.is_empty())
+}
+
+fn batch(batch: usize) -> (Vec<usize>, Vec<usize>) {
+    let n = batch * SEQ;
+    let ids: Vec<usize> = (0..n).map(|i| (i * 37 + 11) % VOCAB).collect();
+    let targets: Vec<usize> = ids.iter().map(|i| (i * 5 + 1) % VOCAB).collect();
+    (ids, targets)
+}
+
+fn opts() -> LmOptions {
+    LmOptions {
+        heads: H,
+        rope: false,
+    }
+}
+
+/// One AdamW step on `model`; the loss and the optimizer state (`m.*` holds `(1 − β₁)·g`).
+fn one_step<Dev: TrainDevice>(
+    model: &mut LmOn<D, F, L, Umup, Dev>,
+    generic: bool,
+) -> umup::Result<(f64, BTreeMap<String, Vec<f32>>)> {
+    let dev = model.embed.weight.device().clone();
+    let (ids, targets) = batch(BATCH);
+    let table = LmOn::<D, F, L, Umup, Dev>::param_table()?;
+    let mut opt = Optimizer::<f32, Dev>::for_table(OptimConfig::adamw(1.0), &table)?;
+    let x = dev
+        .try_tensor_from_vec(ids.clone(), (ids.len(),))
+        .map_err(umup::Error::device)?
+        .traced(model.alloc_grads());
+    let (hp, opts) = (Hyper::default(), opts());
+    let loss = if generic {
+        model.loss_generic(x, &targets, (BATCH, SEQ), &hp, &opts, None)?
+    } else {
+        model.loss(x, &targets, (BATCH, SEQ), &hp, &opts, None)?
+    };
+    let value = f64::from(loss.as_vec()[0]);
+    let mut grads = loss.backward();
+    opt.update(model, &mut grads)?;
+    let state = opt.state(model)?.into_iter().collect();
+    Ok((value, state))
+}
+
+/// Norm-wise relative difference `‖a − b‖ / ‖b‖`.
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (f64::from(x) - f64::from(y)).powi(2);
+        den += f64::from(y).powi(2);
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+fn compare_lm(cuda: &Cuda, tol: f64) -> umup::Result<bool> {
+    let cpu = Cpu::seed_from_u64(0);
+    let mut fused = LmOn::<D, F, L, Umup, Cpu>::build(&cpu)?;
+    let dir = std::env::temp_dir().join(format!("umup-cuda-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| umup::Error::BadInput(e.to_string()))?;
+    let init = dir.join("init.safetensors");
+    umup::checkpoint::save(&fused, &init, &BTreeMap::new())?;
+    let mut generic = LmOn::<D, F, L, Umup, Cpu>::build(&cpu)?;
+    umup::checkpoint::load(&mut generic, &init)?;
+    let mut on_cuda = LmOn::<D, F, L, Umup, Cuda>::build(cuda)?;
+    umup::checkpoint::load(&mut on_cuda, &init)?;
+    std::fs::remove_dir_all(&dir).ok();
+
+    let (loss_f, st_f) = one_step(&mut fused, false)?;
+    let (loss_g, st_g) = one_step(&mut generic, true)?;
+    let (loss_c, st_c) = one_step(&mut on_cuda, false)?;
+    println!(
+        "## 2. LM width {D}, depth {L}, batch {BATCH}×{SEQ}, f32: loss Cuda {loss_c:.6}, \
+         Cpu fused {loss_f:.6}, Cpu generic {loss_g:.6}"
+    );
+    let mut worst = (0.0f64, 0.0f64, String::new());
+    for (name, m_c) in st_c.iter().filter(|(k, _)| k.starts_with("m.")) {
+        let (Some(m_f), Some(m_g)) = (st_f.get(name), st_g.get(name)) else {
+            return Err(umup::Error::Invalid(format!("{name} missing on Cpu")));
+        };
+        let (df, dg) = (rel_diff(m_c, m_f), rel_diff(m_c, m_g));
+        if df.max(dg) > worst.0.max(worst.1) {
+            worst = (df, dg, name[2..].to_string());
+        }
+    }
+    let count = st_c.keys().filter(|k| k.starts_with("m.")).count();
+    let loss_rel = ((loss_c - loss_f) / loss_f).abs();
+    println!(
+        "   gradients of {count} tensors, worst ‖g_cuda − g_cpu‖/‖g_cpu‖: {:.2e} vs fused, \
+         {:.2e} vs generic ({}); loss rel diff {loss_rel:.2e}",
+        worst.0, worst.1, worst.2
+    );
+    let ok = worst.0.max(worst.1) <= tol && loss_rel <= tol;
+    println!(
+        "   {} (tolerance {tol:.0e})",
+        if ok { "PASS" } else { "FAIL" }
+    );
+    Ok(ok)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A model, its optimizer and gradients, ready to step.
+struct Stepper<P: Param, Dev: TrainDevice> {
+    model: LmOn<D, F, L, P, Dev>,
+    opt: Optimizer<f32, Dev>,
+    grads: Option<Gradients<f32, Dev>>,
+    dev: Dev,
+}
+
+impl<P: Param, Dev: TrainDevice> Stepper<P, Dev> {
+    fn new(lr: f64) -> umup::Result<Self> {
+        let dev = Dev::open(0)?;
+        dev.try_enable_cache().map_err(umup::Error::device)?;
+        let model = LmOn::<D, F, L, P, Dev>::build(&dev)?;
+        let opt = Optimizer::for_table(
+            OptimConfig::adamw(lr),
+            &LmOn::<D, F, L, P, Dev>::param_table()?,
+        )?;
+        let grads = Some(model.alloc_grads());
+        Ok(Stepper {
+            model,
+            opt,
+            grads,
+            dev,
+        })
+    }
+
+    /// One training step; returns its wall time in seconds (reading the loss waits for the
+    /// device, and the next step's loss waits for this step's update).
+    fn step(
+        &mut self,
+        ids: &[usize],
+        targets: &[usize],
+        shape: (usize, usize),
+    ) -> umup::Result<f64> {
+        let t = Instant::now();
+        let grads = self
+            .grads
+            .take()
+            .unwrap_or_else(|| self.model.alloc_grads());
+        let x = self
+            .dev
+            .try_tensor_from_vec(ids.to_vec(), (ids.len(),))
+            .map_err(umup::Error::device)?;
+        let loss = self.model.loss(
+            x.traced(grads),
+            targets,
+            shape,
+            &Hyper::default(),
+            &opts(),
+            None,
+        )?;
+        let mut g = loss.backward();
+        self.opt.update(&mut self.model, &mut g)?;
+        self.model.zero_grads(&mut g);
+        self.grads = Some(g);
+        // Waits for the device (the update's kernels are queued behind the loss).
+        let _ = self.model.embed.weight.as_vec().first().copied();
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+fn step_times(args: &Args) -> umup::Result<()> {
+    let mut u_cuda = Stepper::<Umup, Cuda>::new(1.0)?;
+    let mut s_cuda = Stepper::<Sp, Cuda>::new(1e-3)?;
+    let mut u_cpu = Stepper::<Umup, Cpu>::new(1.0)?;
+    for b in [BATCH, args.big_batch] {
+        let (ids, targets) = batch(b);
+        let shape = (b, SEQ);
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..2 {
+            u_cuda.step(&ids, &targets, shape)?;
+            s_cuda.step(&ids, &targets, shape)?;
+            u_cpu.step(&ids, &targets, shape)?;
+        }
+        for _ in 0..args.rounds * args.steps {
+            times[0].push(u_cuda.step(&ids, &targets, shape)?);
+            times[1].push(s_cuda.step(&ids, &targets, shape)?);
+            times[2].push(u_cpu.step(&ids, &targets, shape)?);
+        }
+        let med: Vec<f64> = times.iter().map(|t| median(t)).collect();
+        let tokens = (b * SEQ) as f64;
+        println!(
+            "## 3. training step, width {D}, depth {L}, batch {b}×{SEQ} (median of {} steps)",
+            args.rounds * args.steps
+        );
+        println!("| model | ms/step | tokens/s | vs u-μP on Cuda |");
+        println!("|---|---:|---:|---:|");
+        for (name, m) in [
+            "u-μP on Cuda (device-generic ops)",
+            "SP on Cuda (same code, no u-μP scales)",
+            "u-μP on Cpu (fused step, all cores)",
+        ]
+        .iter()
+        .zip(&med)
+        {
+            println!(
+                "| {name} | {:.2} | {:.0} | {:.2} |",
+                m * 1e3,
+                tokens / m,
+                m / med[0]
+            );
+        }
+    }
+    Ok(())
+}
