@@ -19,19 +19,14 @@ use std::time::Instant;
 use umup::dfdx::nn::builders as nnb;
 use umup::dfdx::optim::{Adam, Optimizer as _};
 use umup::dfdx::prelude::*;
-use umup::models::LmOptions;
 use umup::nn::{Hyper, Sp, Umup};
 use umup::optim::{OptimConfig, Optimizer};
 use umup::profile;
 use umup::train::Lm;
 
-const V: usize = 256;
-const D: usize = 256;
-const F: usize = 1024;
-const L: usize = 4;
-const H: usize = 4;
-const SEQ: usize = 128;
-const BATCH: usize = 8;
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{median, opts, BATCH, D, F, H, L, SEQ, V};
 
 type PlainLayer = (
     (
@@ -108,12 +103,6 @@ fn plain_loss(
     cross_entropy_with_logits_loss(logits, onehot)
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[derive(clap::Parser)]
 #[command(about = "Training-step time: umup's u-μP LM vs the same model from stock dfdx ops")]
 struct Args {
@@ -129,17 +118,7 @@ struct Args {
 }
 
 fn batch() -> (Vec<usize>, Vec<usize>) {
-    let n = BATCH * SEQ;
-    let ids: Vec<usize> = (0..n).map(|i| (i * 37 + 11) % V).collect();
-    let targets: Vec<usize> = ids.iter().map(|i| (i * 5 + 1) % V).collect();
-    (ids, targets)
-}
-
-fn opts() -> LmOptions {
-    LmOptions {
-        heads: H,
-        rope: false,
-    }
+    bench::batch_of(BATCH)
 }
 
 /// Peak resident memory of this process in MiB (`VmHWM` from /proc; Linux only).

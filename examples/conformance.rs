@@ -34,18 +34,9 @@ fn main() -> ExitCode {
     for r in &results {
         if !r.passed {
             failed += 1;
-            println!(
-                "FAIL {}  worst abs {:.3e}  worst rel {:.3e}  ({})",
-                r.name,
-                r.worst_abs,
-                r.worst_rel,
-                r.message.as_deref().unwrap_or("")
-            );
-        } else if verbose {
-            println!(
-                "ok   {}  worst abs {:.3e}  worst rel {:.3e}",
-                r.name, r.worst_abs, r.worst_rel
-            );
+        }
+        if !r.passed || verbose {
+            println!("{r}");
         }
     }
     println!("{} passed, {} failed", results.len() - failed, failed);

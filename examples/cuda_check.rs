@@ -28,18 +28,13 @@ use umup::conformance;
 use umup::device::TrainDevice;
 use umup::dfdx::nn::ZeroGrads;
 use umup::dfdx::prelude::*;
-use umup::models::LmOptions;
 use umup::nn::{Hyper, Param, Sp, Umup};
 use umup::optim::{OptimConfig, Optimizer};
 use umup::train::LmOn;
 
-const D: usize = 256;
-const F: usize = 1024;
-const L: usize = 4;
-const H: usize = 4;
-const SEQ: usize = 128;
-const BATCH: usize = 8;
-const VOCAB: usize = umup::train::VOCAB;
+#[path = "common/bench.rs"]
+mod bench;
+use bench::{batch_of as batch, median, opts, BATCH, D, F, L, SEQ};
 
 #[derive(Parser)]
 #[command(about = "umup on Cuda vs Cpu: conformance, LM gradients, step time")]
@@ -110,13 +105,7 @@ fn conformance_on_cuda(cuda: &Cuda, path: &str) -> umup::Result<bool> {
     let seconds = t.elapsed().as_secs_f64();
     let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
     for r in &failed {
-        println!(
-            "FAIL {}  worst abs {:.3e}  worst rel {:.3e}  ({})",
-            r.name,
-            r.worst_abs,
-            r.worst_rel,
-            r.message.as_deref().unwrap_or("")
-        );
+        println!("{r}");
     }
     let worst_abs = results.iter().map(|r| r.worst_abs).fold(0.0, f64::max);
     let worst_rel = results.iter().map(|r| r.worst_rel).fold(0.0, f64::max);
@@ -127,20 +116,6 @@ fn conformance_on_cuda(cuda: &Cuda, path: &str) -> umup::Result<bool> {
         failed.len()
     );
     Ok(failed.is_empty())
-}
-
-fn batch(batch: usize) -> (Vec<usize>, Vec<usize>) {
-    let n = batch * SEQ;
-    let ids: Vec<usize> = (0..n).map(|i| (i * 37 + 11) % VOCAB).collect();
-    let targets: Vec<usize> = ids.iter().map(|i| (i * 5 + 1) % VOCAB).collect();
-    (ids, targets)
-}
-
-fn opts() -> LmOptions {
-    LmOptions {
-        heads: H,
-        rope: false,
-    }
 }
 
 /// One AdamW step on `model`; the loss and the optimizer state (`m.*` holds `(1 − β₁)·g`).
@@ -226,12 +201,6 @@ fn compare_lm(cuda: &Cuda, tol: f64) -> umup::Result<bool> {
         if ok { "PASS" } else { "FAIL" }
     );
     Ok(ok)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// A model, its optimizer and gradients, ready to step.

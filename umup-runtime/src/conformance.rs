@@ -169,6 +169,22 @@ pub struct CaseResult {
     pub message: Option<String>,
 }
 
+/// One line: `ok   name  worst abs …  worst rel …`, or `FAIL name  worst abs …  worst rel …  (why)`.
+impl std::fmt::Display for CaseResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = if self.passed { "ok  " } else { "FAIL" };
+        write!(
+            f,
+            "{status} {}  worst abs {:.3e}  worst rel {:.3e}",
+            self.name, self.worst_abs, self.worst_rel
+        )?;
+        match &self.message {
+            Some(m) => write!(f, "  ({m})"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Loads a fixture file (floats parsed bit-exactly).
 pub fn load(path: impl AsRef<Path>) -> Result<FixtureFile> {
     let path = path.as_ref();
