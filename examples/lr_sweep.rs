@@ -44,7 +44,7 @@ struct Args {
     /// Output directory (one subdirectory per grid point).
     #[arg(long, default_value = "runs/lr_sweep")]
     out: PathBuf,
-    /// Widths (compiled: 64, 128, 256).
+    /// Widths (compiled: 64, 128, 256; 512 at depth 4).
     #[arg(long, default_value = "64,128,256", value_delimiter = ',')]
     widths: Vec<usize>,
     /// Depth (compiled: 2, 4).

@@ -25,10 +25,10 @@ struct Args {
     /// Optimizer updates.
     #[arg(long, default_value_t = 400)]
     steps: usize,
-    /// Model width (compiled sizes: 64, 128, 256).
+    /// Model width (compiled sizes: 64, 128, 256 at depth 2 or 4; 512 at depth 4).
     #[arg(long, default_value_t = 128)]
     width: usize,
-    /// Number of layers (compiled sizes: 2, 4).
+    /// Number of layers (compiled sizes: 2, 4; width 512: 4).
     #[arg(long, default_value_t = 4)]
     depth: usize,
     /// Attention heads [default: width / 64, at least 1].

@@ -294,7 +294,7 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 /// dispatch of [`train_compiled`] and [`param_table_compiled`].
 macro_rules! with_compiled_sizes {
     ($m:ident!($($args:tt)*)) => {
-        $m!($($args)* 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4)
+        $m!($($args)* 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4, 512 x 4)
     };
 }
 
@@ -305,7 +305,7 @@ macro_rules! size_list {
 }
 
 /// The compiled model sizes `(width, depth)` of [`train_compiled`] (MLP width 4 × width).
-pub const COMPILED_SIZES: [(usize, usize); 6] = with_compiled_sizes!(size_list!());
+pub const COMPILED_SIZES: [(usize, usize); 7] = with_compiled_sizes!(size_list!());
 
 /// The base width of the μP baseline (`--param mup`).
 pub const MUP_BASE_WIDTH: usize = 64;

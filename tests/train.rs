@@ -204,9 +204,12 @@ fn every_listed_compiled_size_dispatches_and_others_are_refused() {
     }
     let cfg = TrainConfig {
         width: 512,
-        depth: 4,
+        depth: 2,
         ..TrainConfig::default()
     };
     let err = train::param_table_compiled(&cfg).unwrap_err().to_string();
-    assert!(err.contains("512") && err.contains("256×4"), "{err}");
+    assert!(
+        err.contains("--width 512 --depth 2") && err.contains("512×4"),
+        "{err}"
+    );
 }
