@@ -127,8 +127,9 @@ fn one_step<Dev: TrainDevice>(
     let (ids, targets) = batch(BATCH);
     let table = LmOn::<D, F, L, Umup, Dev>::param_table()?;
     let mut opt = Optimizer::<f32, Dev>::for_table(OptimConfig::adamw(1.0), &table)?;
+    let n = ids.len();
     let x = dev
-        .try_tensor_from_vec(ids.clone(), (ids.len(),))
+        .try_tensor_from_vec(ids, (n,))
         .map_err(umup::Error::device)?
         .traced(model.alloc_grads());
     let (hp, opts) = (Hyper::default(), opts());
