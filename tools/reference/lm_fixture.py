@@ -1,0 +1,228 @@
+"""Model-level fixture from the reference library: `uu.TransformerDecoder` end to end.
+
+Writes `fixtures/reference_lm.json` (schema in `fixtures/REFERENCE_LM.md`). Each
+case builds the reference `unit_scaling.TransformerDecoder` (unit-scaling 0.3.5) in float64,
+fills its weights from a SplitMix64 stream that `tests/reference_lm.rs` reproduces bit for bit,
+and records the loss, every weight gradient and the weights after a few `uu.optim.AdamW` steps.
+
+One deviation from the installed library, the same the op fixtures make: the reference's `rms`
+(`core/functional.py`) takes the mean square in float32 (`x.float()`) even for float64 input,
+which moves the loss by ~4e-9 and the gradients by ~4e-7 (relative). The generator computes it
+in the input's dtype when that is wider than float32, so the fixture is float64 throughout.
+
+The reference model plumbs only α_res and α_res-attn-ratio (spec §5, [DIFF]); the other three α
+are set where the reference ops take them: `MHSA.mult` (α_attn-softmax), a `U.silu_glu(mult=)`
+wrapper (α_ffn-act) and `U.cross_entropy(mult=)` (α_loss-softmax).
+
+Run (needs `pip install unit-scaling==0.3.5`, which brings PyTorch; CPU is enough):
+
+    python tools/reference/lm_fixture.py > fixtures/reference_lm.json
+"""
+
+import functools
+import json
+import math
+import sys
+
+import torch
+import unit_scaling as uu
+import unit_scaling.functional as U
+from unit_scaling.core.functional import transformer_residual_scaling_rule
+
+MASK = (1 << 64) - 1
+
+
+def splitmix64(seed):
+    """SplitMix64 (Steele, Lea, Flood 2014): the stream `tests/reference_lm.rs` also uses."""
+    state = seed & MASK
+    while True:
+        state = (state + 0x9E3779B97F4A7C15) & MASK
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+        yield z ^ (z >> 31)
+
+
+def uniform_unit(seed, n):
+    """`n` values, uniform on [-√3, √3) (variance 1): `√3 · (2u − 1)`, `u = (z >> 11) · 2^-53`."""
+    g = splitmix64(seed)
+    s3 = math.sqrt(3.0)
+    return [s3 * (2.0 * ((next(g) >> 11) * 2.0**-53) - 1.0) for _ in range(n)]
+
+
+def ids(seed, n):
+    g = splitmix64(seed)
+    return [next(g) % 256 for _ in range(n)]
+
+
+def param_names(layers):
+    """umup's parameter names, in the order that gives each tensor its seed (index + 1)."""
+    names = ["embed.weight"]
+    for i in range(layers):
+        names += [f"layers.{i}.attn.{p}.weight" for p in ("q", "k", "v", "o")]
+        names += [f"layers.{i}.mlp.{p}.weight" for p in ("up", "gate", "down")]
+    names.append("readout.weight")
+    return names
+
+
+def probe_seed(index):
+    return 1000 + index
+
+
+def summary(values, index):
+    """What the test compares for one tensor: RMS, the dot product with a fixed probe vector
+    (uniform, seed 1000 + index: any change to any entry moves it), and the first 4 entries."""
+    probe = uniform_unit(probe_seed(index), len(values))
+    return {
+        "rms": math.sqrt(sum(v * v for v in values) / len(values)),
+        "probe_dot": sum(v * p for v, p in zip(values, probe)),
+        "head": values[:4],
+    }
+
+
+def umup_tensors(model, layers, width):
+    """The reference parameters (or gradients, via `attr`) under umup's names, row-major,
+    shaped (out, in) as umup stores them; the reference's fused qkv is split into q, k, v."""
+
+    def get(attr):
+        out = {}
+        out["embed.weight"] = getattr(model.embedding.weight, attr)
+        for i, layer in enumerate(model.layers):
+            qkv = getattr(layer.mhsa.linear_qkv.weight, attr)
+            out[f"layers.{i}.attn.q.weight"] = qkv[:width]
+            out[f"layers.{i}.attn.k.weight"] = qkv[width : 2 * width]
+            out[f"layers.{i}.attn.v.weight"] = qkv[2 * width :]
+            out[f"layers.{i}.attn.o.weight"] = getattr(layer.mhsa.linear_o.weight, attr)
+            out[f"layers.{i}.mlp.up.weight"] = getattr(layer.mlp.linear_1.weight, attr)
+            out[f"layers.{i}.mlp.gate.weight"] = getattr(layer.mlp.linear_gate.weight, attr)
+            out[f"layers.{i}.mlp.down.weight"] = getattr(layer.mlp.linear_2.weight, attr)
+        out["readout.weight"] = getattr(model.projection.weight, attr)
+        assert len(out) == len(param_names(layers))
+        return {k: v.detach().reshape(-1).tolist() for k, v in out.items()}
+
+    return get
+
+
+def run_case(case):
+    width, layers, heads = case["width"], case["layers"], case["heads"]
+    batch, seq = case["batch"], case["seq"]
+    alpha = case["alphas"]
+    torch.manual_seed(0)
+    model = uu.TransformerDecoder(
+        width,
+        256,
+        layers,
+        heads,
+        residual_scaling=transformer_residual_scaling_rule(
+            residual_mult=alpha["res"], residual_attn_ratio=alpha["res_attn_ratio"]
+        ),
+    ).double()
+    for layer in model.layers:
+        layer.mhsa.mult = alpha["attn_softmax"]
+    # Fill every weight from its SplitMix64 stream (seed: index in `names` + 1), in umup's layout.
+    names = param_names(layers)
+    w = {}
+    f = 4 * width
+    shapes = {"embed": (256, width), "readout": (256, width)}
+    for i, n in enumerate(names):
+        kind = n.split(".")[-2]
+        shape = shapes.get(n.split(".")[0]) or {"up": (f, width), "gate": (f, width), "down": (width, f)}.get(
+            kind, (width, width)
+        )
+        w[n] = torch.tensor(uniform_unit(i + 1, shape[0] * shape[1])).view(*shape)
+    with torch.no_grad():
+        model.embedding.weight.copy_(w["embed.weight"])
+        for i, layer in enumerate(model.layers):
+            p = f"layers.{i}."
+            qkv = [w[p + f"attn.{x}.weight"] for x in ("q", "k", "v")]
+            layer.mhsa.linear_qkv.weight.copy_(torch.cat(qkv, dim=0))
+            layer.mhsa.linear_o.weight.copy_(w[p + "attn.o.weight"])
+            layer.mlp.linear_1.weight.copy_(w[p + "mlp.up.weight"])
+            layer.mlp.linear_gate.weight.copy_(w[p + "mlp.gate.weight"])
+            layer.mlp.linear_2.weight.copy_(w[p + "mlp.down.weight"])
+        model.projection.weight.copy_(w["readout.weight"])
+    tokens = torch.tensor(ids(case["ids_seed"], batch * (seq + 1))).view(batch, seq + 1)
+
+    def loss_fn():
+        logits = model(tokens[:, :seq])
+        return U.cross_entropy(
+            logits.flatten(end_dim=-2), tokens[:, 1:].flatten(), mult=alpha["loss_softmax"]
+        )
+
+    tensors = umup_tensors(model, layers, width)
+    init = {n: summary(v, i) for i, (n, v) in enumerate(tensors("data").items())}
+    opt = uu.optim.AdamW(model.parameters(), lr=case["lr"], weight_decay=case["weight_decay"])
+    losses = []
+    grads = None
+    for step in range(case["steps"]):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        losses.append(loss.item())
+        if step == 0:
+            grads = {n: summary(v, i) for i, (n, v) in enumerate(tensors("grad").items())}
+        opt.step()
+    after = tensors("data")
+    return {
+        **case,
+        "names": names,
+        "ids": tokens.reshape(-1).tolist(),
+        "init": init,
+        "losses": losses,
+        "grads": grads,
+        "after": {n: summary(v, i) for i, (n, v) in enumerate(after.items())},
+    }
+
+
+def rms_in_input_dtype(x, dims=None, keepdim=False, eps=0.0):
+    """`core.functional.rms` without its float32 cast for float64 input."""
+    mean = x.to(torch.promote_types(x.dtype, torch.float32)).pow(2).mean(dims, keepdim=keepdim)
+    if eps:
+        mean = mean + eps
+    return mean.sqrt().to(x.dtype)
+
+
+def main():
+    torch.set_default_dtype(torch.float64)
+    U.rms = rms_in_input_dtype  # `U.rms_norm` looks `rms` up in `unit_scaling.functional`.
+    silu_glu = U.silu_glu
+    base = {
+        "width": 16,
+        "layers": 2,
+        "heads": 2,
+        "batch": 2,
+        "seq": 12,
+        "ids_seed": 77,
+        "lr": 0.5,
+        "weight_decay": 0.1,
+        "steps": 3,
+    }
+    defaults = {"ffn_act": 1.0, "attn_softmax": 1.0, "res": 1.0, "res_attn_ratio": 1.0, "loss_softmax": 1.0}
+    cases = [
+        {"name": "defaults", **base, "alphas": defaults},
+        {
+            "name": "all_alphas",
+            **base,
+            "ids_seed": 78,
+            "alphas": {"ffn_act": 1.5, "attn_softmax": 2.0, "res": 0.5, "res_attn_ratio": 2.0, "loss_softmax": 0.75},
+        },
+    ]
+    out = []
+    for case in cases:
+        # α_ffn-act: `uu.MLP.forward` calls `U.silu_glu(a, b)` with the default mult.
+        U.silu_glu = functools.partial(silu_glu, mult=case["alphas"]["ffn_act"])
+        out.append(run_case(case))
+    json.dump(
+        {
+            "generator": "tools/reference/lm_fixture.py",
+            "reference": f"unit-scaling 0.3.5, torch {torch.__version__}, float64",
+            "cases": out,
+        },
+        sys.stdout,
+        indent=1,
+    )
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
