@@ -312,6 +312,7 @@ fn print_report(report: &Report, widths: &[usize], steps: usize) {
                     None => println!("  {kind} {name}: fewer than 3 widths, no fit"),
                 }
             }
+            println!("note: at width 64 a tensor's RMS varies from seed to seed by about as much as the band, and the q/k weight gradients sit near its 0.8 edge (docs/results.md §1c); average more seeds with --repeats (64 seeds pass)");
         }
     }
 }
