@@ -11,7 +11,8 @@
 //! Prints an aligned table (one row per tensor, one column per width, and the spread
 //! max/min across widths), checks the u-μP expectations of spec §10, and draws
 //! `runs/scale_check/scale_check.png` (RMS vs width, log-log, one panel per parametrization and
-//! kind). `--json PATH` writes one report per parametrization (an array when several):
+//! kind; with `--steps N` a second row of panels after step N). `--json PATH` writes one report
+//! per parametrization (an array when several):
 //! `{"parametrization": "umup", "rows": [{"width": 64, "step": 0, "kind": "param|activation|grad",
 //! "name": "layers.0.mlp.up.weight", "rms": 1.0}, ...], "loss": [{"width": 64, "step": 0,
 //! "value": 5.55}, ...]}`.
@@ -138,24 +139,33 @@ fn run(args: Args) -> umup::Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| umup::Error::Invalid(format!("{}: {e}", dir.display())))?;
     }
+    // One row of panels at init and, with --steps, one after the last step (the coord check).
     let mut panels = Vec::new();
     for r in &reports {
-        for kind in [Kind::Param, Kind::Activation, Kind::Grad] {
-            let series = by_tensor(&r.rows)
-                .into_iter()
-                .filter(|((step, k, _), _)| *step == 0 && *k == kind)
-                .map(|((_, _, name), by_w)| {
-                    (name, by_w.into_iter().map(|(w, v)| (w as f64, v)).collect())
-                })
-                .collect();
-            panels.push(plot::Panel {
-                title: format!("{}: {kind} RMS at init", r.parametrization),
-                x_label: "width".into(),
-                y_label: "RMS".into(),
-                series,
-                log_y: true,
-                legend: false,
-            });
+        let last = r.rows.iter().map(|row| row.step).max().unwrap_or(0);
+        let steps: std::collections::BTreeSet<usize> = [0, last].into();
+        for at in steps {
+            for kind in [Kind::Param, Kind::Activation, Kind::Grad] {
+                let series = by_tensor(&r.rows)
+                    .into_iter()
+                    .filter(|((step, k, _), _)| *step == at && *k == kind)
+                    .map(|((_, _, name), by_w)| {
+                        (name, by_w.into_iter().map(|(w, v)| (w as f64, v)).collect())
+                    })
+                    .collect();
+                let when = match at {
+                    0 => "at init".to_string(),
+                    n => format!("after {n} steps"),
+                };
+                panels.push(plot::Panel {
+                    title: format!("{}: {kind} RMS {when}", r.parametrization),
+                    x_label: "width".into(),
+                    y_label: "RMS".into(),
+                    series,
+                    log_y: true,
+                    legend: false,
+                });
+            }
         }
     }
     plot::draw(&args.png, &panels, 3)?;
