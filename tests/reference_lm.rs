@@ -220,6 +220,9 @@ where
         ..OptimConfig::adamw(case.lr)
     };
     let mut opt = Optimizer::<E, Cpu>::for_table(cfg, &table).unwrap();
+    // `loss` must really take the fused step here (`loss_generic` never does).
+    let fused = Model::<E>::uses_fused_step::<OwnedTape<E, Cpu>>(&opts, false);
+    assert!(fused || matches!(path, Path::Generic));
     let (mut loss_err, mut grad_err) = (0f64, 0f64);
     for (step, want) in case.losses.iter().enumerate() {
         let ids = dev.tensor_from_vec(inputs.clone(), (inputs.len(),));
