@@ -15,6 +15,7 @@ RMS at the narrowest (and at 128), and which fall outside the acceptance band [0
 
 import argparse
 import gzip
+import importlib.metadata
 import math
 import pathlib
 
@@ -70,7 +71,7 @@ def main():
     rms = {n: {w: math.sqrt(v) for w, v in per.items()} for n, per in sums.items()}
     lo, hi = widths[0], widths[-1]
     print(
-        f"reference uu.TransformerDecoder, unit-scaling {uu.__version__ if hasattr(uu, '__version__') else '0.3.5'}, "
+        f"reference uu.TransformerDecoder, unit-scaling {importlib.metadata.version('unit-scaling')}, "
         f"torch {torch.__version__}, float32; {args.layers} layers, d_head 64, "
         f"batch {args.batch} x {args.seq}, {args.seeds} seeds"
     )
