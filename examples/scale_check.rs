@@ -144,13 +144,15 @@ fn run(args: Args) -> umup::Result<()> {
     for r in &reports {
         let last = r.rows.iter().map(|row| row.step).max().unwrap_or(0);
         let steps: std::collections::BTreeSet<usize> = [0, last].into();
+        let table = by_tensor(&r.rows);
         for at in steps {
             for kind in [Kind::Param, Kind::Activation, Kind::Grad] {
-                let series = by_tensor(&r.rows)
-                    .into_iter()
+                let series = table
+                    .iter()
                     .filter(|((step, k, _), _)| *step == at && *k == kind)
                     .map(|((_, _, name), by_w)| {
-                        (name, by_w.into_iter().map(|(w, v)| (w as f64, v)).collect())
+                        let pts = by_w.iter().map(|(&w, &v)| (w as f64, v)).collect();
+                        (name.clone(), pts)
                     })
                     .collect();
                 let when = match at {
@@ -322,7 +324,7 @@ fn print_report(report: &Report, widths: &[usize], steps: usize) {
                     None => println!("  {kind} {name}: fewer than 3 widths, no fit"),
                 }
             }
-            println!("note: at width 64 a tensor's RMS varies from seed to seed by about as much as the band, and the q/k weight gradients sit near its 0.8 edge (docs/results.md §1c); average more seeds with --repeats (64 seeds pass)");
+            println!("note: at width 64 a tensor's RMS varies from seed to seed by about as much as the band, and the q/k weight gradients sit near its 0.8 edge (docs/results.md §1c); average more seeds with --repeats");
         }
     }
 }
