@@ -55,16 +55,6 @@ def ids(seed, n):
     return [next(g) % 256 for _ in range(n)]
 
 
-def param_names(layers):
-    """umup's parameter names, in the order that gives each tensor its seed (index + 1)."""
-    names = ["embed.weight"]
-    for i in range(layers):
-        names += [f"layers.{i}.attn.{p}.weight" for p in ("q", "k", "v", "o")]
-        names += [f"layers.{i}.mlp.{p}.weight" for p in ("up", "gate", "down")]
-    names.append("readout.weight")
-    return names
-
-
 def probe_seed(index):
     return 1000 + index
 
@@ -80,27 +70,27 @@ def summary(values, index):
     }
 
 
-def umup_tensors(model, layers, width):
-    """The reference parameters (or gradients, via `attr`) under umup's names, row-major,
-    shaped (out, in) as umup stores them; the reference's fused qkv is split into q, k, v."""
+def umup_views(model, attr="data"):
+    """The reference's weights (or, with `attr="grad"`, their gradients) as views under umup's
+    names, in umup's order and (out, in) layout; the fused qkv is split into q, k and v. The
+    index of a name in this order (+ 1) is its SplitMix64 seed."""
+    out = {"embed.weight": getattr(model.embedding.weight, attr)}
+    for i, layer in enumerate(model.layers):
+        qkv = getattr(layer.mhsa.linear_qkv.weight, attr)
+        width = qkv.shape[0] // 3
+        for j, name in enumerate(("q", "k", "v")):
+            out[f"layers.{i}.attn.{name}.weight"] = qkv[j * width : (j + 1) * width]
+        out[f"layers.{i}.attn.o.weight"] = getattr(layer.mhsa.linear_o.weight, attr)
+        out[f"layers.{i}.mlp.up.weight"] = getattr(layer.mlp.linear_1.weight, attr)
+        out[f"layers.{i}.mlp.gate.weight"] = getattr(layer.mlp.linear_gate.weight, attr)
+        out[f"layers.{i}.mlp.down.weight"] = getattr(layer.mlp.linear_2.weight, attr)
+    out["readout.weight"] = getattr(model.projection.weight, attr)
+    return out
 
-    def get(attr):
-        out = {}
-        out["embed.weight"] = getattr(model.embedding.weight, attr)
-        for i, layer in enumerate(model.layers):
-            qkv = getattr(layer.mhsa.linear_qkv.weight, attr)
-            out[f"layers.{i}.attn.q.weight"] = qkv[:width]
-            out[f"layers.{i}.attn.k.weight"] = qkv[width : 2 * width]
-            out[f"layers.{i}.attn.v.weight"] = qkv[2 * width :]
-            out[f"layers.{i}.attn.o.weight"] = getattr(layer.mhsa.linear_o.weight, attr)
-            out[f"layers.{i}.mlp.up.weight"] = getattr(layer.mlp.linear_1.weight, attr)
-            out[f"layers.{i}.mlp.gate.weight"] = getattr(layer.mlp.linear_gate.weight, attr)
-            out[f"layers.{i}.mlp.down.weight"] = getattr(layer.mlp.linear_2.weight, attr)
-        out["readout.weight"] = getattr(model.projection.weight, attr)
-        assert len(out) == len(param_names(layers))
-        return {k: v.detach().reshape(-1).tolist() for k, v in out.items()}
 
-    return get
+def summaries(model, attr):
+    views = umup_views(model, attr).items()
+    return {n: summary(v.detach().reshape(-1).tolist(), i) for i, (n, v) in enumerate(views)}
 
 
 def run_case(case):
@@ -119,28 +109,11 @@ def run_case(case):
     ).double()
     for layer in model.layers:
         layer.mhsa.mult = alpha["attn_softmax"]
-    # Fill every weight from its SplitMix64 stream (seed: index in `names` + 1), in umup's layout.
-    names = param_names(layers)
-    w = {}
-    f = 4 * width
-    shapes = {"embed": (256, width), "readout": (256, width)}
-    for i, n in enumerate(names):
-        kind = n.split(".")[-2]
-        shape = shapes.get(n.split(".")[0]) or {"up": (f, width), "gate": (f, width), "down": (width, f)}.get(
-            kind, (width, width)
-        )
-        w[n] = torch.tensor(uniform_unit(i + 1, shape[0] * shape[1])).view(*shape)
+    # Fill every weight from its SplitMix64 stream (seed: index in umup's order + 1).
+    names = list(umup_views(model))
     with torch.no_grad():
-        model.embedding.weight.copy_(w["embed.weight"])
-        for i, layer in enumerate(model.layers):
-            p = f"layers.{i}."
-            qkv = [w[p + f"attn.{x}.weight"] for x in ("q", "k", "v")]
-            layer.mhsa.linear_qkv.weight.copy_(torch.cat(qkv, dim=0))
-            layer.mhsa.linear_o.weight.copy_(w[p + "attn.o.weight"])
-            layer.mlp.linear_1.weight.copy_(w[p + "mlp.up.weight"])
-            layer.mlp.linear_gate.weight.copy_(w[p + "mlp.gate.weight"])
-            layer.mlp.linear_2.weight.copy_(w[p + "mlp.down.weight"])
-        model.projection.weight.copy_(w["readout.weight"])
+        for i, view in enumerate(umup_views(model).values()):
+            view.copy_(torch.tensor(uniform_unit(i + 1, view.numel())).view_as(view))
     tokens = torch.tensor(ids(case["ids_seed"], batch * (seq + 1))).view(batch, seq + 1)
 
     def loss_fn():
@@ -149,8 +122,7 @@ def run_case(case):
             logits.flatten(end_dim=-2), tokens[:, 1:].flatten(), mult=alpha["loss_softmax"]
         )
 
-    tensors = umup_tensors(model, layers, width)
-    init = {n: summary(v, i) for i, (n, v) in enumerate(tensors("data").items())}
+    init = summaries(model, "data")
     opt = uu.optim.AdamW(model.parameters(), lr=case["lr"], weight_decay=case["weight_decay"])
     losses = []
     grads = None
@@ -160,9 +132,8 @@ def run_case(case):
         loss.backward()
         losses.append(loss.item())
         if step == 0:
-            grads = {n: summary(v, i) for i, (n, v) in enumerate(tensors("grad").items())}
+            grads = summaries(model, "grad")
         opt.step()
-    after = tensors("data")
     return {
         **case,
         "names": names,
@@ -170,7 +141,7 @@ def run_case(case):
         "init": init,
         "losses": losses,
         "grads": grads,
-        "after": {n: summary(v, i) for i, (n, v) in enumerate(after.items())},
+        "after": summaries(model, "data"),
     }
 
 

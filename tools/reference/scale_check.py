@@ -21,6 +21,7 @@ import pathlib
 
 import torch
 import unit_scaling as uu
+from lm_fixture import umup_views
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -30,19 +31,9 @@ def corpus():
     return torch.tensor(list(data[: round(len(data) * 0.9)]), dtype=torch.long)
 
 
-def grads(model, layers, width):
-    out = {"embed.weight": model.embedding.weight.grad}
-    for i, layer in enumerate(model.layers):
-        qkv = layer.mhsa.linear_qkv.weight.grad
-        for j, name in enumerate(("q", "k", "v")):
-            out[f"layers.{i}.attn.{name}.weight"] = qkv[j * width : (j + 1) * width]
-        out[f"layers.{i}.attn.o.weight"] = layer.mhsa.linear_o.weight.grad
-        out[f"layers.{i}.mlp.up.weight"] = layer.mlp.linear_1.weight.grad
-        out[f"layers.{i}.mlp.gate.weight"] = layer.mlp.linear_gate.weight.grad
-        out[f"layers.{i}.mlp.down.weight"] = layer.mlp.linear_2.weight.grad
-    out["readout.weight"] = model.projection.weight.grad
-    assert len(out) == 2 + 7 * layers
-    return {k: v.pow(2).mean().sqrt().item() for k, v in out.items()}
+def grads(model):
+    """RMS of every weight gradient, under umup's names (`lm_fixture.umup_views`)."""
+    return {k: v.pow(2).mean().sqrt().item() for k, v in umup_views(model, "grad").items()}
 
 
 def main():
@@ -65,7 +56,7 @@ def main():
             loss = model.loss(ids)
             loss.backward()
             losses[width] = losses.get(width, 0.0) + loss.item() / args.seeds
-            for name, rms in grads(model, args.layers, width).items():
+            for name, rms in grads(model).items():
                 sums.setdefault(name, {}).setdefault(width, 0.0)
                 sums[name][width] += rms**2 / args.seeds
     rms = {n: {w: math.sqrt(v) for w, v in per.items()} for n, per in sums.items()}
