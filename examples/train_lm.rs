@@ -103,6 +103,10 @@ struct Args {
     /// Fraction of the data held out for validation (the last bytes).
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
+    /// Keep these parameters at their initial values (comma-separated paths of the table that
+    /// --print-table shows, e.g. layers.0.attn.q.weight,layers.0.attn.k.weight).
+    #[arg(long, value_delimiter = ',')]
+    freeze: Vec<String>,
     /// Print the per-parameter table and exit.
     #[arg(long)]
     print_table: bool,
@@ -180,6 +184,7 @@ fn main_inner(args: Args) -> umup::Result<()> {
             .data
             .as_ref()
             .map_or("shakespeare (embedded)".into(), |p| p.display().to_string()),
+        freeze: args.freeze.clone(),
     };
     if args.print_table {
         print!("{}", train::param_table_compiled(&cfg)?);

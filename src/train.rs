@@ -156,6 +156,10 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Description of the data.
     pub data: String,
+    /// Parameters (table paths, e.g. `layers.0.attn.q.weight`) kept at their initial values
+    /// ([`Optimizer::freeze`]). Absent from `config.json` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -184,6 +188,7 @@ impl Default for TrainConfig {
             eval_every: 100,
             eval_batches: 8,
             data: "shakespeare (embedded)".into(),
+            freeze: Vec::new(),
         }
     }
 }
@@ -419,6 +424,9 @@ pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: T
         ..OptimConfig::adamw(cfg.lr)
     };
     let mut opt = Optimizer::<f32, Dev>::for_table(optim_cfg, &table)?;
+    for path in &cfg.freeze {
+        opt.freeze(path)?;
+    }
 
     let (start, seconds0) = if run.resume {
         resume(cfg, &paths, &mut model, &mut opt)?

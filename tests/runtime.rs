@@ -294,6 +294,42 @@ fn clipping_limits_the_global_gradient_norm() {
 }
 
 #[test]
+fn a_frozen_tensor_keeps_its_values_and_leaves_the_clipping_norm() {
+    let dev = dev();
+    let mut model = dev.build_module::<Net, f32>();
+    let x: Tensor<Rank2<5, 4>, f32, _> = dev.sample_normal();
+    let y: Tensor<Rank2<5, 3>, f32, _> = dev.sample_normal_like(&(Const, Const)) * 100.0;
+    let (w0, b0) = (model.0.weight.as_vec(), model.0.bias.as_vec());
+    let (_, mut grads) = mse_step(&model, &x, &y, model.alloc_grads());
+    let gb = grads.get(&model.0.bias).as_vec();
+    let bias_norm = gb.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!(bias_norm > 1.0);
+    // Weight decay and clipping on: a frozen tensor must escape both.
+    let cfg = OptimConfig {
+        weight_decay: 0.1,
+        grad_clip: Some(1.0),
+        ..OptimConfig::sgd(0.1)
+    };
+    let mut opt = Optimizer::<f32, Cpu>::new(cfg, &net_specs()).unwrap();
+    opt.freeze("0.weight").unwrap();
+    assert!(opt.is_frozen("0.weight") && !opt.is_frozen("0.bias"));
+    let reported = opt.update(&mut model, &mut grads).unwrap().unwrap();
+    // The norm is the bias gradient's alone.
+    assert!((reported as f32 - bias_norm).abs() < 1e-4 * bias_norm);
+    assert_eq!(model.0.weight.as_vec(), w0);
+    // SGD, bias lr 0.1, wd_p = 0.1/0.1 = 1 (independent: lr·wd_p = 0.1), clipped gradient.
+    for ((a, g), b) in b0.iter().zip(&gb).zip(model.0.bias.as_vec()) {
+        let want = a - 0.1 * (g / bias_norm + a);
+        assert!((b - want).abs() < 1e-5, "{b} vs {want}");
+    }
+    let err = opt.freeze("0.wieght").unwrap_err().to_string();
+    assert!(
+        err.contains("0.wieght") && err.contains("0.bias, 0.weight"),
+        "{err}"
+    );
+}
+
+#[test]
 fn schedule_scales_the_global_lr() {
     let cfg = OptimConfig {
         schedule: LrSchedule::warmup_cosine(2, 10, 0.0).unwrap(),

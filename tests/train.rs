@@ -111,6 +111,58 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
 }
 
 #[test]
+fn frozen_parameters_do_not_move_and_are_part_of_the_run_settings() {
+    let c = corpus();
+    let q = "layers.0.attn.q.weight";
+    let cfg = TrainConfig {
+        freeze: vec![q.into()],
+        precision: Precision::F32,
+        ..cfg()
+    };
+    let weights = |out: &Path| {
+        umup::checkpoint::load_named::<f32>(out.join("model.safetensors"))
+            .unwrap()
+            .0
+    };
+    let out = dir("freeze");
+    let run = |cfg: &TrainConfig, resume, stop_at| {
+        train::train::<64, 256, 2, Umup>(cfg, &c, &opts(&out, resume, stop_at), &mut |_| {})
+    };
+    run(&cfg, false, Some(3)).unwrap();
+    let at3 = weights(&out);
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains(q), "{config}");
+    // Resuming without the freeze is another run.
+    let unfrozen = TrainConfig {
+        freeze: Vec::new(),
+        ..cfg.clone()
+    };
+    let e = run(&unfrozen, true, None).unwrap_err();
+    assert!(e.to_string().contains("settings differ"), "{e}");
+    run(&cfg, true, None).unwrap();
+    let at6 = weights(&out);
+    assert_eq!(at3[q], at6[q], "the frozen tensor moved");
+    let k = "layers.0.attn.k.weight";
+    assert_ne!(at3[k], at6[k], "an unfrozen tensor did not move");
+    // A path that is not in the table is an error.
+    let typo = TrainConfig {
+        freeze: vec!["layers.0.attn.query.weight".into()],
+        ..cfg.clone()
+    };
+    std::fs::remove_dir_all(&out).unwrap();
+    let e = run(&typo, false, None).unwrap_err().to_string();
+    assert!(
+        e.contains("layers.0.attn.query.weight") && e.contains(q),
+        "{e}"
+    );
+    // Without a freeze, config.json has no `freeze` key (runs from before the option resume).
+    run(&unfrozen, false, Some(1)).unwrap();
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(!config.contains("freeze"), "{config}");
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
 fn a_non_finite_loss_stops_training_and_keeps_what_was_written() {
     let c = corpus();
     let cfg = TrainConfig {

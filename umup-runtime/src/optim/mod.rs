@@ -175,6 +175,7 @@ pub struct Optimizer<E: Dtype, D: Backend<E>> {
     groups: Vec<ParamGroup>,
     index: HashMap<String, usize>,
     numel: Vec<usize>,
+    frozen: Vec<bool>,
     m: Gradients<E, D>,
     v: Gradients<E, D>,
     steps: usize,
@@ -203,6 +204,7 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
         }
         Ok(Optimizer {
             numel: params.iter().map(|p| p.shape.iter().product()).collect(),
+            frozen: vec![false; params.len()],
             cfg,
             groups,
             index,
@@ -231,6 +233,35 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
     /// Each parameter's peak LR and weight decay, in table order.
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
+    }
+
+    /// Freezes the tensor at `path` (a path of the table): from now on [`Self::update`] and
+    /// [`Self::update_named`] leave it as it is (no step, no weight decay, its moments stay as
+    /// they are) and leave its gradient out of the clipping norm, as PyTorch does for a tensor
+    /// with `requires_grad = false`. An unknown path is an error that lists the known ones.
+    pub fn freeze(&mut self, path: &str) -> Result<()> {
+        match self.index.get(path) {
+            Some(&i) => {
+                self.frozen[i] = true;
+                Ok(())
+            }
+            None => {
+                let mut known: Vec<&str> = self.groups.iter().map(|g| g.path.as_str()).collect();
+                known.sort_unstable();
+                Err(Error::BadParameter {
+                    path: path.to_string(),
+                    reason: format!(
+                        "cannot freeze it: not in the parameter table (its paths: {})",
+                        known.join(", ")
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Whether the tensor at `path` is frozen ([`Self::freeze`]).
+    pub fn is_frozen(&self, path: &str) -> bool {
+        self.index.get(path).is_some_and(|&i| self.frozen[i])
     }
 
     /// Number of updates taken so far.
@@ -273,6 +304,7 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             Some(max) => {
                 let mut v = ClipVisitor {
                     grads,
+                    frozen: &*self,
                     sum_sq: 0.0,
                     factor: None,
                 };
@@ -327,15 +359,18 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             .iter()
             .map(|(path, p)| self.resolve(path, p.shape().num_elements()))
             .collect::<Result<Vec<_>>>()?;
-        for ((_, p), (lr, wd)) in params.iter_mut().zip(settings) {
-            self.apply(p, lr, wd, grads)?;
+        for ((_, p), setting) in params.iter_mut().zip(settings) {
+            if let Some((lr, wd)) = setting {
+                self.apply(p, lr, wd, grads)?;
+            }
         }
         self.steps += 1;
         Ok(())
     }
 
-    /// The peak LR and weight decay of the tensor at `path` with `n` elements.
-    fn resolve(&self, path: &str, n: usize) -> Result<(f64, f64)> {
+    /// The peak LR and weight decay of the tensor at `path` with `n` elements; `None` if it is
+    /// frozen.
+    fn resolve(&self, path: &str, n: usize) -> Result<Option<(f64, f64)>> {
         Ok(match self.index.get(path) {
             Some(&i) => {
                 if self.numel[i] != n {
@@ -347,16 +382,16 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
                         ),
                     });
                 }
-                (self.groups[i].lr, self.groups[i].weight_decay)
+                (!self.frozen[i]).then_some((self.groups[i].lr, self.groups[i].weight_decay))
             }
-            None if self.cfg.allow_non_unit_scaling_params => (
+            None if self.cfg.allow_non_unit_scaling_params => Some((
                 self.cfg.lr,
                 params::weight_decay(
                     self.cfg.weight_decay,
                     self.cfg.lr,
                     self.cfg.independent_weight_decay,
                 ),
-            ),
+            )),
             None => {
                 return Err(Error::MissingRole {
                     path: path.to_string(),
@@ -503,7 +538,7 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StateVisitor<'_, E, D> {
 
 struct ResolveVisitor<'a, E: Dtype, D: Backend<E>> {
     opt: &'a Optimizer<E, D>,
-    settings: Vec<(f64, f64)>,
+    settings: Vec<Option<(f64, f64)>>,
 }
 
 impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ResolveVisitor<'_, E, D> {
@@ -528,7 +563,7 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ResolveVisitor<'_, E, D> {
 struct StepVisitor<'a, E: Dtype, D: Backend<E>> {
     opt: &'a mut Optimizer<E, D>,
     grads: &'a mut Gradients<E, D>,
-    settings: std::vec::IntoIter<(f64, f64)>,
+    settings: std::vec::IntoIter<Option<(f64, f64)>>,
 }
 
 impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
@@ -543,19 +578,23 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
         (p, name): (&mut Tensor<S, E, D>, String),
     ) -> Result<Option<Tensor<S, E, D>>> {
         if opts.do_gradient_update {
-            let (lr, wd) = self.settings.next().ok_or_else(|| Error::BadParameter {
+            let setting = self.settings.next().ok_or_else(|| Error::BadParameter {
                 path: name.clone(),
                 reason: "the model changed between two passes of one update".into(),
             })?;
-            self.opt.apply(p, lr, wd, self.grads)?;
+            if let Some((lr, wd)) = setting {
+                self.opt.apply(p, lr, wd, self.grads)?;
+            }
         }
         Ok(None)
     }
 }
 
-/// First pass: sums squared gradients; second pass (with `factor`): scales them.
+/// First pass: sums squared gradients; second pass (with `factor`): scales them. Frozen tensors
+/// are left out of both.
 struct ClipVisitor<'a, E: Dtype, D: Backend<E>> {
     grads: &'a mut Gradients<E, D>,
+    frozen: &'a Optimizer<E, D>,
     sum_sq: f64,
     factor: Option<E>,
 }
@@ -569,9 +608,9 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ClipVisitor<'_, E, D> {
     fn visit<S: Shape>(
         &mut self,
         opts: TensorOptions<S, E, D>,
-        (p, _name): (&Tensor<S, E, D>, String),
+        (p, name): (&Tensor<S, E, D>, String),
     ) -> Result<Option<Tensor<S, E, D>>> {
-        if !opts.do_gradient_update {
+        if !opts.do_gradient_update || self.frozen.is_frozen(&name) {
             return Ok(None);
         }
         self.grads.try_alloc_for(p).dev()?;
