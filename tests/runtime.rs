@@ -267,14 +267,21 @@ fn every_optimizer_reduces_the_loss() {
     }
 }
 
-#[test]
-fn clipping_limits_the_global_gradient_norm() {
+/// A model and the gradients of one MSE step against targets of RMS 100, so that the gradient
+/// norm is far above 1 (for the clipping tests).
+fn large_gradient_step() -> (<Net as BuildOnDevice<Cpu, f32>>::Built, Gradients<f32, Cpu>) {
     let dev = dev();
-    let mut model = dev.build_module::<Net, f32>();
+    let model = dev.build_module::<Net, f32>();
     let x: Tensor<Rank2<5, 4>, f32, _> = dev.sample_normal();
     let y: Tensor<Rank2<5, 3>, f32, _> = dev.sample_normal_like(&(Const, Const)) * 100.0;
+    let (_, grads) = mse_step(&model, &x, &y, model.alloc_grads());
+    (model, grads)
+}
+
+#[test]
+fn clipping_limits_the_global_gradient_norm() {
+    let (mut model, mut grads) = large_gradient_step();
     let w0 = model.0.weight.as_vec();
-    let (_, mut grads) = mse_step(&model, &x, &y, model.alloc_grads());
     let gw = grads.get(&model.0.weight).as_vec();
     let gb = grads.get(&model.0.bias).as_vec();
     let norm = gw.iter().chain(&gb).map(|v| v * v).sum::<f32>().sqrt();
@@ -295,12 +302,8 @@ fn clipping_limits_the_global_gradient_norm() {
 
 #[test]
 fn a_frozen_tensor_keeps_its_values_and_leaves_the_clipping_norm() {
-    let dev = dev();
-    let mut model = dev.build_module::<Net, f32>();
-    let x: Tensor<Rank2<5, 4>, f32, _> = dev.sample_normal();
-    let y: Tensor<Rank2<5, 3>, f32, _> = dev.sample_normal_like(&(Const, Const)) * 100.0;
+    let (mut model, mut grads) = large_gradient_step();
     let (w0, b0) = (model.0.weight.as_vec(), model.0.bias.as_vec());
-    let (_, mut grads) = mse_step(&model, &x, &y, model.alloc_grads());
     let gb = grads.get(&model.0.bias).as_vec();
     let bias_norm = gb.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!(bias_norm > 1.0);
