@@ -25,14 +25,19 @@ first validation batch is reported.
     python tools/reference/train_ref.py --width 256 --lr 4 --seed 0 --device cuda
     python tools/reference/train_ref.py --width 512 --lr 4 --seed 0 --freeze-qk 0 --json out.jsonl
 
-Prints one JSON object per run (and appends it to `--json`).
+Prints one JSON object per run (and appends it to `--json`). `--summary FILE` prints the tables
+of docs/results.md §2f from such a file instead of training:
+
+    python tools/reference/train_ref.py --summary docs/reference_train_h100.jsonl
 """
 
 import argparse
+import collections
 import gzip
 import json
 import math
 import pathlib
+import statistics
 import time
 
 import torch
@@ -91,6 +96,37 @@ def qk_rms(model, x, width):
     return out
 
 
+def summary(path):
+    """Per (η, frozen layers, width): seeds, mean final loss and the median over seeds of each
+    layer's RMS(q)·RMS(k); then, per seed, the change from each width to the next."""
+    runs = collections.defaultdict(dict)
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        runs[(r["lr"], tuple(r["freeze_qk"]), r["width"])][r["seed"]] = r
+    print("| η | frozen q/k | width | seeds | mean final loss | RMS(q)·RMS(k) by layer (median) |")
+    print("|---|---|---:|---:|---:|---|")
+    for (lr, frozen, width), by_seed in sorted(runs.items()):
+        rs = list(by_seed.values())
+        qk = [statistics.median(r["qk_rms"][i]["q"] * r["qk_rms"][i]["k"] for r in rs)
+              for i in range(len(rs[0]["qk_rms"]))]
+        mean = statistics.mean(r["final_val_loss"] for r in rs)
+        print(f"| {lr:g} | {list(frozen) or '-'} | {width} | {len(rs)} | {mean:.4f} | "
+              + " / ".join(f"{v:.2f}" for v in qk) + " |")
+    print()
+    widths = collections.defaultdict(list)
+    for lr, frozen, width in runs:
+        widths[(lr, frozen)].append(width)
+    for (lr, frozen), ws in sorted(widths.items()):
+        ws.sort()
+        for a, b in zip(ws, ws[1:]):
+            ra, rb = runs[(lr, frozen, a)], runs[(lr, frozen, b)]
+            seeds = sorted(set(ra) & set(rb))
+            d = [rb[s]["final_val_loss"] - ra[s]["final_val_loss"] for s in seeds]
+            print(f"η {lr:g}, frozen {list(frozen) or '-'}: {b} − {a} per seed "
+                  + ", ".join(f"{x:+.3f}" for x in d)
+                  + f"; mean {statistics.mean(d):+.4f}, worse at {sum(x > 0 for x in d)} of {len(d)}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--width", type=int, default=128)
@@ -110,7 +146,11 @@ def main():
     p.add_argument("--freeze-qk", default="", help="comma-separated layer indices")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=pathlib.Path, help="append the result line to this file")
+    p.add_argument("--summary", type=pathlib.Path, help="summarise a file of results and exit")
     a = p.parse_args()
+    if a.summary:
+        summary(a.summary)
+        return
     heads = a.heads or max(a.width // 64, 1)
     warmup = a.warmup if a.warmup is not None else max(a.steps // 5, 1)
     frozen = [int(i) for i in a.freeze_qk.split(",") if i.strip()]
