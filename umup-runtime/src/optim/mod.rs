@@ -304,7 +304,7 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             Some(max) => {
                 let mut v = ClipVisitor {
                     grads,
-                    frozen: &*self,
+                    opt: &*self,
                     sum_sq: 0.0,
                     factor: None,
                 };
@@ -594,7 +594,7 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
 /// are left out of both.
 struct ClipVisitor<'a, E: Dtype, D: Backend<E>> {
     grads: &'a mut Gradients<E, D>,
-    frozen: &'a Optimizer<E, D>,
+    opt: &'a Optimizer<E, D>,
     sum_sq: f64,
     factor: Option<E>,
 }
@@ -610,7 +610,7 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ClipVisitor<'_, E, D> {
         opts: TensorOptions<S, E, D>,
         (p, name): (&Tensor<S, E, D>, String),
     ) -> Result<Option<Tensor<S, E, D>>> {
-        if !opts.do_gradient_update || self.frozen.is_frozen(&name) {
+        if !opts.do_gradient_update || self.opt.is_frozen(&name) {
             return Ok(None);
         }
         self.grads.try_alloc_for(p).dev()?;
