@@ -14,9 +14,8 @@ weights. The training loop is `train_lm`'s, in PyTorch:
 The random streams (init, batches) are PyTorch's, not umup's, so a run matches a `train_lm` run
 of the same seed in distribution, not bit for bit: compare means over seeds.
 
-`--freeze-qk LAYERS` keeps the q and k weights of those layers at their initial values (their
-gradient rows are zeroed before each AdamW step, so Adam's moments stay 0, and the rows are
-restored after it, so weight decay does not move them either): the
+`--freeze-qk LAYERS` keeps the q and k weights of those layers at their initial values (the
+rows are restored after each AdamW step, so neither the update nor weight decay moves them): the
 intervention that tests whether attention-logit growth is what makes a wide model worse at a
 high η (docs/results.md §2f). At the end the RMS of each layer's q and k activations on the
 first validation batch is reported.
@@ -184,10 +183,8 @@ def main():
         opt.zero_grad(set_to_none=True)
         loss = loss_of(model, x, y)
         loss.backward()
-        for i in frozen:
-            qkv(i).grad[: 2 * a.width] = 0.0
         opt.step()
-        with torch.no_grad():  # weight decay would still move them
+        with torch.no_grad():
             for i, w0 in frozen_init.items():
                 qkv(i)[: 2 * a.width] = w0
         sched.step()
