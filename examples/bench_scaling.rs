@@ -82,8 +82,8 @@ fn run<const D: usize, const F: usize>(seq: usize, steps: usize) -> umup::Result
         width: D,
         seq,
         step_ms: median(&mut times),
-        attention_ms: part(Part::AttentionCore),
-        linear_ms: part(Part::AttentionLinears) + part(Part::MlpLinears),
+        attention_ms: part(Part::Attention),
+        linear_ms: part(Part::Matmuls),
         gflop: 3.0 * (linear + attention) / 1e9,
     })
 }

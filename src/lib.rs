@@ -14,7 +14,6 @@ extern crate self as umup;
 pub mod data;
 pub mod device;
 pub mod models;
-pub mod profile;
 pub mod scale_check;
 pub mod train;
 

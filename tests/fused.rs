@@ -33,7 +33,7 @@ fn run<E, P>(m: &Model<E, P>, fused: bool, batch: usize, seq: usize) -> Vec<Vec<
 where
     E: Dtype,
     P: Param,
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     umup::rand_distr::StandardNormal: umup::rand_distr::Distribution<E>,
 {
     let n = batch * seq;
@@ -72,7 +72,7 @@ fn whole_model<E, P>(tol: f64)
 where
     E: Dtype,
     P: Param,
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     umup::rand_distr::StandardNormal: umup::rand_distr::Distribution<E>,
 {
     let dev = Cpu::seed_from_u64(3);
@@ -131,7 +131,7 @@ const F64_TOL: f64 = 1e-12;
 /// `n` standard-normal samples from the seeded device.
 fn randn<E: Real>(dev: &Cpu, n: usize) -> Vec<E>
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     dev.sample_normal_like(&(n,)).as_vec()
@@ -206,7 +206,7 @@ fn attention_case<E: Real>(
     tol: f64,
 ) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let (b, h, s, d) = shape;
@@ -242,6 +242,7 @@ where
         seq: s,
         heads: h,
         d_head: d,
+        layout: umup::ops::cpu::AttnLayout::Rows,
     };
     let (qf, kf, vf, dout) = (
         bhsd_to_rows(&qg, shape),
@@ -305,7 +306,7 @@ where
 
 fn attention_all<E: Real>(tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let dev = Cpu::seed_from_u64(11);
@@ -339,7 +340,7 @@ fn rms_norm_case<E: Real>(
     tol: f64,
 ) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let eps = 1e-5;
@@ -385,7 +386,7 @@ where
 
 fn rms_norm_all<E: Real>(tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let dev = Cpu::seed_from_u64(12);
@@ -408,7 +409,7 @@ fn rms_norm_kernels_match_generic_rms_norm() {
 
 fn swiglu_case<E: Real>(dev: &Cpu, (rows, width): (usize, usize), mult: f64, tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let n = rows * width;
@@ -439,7 +440,7 @@ where
 
 fn swiglu_all<E: Real>(tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let dev = Cpu::seed_from_u64(13);
@@ -465,7 +466,7 @@ fn swiglu_kernels_match_generic_silu_glu() {
 /// losses against a dfdx `−log_softmax(mult·x)[t]`.
 fn cross_entropy_case<E: Real>(dev: &Cpu, (rows, vocab): (usize, usize), mult: f64, tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     use rand::{Rng, SeedableRng};
@@ -552,7 +553,7 @@ where
 
 fn cross_entropy_all<E: Real>(tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let dev = Cpu::seed_from_u64(14);
@@ -575,7 +576,7 @@ fn cross_entropy_kernel_matches_generic_losses() {
 
 fn lincomb_all<E: Real>(tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let dev = Cpu::seed_from_u64(15);
@@ -651,7 +652,7 @@ fn transpose_kernel_matches_naive_transpose() {
 
 fn embedding_all<E: Real>(tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     use rand::{Rng, SeedableRng};
@@ -709,7 +710,7 @@ fn embedding_kernels_match_generic_embedding() {
 /// dfdx's `matmul`.
 fn gemm_all<E: Real>(tol: f64) -> f64
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
     StandardNormal: Distribution<E>,
 {
     let dev = Cpu::seed_from_u64(18);

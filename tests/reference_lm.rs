@@ -134,7 +134,7 @@ fn collect<E: Dtype, M: TensorCollection<E, Cpu>>(
     grads: Option<&Gradients<E, Cpu>>,
 ) -> BTreeMap<String, Vec<f64>>
 where
-    Cpu: Device<E>,
+    Cpu: Device<E> + umup::Backend<E>,
 {
     let mut c = Collect {
         grads,

@@ -22,6 +22,7 @@ use crate::nn::functional::{
     attention_scales, cross_entropy_grad_coef, residual_scales, residual_taus, swiglu_scale,
 };
 use crate::nn::{embedding_grad_scale, Hyper, LinearRole, Param, UnitLinear};
+use crate::ops::cpu::AttnLayout;
 use crate::ops::cpu::{self, gemm, AttnShape, Real, Threads, View, ViewMut};
 use crate::profile::{time, Part};
 use crate::scales::LinearScales;
@@ -160,7 +161,7 @@ impl<E: Real> Lin<E> {
         rows: usize,
         part: Part,
     ) -> Result<Self> {
-        let (w, wt) = time(Part::Weights, || {
+        let (w, wt) = time(Part::Copies, || {
             let w = copy_of(&layer.weight);
             let wt = cpu::transpose(&w, O, I);
             (w, wt)
@@ -285,6 +286,7 @@ where
         seq,
         heads,
         d_head: D / heads,
+        layout: AttnLayout::Rows,
     };
     let taus = residual_taus(hp, L)?;
     let (logit_scale, out_scale) = attention_scales::<P>(seq, D / heads, hp, true)?;
@@ -302,13 +304,13 @@ where
     for (i, layer) in m.layers.iter().enumerate() {
         let (at, mlp) = (&layer.attn, &layer.mlp);
         let p = LayerParams {
-            q: Lin::new(&at.q, n, Part::AttentionLinears)?,
-            k: Lin::new(&at.k, n, Part::AttentionLinears)?,
-            v: Lin::new(&at.v, n, Part::AttentionLinears)?,
-            o: Lin::new(&at.o, n, Part::AttentionLinears)?,
-            up: Lin::new(&mlp.up, n, Part::MlpLinears)?,
-            gate: Lin::new(&mlp.gate, n, Part::MlpLinears)?,
-            down: Lin::new(&mlp.down, n, Part::MlpLinears)?,
+            q: Lin::new(&at.q, n, Part::Matmuls)?,
+            k: Lin::new(&at.k, n, Part::Matmuls)?,
+            v: Lin::new(&at.v, n, Part::Matmuls)?,
+            o: Lin::new(&at.o, n, Part::Matmuls)?,
+            up: Lin::new(&mlp.up, n, Part::Matmuls)?,
+            gate: Lin::new(&mlp.gate, n, Part::Matmuls)?,
+            down: Lin::new(&mlp.down, n, Part::Matmuls)?,
             res_attn: pair(residual_scales::<P>(taus[2 * i])?),
             res_mlp: pair(residual_scales::<P>(taus[2 * i + 1])?),
         };
@@ -319,7 +321,7 @@ where
         });
         let (q, k, v) = (p.q.fwd(&h_a, n), p.k.fwd(&h_a, n), p.v.fwd(&h_a, n));
         let (mut att, mut probs) = (zeros(n * D), zeros(sh.probs_numel()));
-        time(Part::AttentionCore, || {
+        time(Part::Attention, || {
             cpu::attention_fwd(
                 sh,
                 &q,
@@ -334,7 +336,7 @@ where
         });
         let branch = p.o.fwd(&att, n);
         let mut x_m = zeros(n * D);
-        time(Part::Residual, || {
+        time(Part::Adds, || {
             cpu::lincomb(&mut x_m, p.res_attn.0, &branch, p.res_attn.1, &x_a)
         });
         let (mut inv_m, mut h_m) = (zeros(n), zeros(n * D));
@@ -343,12 +345,12 @@ where
         });
         let (up, gate) = (p.up.fwd(&h_m, n), p.gate.fwd(&h_m, n));
         let mut act = zeros(n * F);
-        time(Part::Swiglu, || {
+        time(Part::Activations, || {
             cpu::swiglu_fwd(&up, &gate, ffn_mult, ffn_scale, &mut act)
         });
         let branch = p.down.fwd(&act, n);
         x = zeros(n * D);
-        time(Part::Residual, || {
+        time(Part::Adds, || {
             cpu::lincomb(&mut x, p.res_mlp.0, &branch, p.res_mlp.1, &x_m)
         });
         params.push(p);
@@ -417,7 +419,7 @@ where
             // MLP branch: the branch output's gradient is g itself (the delayed residual scale).
             p.down.bwd_weight(grads, &g, &a.act, n)?;
             p.down.bwd_input(&g, n, &mut d_act, false);
-            time(Part::Swiglu, || {
+            time(Part::Activations, || {
                 cpu::swiglu_bwd(
                     &a.up,
                     &a.gate,
@@ -439,7 +441,7 @@ where
             // Attention branch.
             p.o.bwd_weight(grads, &g, &a.att, n)?;
             p.o.bwd_input(&g, n, &mut d_att, false);
-            time(Part::AttentionCore, || {
+            time(Part::Attention, || {
                 cpu::attention_bwd(
                     sh,
                     &a.q,

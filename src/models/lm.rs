@@ -247,7 +247,35 @@ where
     ) -> Result<Rows<D, E, Dev, T>> {
         let name = |s: &str| format!("layers.{layer}.attn.{s}");
         let heads = opts.heads;
-        let d_head = D / heads;
+        let q = tap(lin(&attn.q, h.with_empty_tape(), quant)?, log, || name("q"))?;
+        let k = tap(lin(&attn.k, h.with_empty_tape(), quant)?, log, || name("k"))?;
+        let v = tap(lin(&attn.v, h, quant)?, log, || name("v"))?;
+        let y = if !opts.rope && quant.is_none() {
+            // The projections' `[batch·seq, heads·d_head]` layout, attended in place.
+            crate::nn::functional::multi_head_attention::<P, _, _, _, _, _>(
+                q, k, v, seq, heads, hp, true,
+            )?
+        } else {
+            self.attention_heads(q, k, v, (batch, seq), hp, opts, quant)?
+        };
+        let y = tap(y, log, || name("sdpa"))?;
+        lin(&attn.o, y, quant)
+    }
+
+    /// The attention core on `[batch, heads, seq, d_head]` (RoPE and simulated precision act on
+    /// that layout).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_heads<T: Tape<E, Dev> + Merge<T>>(
+        &self,
+        q: Rows<D, E, Dev, T>,
+        k: Rows<D, E, Dev, T>,
+        v: Rows<D, E, Dev, T>,
+        (batch, seq): (usize, usize),
+        hp: &Hyper,
+        opts: &LmOptions,
+        quant: &mut Option<&mut MatmulQuantiser>,
+    ) -> Result<Rows<D, E, Dev, T>> {
+        let (heads, d_head) = (opts.heads, D / opts.heads);
         let split =
             |t: Rows<D, E, Dev, T>| -> Result<Tensor<(usize, usize, usize, usize), E, Dev, T>> {
                 t.try_reshape_like(&(batch, seq, heads, d_head))
@@ -255,13 +283,7 @@ where
                     .try_permute::<_, Axes4<0, 2, 1, 3>>()
                     .map_err(Error::device)
             };
-        let mut q = split(tap(lin(&attn.q, h.with_empty_tape(), quant)?, log, || {
-            name("q")
-        })?)?;
-        let mut k = split(tap(lin(&attn.k, h.with_empty_tape(), quant)?, log, || {
-            name("k")
-        })?)?;
-        let v = split(tap(lin(&attn.v, h, quant)?, log, || name("v"))?)?;
+        let (mut q, mut k, v) = (split(q)?, split(k)?, split(v)?);
         if opts.rope {
             q = rope(q)?;
             k = rope(k)?;
@@ -277,13 +299,10 @@ where
             }
             None => P::attention(q, k, v, hp, true)?,
         };
-        let y = y
-            .try_permute::<_, Axes4<0, 2, 1, 3>>()
+        y.try_permute::<_, Axes4<0, 2, 1, 3>>()
             .map_err(Error::device)?
             .try_reshape_like(&(batch * seq, Const::<D>))
-            .map_err(Error::device)?;
-        let y = tap(y, log, || name("sdpa"))?;
-        lin(&attn.o, y, quant)
+            .map_err(Error::device)
     }
 
     /// Mean next-token cross entropy of a batch (`P::cross_entropy` with α_loss-softmax).

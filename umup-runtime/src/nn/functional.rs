@@ -7,7 +7,7 @@
 use dfdx::prelude::*;
 
 use super::{Hyper, Param};
-use crate::error::{DeviceResultExt, Result};
+use crate::error::Result;
 use crate::ops::{self, Backend, Reduction};
 use crate::params::Parametrization;
 use crate::scales;
@@ -31,6 +31,26 @@ where
     ops::attention::check_qkv(&qs, &k.shape().concrete(), &v.shape().concrete())?;
     let (logit, out) = attention_scales::<P>(qs[2], qs[3], hp, is_causal)?;
     ops::attention::attention_core(q, k, v, logit, out, is_causal)
+}
+
+/// [`attention`] on `[batch·seq, heads·d_head]` rows, the layout of the q, k and v projections
+/// (see [`ops::multi_head_attention`]): no reshape or permute around it.
+#[allow(clippy::too_many_arguments)]
+pub fn multi_head_attention<P: Param, R: Dim, W: Dim, E: Dtype, D: Backend<E>, T>(
+    q: Tensor<(R, W), E, D, T>,
+    k: Tensor<(R, W), E, D, T>,
+    v: Tensor<(R, W), E, D, T>,
+    seq: usize,
+    heads: usize,
+    hp: &Hyper,
+    is_causal: bool,
+) -> Result<Tensor<(R, W), E, D, T>>
+where
+    T: Tape<E, D> + Merge<T>,
+{
+    let sh = ops::attention::rows_shape(&q, &k, &v, seq, heads)?;
+    let (logit, out) = attention_scales::<P>(seq, sh.d_head, hp, is_causal)?;
+    D::attention_rows_kernel(q, k, v, sh, logit, out, is_causal)
 }
 
 /// `(logit scale, output scale)` of [`attention`] for `seq` positions and `d_head` features:
@@ -105,7 +125,7 @@ where
         Parametrization::Umup => ops::residual_apply(x, tau, f),
         _ => {
             let skip = x.with_empty_tape();
-            f(x)?.try_add(skip).dev()
+            D::add_kernel(f(x)?, skip, [1.0; 4])
         }
     }
 }

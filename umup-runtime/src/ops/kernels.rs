@@ -1,6 +1,23 @@
-//! Small CPU kernels shared by the fused ops.
+//! Plumbing between dfdx's `Cpu` tensors and the slice kernels of [`super::cpu`]: buffers from
+//! the device's allocator, copies of tensor data, and gradient-buffer access inside backward ops.
+//!
+//! dfdx 0.13 lends no view of a tensor's data, so a `Cpu` kernel copies each input it reads into
+//! a [`Buf`] (one `memcpy`, timed as [`Part::Copies`](crate::profile::Part::Copies)) and builds its
+//! output tensor from a buffer it filled. Buffers come from the device's allocator
+//! (`Storage::try_alloc_len`), so with dfdx's allocation cache enabled they are taken from and
+//! returned to the cache like dfdx's own: an output's buffer is detached from its cache handle
+//! and moved into the output tensor, which gives it back to the cache when dropped.
+//!
+//! dfdx's `Cpu` buffers are `<Cpu as Storage<E>>::Vec` (a caching wrapper around `Vec<E>`). Inside
+//! an impl bounded by `Cpu: Device<E>` the compiler does not normalise that projection, so these
+//! helpers, bounded only by `E: Dtype`, do the unwrapping.
 
-use dfdx::prelude::Dtype;
+use std::ops::{Deref, DerefMut};
+
+use dfdx::prelude::*;
+use dfdx::tensor::{CpuError, Storage};
+
+use crate::profile::{time, Part};
 
 /// `acc[i] += s·x[i]`.
 ///
@@ -8,31 +25,88 @@ use dfdx::prelude::Dtype;
 /// measured 1.5× slower on 2 cores (first-touch page faults of fresh gradient buffers contend).
 pub(crate) fn axpy<E: Dtype>(acc: &mut [E], x: &[E], s: E) {
     debug_assert_eq!(acc.len(), x.len());
-    acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b * s);
+    if s == E::ONE {
+        acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+    } else {
+        acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b * s);
+    }
 }
 
-// dfdx's `Cpu` buffers are `<Cpu as Storage<E>>::Vec` (a caching wrapper around `Vec<E>`). Inside
-// an impl bounded by `Cpu: Device<E>` the compiler does not normalise that projection, so these
-// helpers, bounded only by `E: Dtype`, do the unwrapping.
-
 /// Moves the data out of a gradient buffer, leaving it empty (see [`put`]).
-pub(crate) fn take<E: Dtype>(
-    v: &mut <dfdx::tensor::Cpu as dfdx::tensor::Storage<E>>::Vec,
-) -> Vec<E> {
+pub(crate) fn take<E: Dtype>(v: &mut <Cpu as Storage<E>>::Vec) -> Vec<E> {
     std::mem::take(&mut **v)
 }
 
 /// Moves data back into a gradient buffer emptied by [`take`].
-pub(crate) fn put<E: Dtype>(
-    v: &mut <dfdx::tensor::Cpu as dfdx::tensor::Storage<E>>::Vec,
-    data: Vec<E>,
-) {
+pub(crate) fn put<E: Dtype>(v: &mut <Cpu as Storage<E>>::Vec, data: Vec<E>) {
     **v = data;
 }
 
 /// Borrows a gradient buffer as a slice.
-pub(crate) fn slice_mut<E: Dtype>(
-    v: &mut <dfdx::tensor::Cpu as dfdx::tensor::Storage<E>>::Vec,
-) -> &mut [E] {
+pub(crate) fn slice_mut<E: Dtype>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
     v.as_mut_slice()
 }
+
+/// A buffer of the `Cpu` device (from its allocation cache when that is enabled).
+pub(crate) struct Buf<E: Dtype>(<Cpu as Storage<E>>::Vec);
+
+impl<E: Dtype> Buf<E> {
+    /// `len` zeros.
+    pub(crate) fn zeros(dev: &Cpu, len: usize) -> Result<Self, CpuError> {
+        Ok(Buf(dev.try_alloc_len(len)?))
+    }
+
+    /// A copy of a contiguous tensor's data (callers make inputs contiguous first).
+    pub(crate) fn of<S: Shape, T>(t: &Tensor<S, E, Cpu, T>) -> Result<Self, CpuError> {
+        let mut b = Self::zeros(t.device(), t.shape().num_elements())?;
+        time(Part::Copies, || t.copy_into(&mut b));
+        Ok(b)
+    }
+
+    /// The buffer as a tensor of `shape` (the data moves; the tensor returns it to the cache).
+    pub(crate) fn into_tensor<S: Shape>(
+        mut self,
+        dev: &Cpu,
+        shape: S,
+    ) -> Result<Tensor<S, E, Cpu>, CpuError> {
+        dev.try_tensor_from_vec(std::mem::take(&mut *self.0), shape)
+    }
+}
+
+impl<E: Dtype> Deref for Buf<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        self.0.as_slice()
+    }
+}
+
+impl<E: Dtype> DerefMut for Buf<E> {
+    fn deref_mut(&mut self) -> &mut [E] {
+        self.0.as_mut_slice()
+    }
+}
+
+/// A taped input made contiguous (free when it already is; otherwise dfdx copies it, with the
+/// gradient routed back), split from its tape.
+pub(crate) fn input<S: Shape, E: Dtype, T: Tape<E, Cpu>>(
+    x: Tensor<S, E, Cpu, T>,
+) -> Result<(Tensor<S, E, Cpu>, T), CpuError> {
+    Ok(x.try_contiguous()?.split_tape())
+}
+
+/// A parameter as a contiguous input whose gradient flows through a `T` tape (merge the
+/// returned tape into the op's).
+pub(crate) fn param<S: Shape, E: Dtype, T: Tape<E, Cpu>>(
+    p: &Tensor<S, E, Cpu>,
+) -> Result<(Tensor<S, E, Cpu>, T), CpuError> {
+    input(p.retaped::<T>())
+}
+
+/// `grads[t] += s·x` for a tensor's ghost (allocating the buffer on first use).
+macro_rules! accumulate {
+    ($grads:expr, $ghost:expr, $x:expr, $s:expr) => {{
+        let g = $crate::ops::kernels::slice_mut($grads.get_or_alloc_mut(&$ghost)?);
+        $crate::ops::kernels::axpy(g, $x, $s);
+    }};
+}
+pub(crate) use accumulate;

@@ -7,12 +7,17 @@
 //! Row-wise ops take `[rows, features]`: flatten leading dims first with `reshape_like`
 //! (free for contiguous tensors, gradients are shared).
 //!
-//! Each op computes its scales through [`crate::scales`] and folds them into the cheapest tensor
-//! it can (usually the weight), so a scaled op costs almost exactly what the unscaled dfdx op does.
+//! Each op checks its inputs, computes its scales through [`crate::scales`] and calls one kernel
+//! method of [`Backend`] with plain numbers: on `Cpu` (f32, f64) a tape op built on the slice
+//! kernels of [`cpu`] with every scale folded into work the kernel does anyway (a matmul's
+//! `alpha`, a pass it already makes); on any other device the op's composition of public dfdx
+//! ops ([`generic`]). Each op lives in its own module (`mod.rs`: semantics and scales; `cpu.rs`:
+//! the `Cpu` kernel).
 //! Runtime dims are checked up front: a mismatch is an [`crate::Error::ShapeMismatch`], not a panic.
 
 pub(crate) mod activation;
 pub(crate) mod attention;
+mod backend;
 pub mod cpu;
 pub(crate) mod embedding;
 mod kernels;
@@ -25,7 +30,7 @@ pub(crate) mod scale;
 mod sum;
 
 pub use activation::{dropout, gelu, silu, silu_glu, softmax};
-pub use attention::scaled_dot_product_attention;
+pub use attention::{multi_head_attention, scaled_dot_product_attention};
 pub use embedding::{check_ids, embedding};
 pub use linear::{linear, linear_readout, matmul, matmul_batched};
 pub use loss::{check_targets, cross_entropy, cross_entropy_plain, mse_loss, Reduction};
@@ -34,6 +39,22 @@ pub use quantise::MatmulQuantiser;
 pub use residual::{residual_add, residual_apply, residual_split};
 pub use scale::{scale_bwd, scale_fwd, scale_grad, scale_grad_generic, Backend};
 pub use sum::{add, add_broadcast};
+
+/// The device-generic compositions behind [`Backend`]'s kernel methods: what any dfdx device
+/// runs (`Cuda` does), built from public dfdx tensor ops, and what the `Cpu` kernels are tested
+/// against. They take the scales as plain numbers, exactly as the kernel methods do.
+pub mod generic {
+    pub use super::activation::silu_glu_generic as silu_glu;
+    pub use super::attention::attention_generic as attention;
+    pub use super::attention::attention_rows_generic as attention_rows;
+    pub use super::embedding::embedding_generic as embedding;
+    pub use super::linear::linear_generic as linear;
+    pub use super::linear::matmul_generic as matmul;
+    pub use super::loss::cross_entropy_generic as cross_entropy;
+    pub use super::norm::layer_norm_generic as layer_norm;
+    pub use super::norm::rms_norm_generic as rms_norm;
+    pub use super::sum::add_generic as add;
+}
 
 use dfdx::prelude::*;
 

@@ -11,7 +11,7 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::linear::{linear_scaled, linear_scales};
+use super::linear::{linear_generic, linear_scales};
 use super::{scaled_dot_product_attention, Backend};
 use crate::constraint::Constraint;
 use crate::error::{DeviceResultExt, Result};
@@ -46,7 +46,7 @@ pub(crate) fn gradient_buffer<S: Shape, E: Dtype, D: Device<E>>(
     Ok((grads, probe))
 }
 
-/// `o·(x·Wᵀ + b)` with the given scales ([`linear_scaled`]); with a quantiser, `x` and `W` are
+/// `o·(x·Wᵀ + b)` with the given scales ([`Backend::linear_kernel`]); with a quantiser, `x` and `W` are
 /// rounded to its forward format and the output gradient to its backward format.
 pub(crate) fn linear_maybe_quantised<
     R: Dim,
@@ -62,13 +62,12 @@ pub(crate) fn linear_maybe_quantised<
     s: crate::scales::LinearScales,
     quantiser: Option<&mut MatmulQuantiser>,
 ) -> Result<Tensor<(R, O), E, D, T>> {
-    let bias = bias.map(|b| b.retaped());
     match quantiser {
-        None => linear_scaled(x, weight.retaped(), bias, s),
+        None => D::linear_kernel(x, weight, bias, s),
         Some(q) => {
             let x = q.quantise_fwd(x)?;
             let w = q.quantise_fwd(weight.retaped::<T>())?;
-            let y = linear_scaled(x, w, bias, s)?;
+            let y = linear_generic(x, w, bias.map(|b| b.retaped()), s)?;
             q.quantise_bwd(y)
         }
     }

@@ -7,8 +7,8 @@
 
 use dfdx::prelude::*;
 
-use super::{scale_bwd, scale_grad, Backend};
-use crate::error::{DeviceResultExt, Result};
+use super::{scale_bwd, Backend};
+use crate::error::Result;
 use crate::scales;
 
 /// `residual_split(x, τ) → (residual, skip)`: both equal `x`; `grad x = a·G_residual + b·G_skip`.
@@ -29,9 +29,8 @@ pub fn residual_add<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>
     tau: f64,
 ) -> Result<Tensor<S, E, D, T>> {
     let (a, b) = scales::residual(tau)?;
-    scale_grad(residual, a, 1.0)?
-        .try_add(scale_grad(skip, b, 1.0)?)
-        .dev()
+    same_shape(&residual, &skip)?;
+    D::add_kernel(residual, skip, [a, b, 1.0, 1.0])
 }
 
 /// `residual_apply(f, x, τ) = residual_add(f(residual), skip, τ)` with
@@ -48,7 +47,28 @@ where
     F: FnOnce(Tensor<S, E, D, T>) -> Result<Tensor<S, E, D, T>>,
 {
     let (a, b) = scales::residual(tau)?;
-    let skip = scale_grad(x.with_empty_tape(), b, b)?;
+    let skip = x.with_empty_tape();
     let branch = f(scale_bwd(x, a)?)?;
-    scale_grad(branch, a, 1.0)?.try_add(skip).dev()
+    same_shape(&branch, &skip)?;
+    D::add_kernel(branch, skip, [a, b, 1.0, b])
+}
+
+/// Checks that a residual's two operands have the same runtime shape.
+fn same_shape<S: Shape, E: Dtype, D: Backend<E>, T, T2>(
+    a: &Tensor<S, E, D, T>,
+    b: &Tensor<S, E, D, T2>,
+) -> Result<()> {
+    let (sa, sb) = (a.shape().concrete(), b.shape().concrete());
+    if sa.as_ref() == sb.as_ref() {
+        Ok(())
+    } else {
+        Err(crate::Error::ShapeMismatch {
+            op: "residual_add",
+            detail: format!(
+                "the branch has shape {:?}, the skip has shape {:?}",
+                sa.as_ref(),
+                sb.as_ref()
+            ),
+        })
+    }
 }

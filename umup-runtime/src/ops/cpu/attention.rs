@@ -1,4 +1,5 @@
-//! Fused multi-head attention, causal or not, on `[batch·seq, heads·d_head]` rows.
+//! Fused multi-head attention, causal or not, on `[batch·seq, heads·d_head]` rows
+//! ([`AttnLayout::Rows`]) or `[batch, heads, seq, d_head]` ([`AttnLayout::Heads`]).
 //!
 //! Forward: `O = out_scale · softmax(logit_scale · Q·Kᵀ [+ causal mask]) · V` per (batch, head),
 //! in blocks of query rows; a causal block computes only the keys it can see (`j ≤ i`), so the
@@ -16,6 +17,16 @@ use super::Real;
 /// Query rows per block.
 const BLOCK: usize = 32;
 
+/// How `q`, `k`, `v` and the output are laid out in memory (row-major either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttnLayout {
+    /// `[batch·seq, heads·d_head]`: the output of a linear projection, heads side by side.
+    #[default]
+    Rows,
+    /// `[batch, heads, seq, d_head]`: each head's `seq × d_head` matrix contiguous.
+    Heads,
+}
+
 /// The shape of an attention problem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnShape {
@@ -27,6 +38,8 @@ pub struct AttnShape {
     pub heads: usize,
     /// Features per head.
     pub d_head: usize,
+    /// The memory layout of `q`, `k`, `v` and the output.
+    pub layout: AttnLayout,
 }
 
 impl AttnShape {
@@ -43,6 +56,14 @@ impl AttnShape {
     /// Elements of the probabilities: `batch·heads·seq²`.
     pub fn probs_numel(&self) -> usize {
         self.batch * self.heads * self.seq * self.seq
+    }
+
+    /// `(row stride, head stride)` of one batch element's `q`/`k`/`v`/output block.
+    fn strides(&self) -> (usize, usize) {
+        match self.layout {
+            AttnLayout::Rows => (self.width(), self.d_head),
+            AttnLayout::Heads => (self.d_head, self.seq * self.d_head),
+        }
     }
 
     /// The query blocks `(first row, end row, keys visible to the block)`.
@@ -82,6 +103,7 @@ pub fn attention_fwd<E: Real>(
         probs.len(),
     );
     let (s, w, dh) = (sh.seq, sh.width(), sh.d_head);
+    let (rs, hs) = sh.strides();
     if sh.numel() == 0 {
         return;
     }
@@ -100,8 +122,8 @@ pub fn attention_fwd<E: Real>(
                     gemm(
                         ViewMut::block(ph, r0 * s, rows, kend, s),
                         false,
-                        View::block(qb, r0 * w + h * dh, rows, dh, w),
-                        View::block(kb, h * dh, kend, dh, w).t(),
+                        View::block(qb, r0 * rs + h * hs, rows, dh, rs),
+                        View::block(kb, h * hs, kend, dh, rs).t(),
                         logit_scale,
                         Threads::One,
                     );
@@ -120,10 +142,10 @@ pub fn attention_fwd<E: Real>(
                         row[valid..].iter_mut().for_each(|x| *x = E::zero());
                     }
                     gemm(
-                        ViewMut::block(ob, r0 * w + h * dh, rows, dh, w),
+                        ViewMut::block(ob, r0 * rs + h * hs, rows, dh, rs),
                         false,
                         View::block(ph, r0 * s, rows, kend, s),
-                        View::block(vb, h * dh, kend, dh, w),
+                        View::block(vb, h * hs, kend, dh, rs),
                         out_scale,
                         Threads::One,
                     );
@@ -148,6 +170,28 @@ pub fn attention_bwd<E: Real>(
     dk: &mut [E],
     dv: &mut [E],
 ) {
+    attention_bwd_into(
+        sh,
+        [q, k, v, probs, dout],
+        logit_scale,
+        out_scale,
+        causal,
+        false,
+        [dq, dk, dv],
+    )
+}
+
+/// [`attention_bwd`], adding to `dq`, `dk`, `dv` when `accumulate` (straight into gradient
+/// buffers) and overwriting them otherwise.
+pub fn attention_bwd_into<E: Real>(
+    sh: AttnShape,
+    [q, k, v, probs, dout]: [&[E]; 5],
+    logit_scale: E,
+    out_scale: E,
+    causal: bool,
+    accumulate: bool,
+    [dq, dk, dv]: [&mut [E]; 3],
+) {
     sh.check(
         "attention_bwd",
         &[
@@ -162,6 +206,7 @@ pub fn attention_bwd<E: Real>(
         probs.len(),
     );
     let (s, w, dh) = (sh.seq, sh.width(), sh.d_head);
+    let (rs, hs) = sh.strides();
     if sh.numel() == 0 {
         return;
     }
@@ -186,8 +231,8 @@ pub fn attention_bwd<E: Real>(
                     gemm(
                         ViewMut::rows(&mut ds[..rows * kend], rows, kend),
                         false,
-                        View::block(gb, r0 * w + h * dh, rows, dh, w),
-                        View::block(vb, h * dh, kend, dh, w).t(),
+                        View::block(gb, r0 * rs + h * hs, rows, dh, rs),
+                        View::block(vb, h * hs, kend, dh, rs).t(),
                         out_scale,
                         Threads::One,
                     );
@@ -208,10 +253,10 @@ pub fn attention_bwd<E: Real>(
                     let ds_v = View::rows(&ds[..rows * kend], rows, kend);
                     // dQ = logit_scale · dS · K
                     gemm(
-                        ViewMut::block(dqb, r0 * w + h * dh, rows, dh, w),
-                        false,
+                        ViewMut::block(dqb, r0 * rs + h * hs, rows, dh, rs),
+                        accumulate,
                         ds_v,
-                        View::block(kb, h * dh, kend, dh, w),
+                        View::block(kb, h * hs, kend, dh, rs),
                         logit_scale,
                         Threads::One,
                     );
@@ -219,11 +264,11 @@ pub fn attention_bwd<E: Real>(
                     // The first block of a causal head sees the fewest keys, so the rows a later
                     // block adds to are always initialised: overwrite on block 0, then
                     // accumulate; a non-causal head has every block see every key.
-                    let first = n == 0;
+                    let first = n == 0 && !accumulate;
                     let zero_tail = |buf: &mut [E]| {
                         if causal && first {
                             for r in kend..s {
-                                buf[r * w + h * dh..r * w + (h + 1) * dh]
+                                buf[r * rs + h * hs..r * rs + h * hs + dh]
                                     .iter_mut()
                                     .for_each(|x| *x = E::zero());
                             }
@@ -232,18 +277,18 @@ pub fn attention_bwd<E: Real>(
                     zero_tail(dkb);
                     zero_tail(dvb);
                     gemm(
-                        ViewMut::block(dkb, h * dh, kend, dh, w),
+                        ViewMut::block(dkb, h * hs, kend, dh, rs),
                         !first,
                         ds_v.t(),
-                        View::block(qb, r0 * w + h * dh, rows, dh, w),
+                        View::block(qb, r0 * rs + h * hs, rows, dh, rs),
                         logit_scale,
                         Threads::One,
                     );
                     gemm(
-                        ViewMut::block(dvb, h * dh, kend, dh, w),
+                        ViewMut::block(dvb, h * hs, kend, dh, rs),
                         !first,
                         View::block(ph, r0 * s, rows, kend, s).t(),
-                        View::block(gb, r0 * w + h * dh, rows, dh, w),
+                        View::block(gb, r0 * rs + h * hs, rows, dh, rs),
                         out_scale,
                         Threads::One,
                     );

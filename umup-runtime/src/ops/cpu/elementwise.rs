@@ -54,6 +54,35 @@ pub fn swiglu_bwd<E: Real>(
         });
 }
 
+/// [`swiglu_bwd`] adding to `dx` and `dg` (straight into gradient buffers).
+pub fn swiglu_bwd_acc<E: Real>(
+    x: &[E],
+    g: &[E],
+    dout: &[E],
+    mult: E,
+    scale: E,
+    dx: &mut [E],
+    dg: &mut [E],
+) {
+    let n = x.len();
+    assert!(
+        g.len() == n && dout.len() == n && dx.len() == n && dg.len() == n,
+        "swiglu_bwd lengths"
+    );
+    dx.par_chunks_mut(CHUNK)
+        .zip(dg.par_chunks_mut(CHUNK))
+        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+        .zip(dout.par_chunks(CHUNK))
+        .for_each(|(((dx, dg), (x, g)), dout)| {
+            for i in 0..dx.len() {
+                let s = sigmoid(mult * g[i]);
+                let d = scale * dout[i];
+                dx[i] += d * g[i] * s;
+                dg[i] += d * x[i] * (s + mult * g[i] * s * (E::one() - s));
+            }
+        });
+}
+
 /// `out = a·f + b·x` (the residual add `a·branch + b·skip`, spec §3.1). With `b = 0`, `x` is
 /// not read.
 pub fn lincomb<E: Real>(out: &mut [E], a: E, f: &[E], b: E, x: &[E]) {

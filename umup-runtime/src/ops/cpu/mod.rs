@@ -18,10 +18,14 @@ mod elementwise;
 mod gemm;
 mod rowwise;
 
-pub use attention::{attention_bwd, attention_fwd, AttnShape};
-pub use elementwise::{embedding_bwd, embedding_fwd, lincomb, swiglu_bwd, swiglu_fwd, transpose};
+pub use attention::{attention_bwd, attention_bwd_into, attention_fwd, AttnLayout, AttnShape};
+pub use elementwise::{
+    embedding_bwd, embedding_fwd, lincomb, swiglu_bwd, swiglu_bwd_acc, swiglu_fwd, transpose,
+};
 pub use gemm::{gemm, Threads, View, ViewMut};
-pub use rowwise::{cross_entropy_fwd_bwd, rms_norm_bwd, rms_norm_fwd};
+pub use rowwise::{
+    cross_entropy_fwd_bwd, norm_bwd, norm_fwd, norm_param_grads, rms_norm_bwd, rms_norm_fwd,
+};
 
 mod sealed {
     pub trait Sealed {}

@@ -1,8 +1,151 @@
-//! Row-wise kernels: RMSNorm without gain and cross entropy.
+//! Row-wise kernels: RMSNorm and LayerNorm (with optional gain and bias), and cross entropy.
 
 use rayon::prelude::*;
 
 use super::{rows_per_task, Real};
+
+/// RMSNorm (`center = false`, spec §4.7) or LayerNorm (`center = true`, biased variance,
+/// spec §4.6) forward over rows of `width`: `mean[r] = center ? mean(x_r) : 0`,
+/// `inv[r] = 1/√(mean((x_r − mean[r])²) + eps)`, `y_r = (x_r − mean[r])·inv[r] (⊙ gain) (+ bias)`.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_fwd<E: Real>(
+    x: &[E],
+    width: usize,
+    eps: E,
+    center: bool,
+    gain: Option<&[E]>,
+    bias: Option<&[E]>,
+    y: &mut [E],
+    inv: &mut [E],
+    mean: &mut [E],
+) {
+    assert!(
+        x.len() == y.len()
+            && x.len() == inv.len() * width
+            && inv.len() == mean.len()
+            && gain.is_none_or(|g| g.len() == width)
+            && bias.is_none_or(|b| b.len() == width),
+        "norm_fwd lengths"
+    );
+    let rows = rows_per_task(width);
+    let d = E::of(width as f64);
+    y.par_chunks_mut(rows * width)
+        .zip(inv.par_chunks_mut(rows).zip(mean.par_chunks_mut(rows)))
+        .zip(x.par_chunks(rows * width))
+        .for_each(|((y, (inv, mean)), x)| {
+            for (((y, x), inv), mean) in y.chunks_mut(width).zip(x.chunks(width)).zip(inv).zip(mean)
+            {
+                let mu = if center {
+                    x.iter().copied().sum::<E>() / d
+                } else {
+                    E::zero()
+                };
+                let ms = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<E>() / d;
+                let r = E::one() / (ms + eps).sqrt();
+                (*inv, *mean) = (r, mu);
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = (x - mu) * r;
+                }
+                if let Some(g) = gain {
+                    y.iter_mut().zip(g).for_each(|(y, &g)| *y *= g);
+                }
+                if let Some(b) = bias {
+                    y.iter_mut().zip(b).for_each(|(y, &b)| *y += b);
+                }
+            }
+        });
+}
+
+/// The input gradient of [`norm_fwd`], accumulated: `dx += inv·(dŷ − [center] mean(dŷ) −
+/// x̂·mean(dŷ ⊙ x̂))` with `x̂ = (x − mean)·inv` and `dŷ = dy (⊙ gain)`.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_bwd<E: Real>(
+    x: &[E],
+    inv: &[E],
+    mean: &[E],
+    dy: &[E],
+    width: usize,
+    center: bool,
+    gain: Option<&[E]>,
+    dx: &mut [E],
+) {
+    assert!(
+        x.len() == dy.len()
+            && x.len() == dx.len()
+            && x.len() == inv.len() * width
+            && inv.len() == mean.len()
+            && gain.is_none_or(|g| g.len() == width),
+        "norm_bwd lengths"
+    );
+    let rows = rows_per_task(width);
+    let d = E::of(width as f64);
+    dx.par_chunks_mut(rows * width)
+        .zip(inv.par_chunks(rows).zip(mean.par_chunks(rows)))
+        .zip(x.par_chunks(rows * width).zip(dy.par_chunks(rows * width)))
+        .for_each(|((dx, (inv, mean)), (x, dy))| {
+            let mut dyg = vec![E::zero(); if gain.is_some() { width } else { 0 }];
+            for ((((dx, x), dy), &r), &mu) in dx
+                .chunks_mut(width)
+                .zip(x.chunks(width))
+                .zip(dy.chunks(width))
+                .zip(inv)
+                .zip(mean)
+            {
+                let dy: &[E] = match gain {
+                    Some(g) => {
+                        dyg.iter_mut()
+                            .zip(dy.iter().zip(g))
+                            .for_each(|(o, (&dy, &g))| *o = dy * g);
+                        &dyg
+                    }
+                    None => dy,
+                };
+                let dot = x.iter().zip(dy).map(|(&x, &g)| (x - mu) * g).sum::<E>();
+                let c = r * r * r * dot / d;
+                let m = if center {
+                    r * dy.iter().copied().sum::<E>() / d
+                } else {
+                    E::zero()
+                };
+                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    *o += r * g - c * (x - mu) - m;
+                }
+            }
+        });
+}
+
+/// The gain and bias gradients of [`norm_fwd`], accumulated and scaled:
+/// `dgain += scale·Σ_rows dy ⊙ x̂`, `dbias += scale·Σ_rows dy`.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_param_grads<E: Real>(
+    x: &[E],
+    inv: &[E],
+    mean: &[E],
+    dy: &[E],
+    width: usize,
+    scale: E,
+    dgain: Option<&mut [E]>,
+    dbias: Option<&mut [E]>,
+) {
+    assert!(
+        x.len() == dy.len() && x.len() == inv.len() * width && inv.len() == mean.len(),
+        "norm_param_grads lengths"
+    );
+    let mut sg = vec![E::zero(); width];
+    let mut sb = vec![E::zero(); width];
+    for (((x, dy), &r), &mu) in x.chunks(width).zip(dy.chunks(width)).zip(inv).zip(mean) {
+        for (((sg, sb), &x), &g) in sg.iter_mut().zip(sb.iter_mut()).zip(x).zip(dy) {
+            *sg += g * (x - mu) * r;
+            *sb += g;
+        }
+    }
+    if let Some(dg) = dgain {
+        dg.iter_mut().zip(&sg).for_each(|(o, &s)| *o += scale * s);
+    }
+    if let Some(db) = dbias {
+        db.iter_mut().zip(&sb).for_each(|(o, &s)| *o += scale * s);
+    }
+}
 
 /// RMSNorm forward over rows of `width` (spec §4.7): `inv[r] = 1/√(mean(x_r²) + eps)`,
 /// `y_r = x_r · inv[r]`.

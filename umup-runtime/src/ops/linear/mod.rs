@@ -3,6 +3,8 @@
 use dfdx::prelude::*;
 
 use super::{check_dim, scale_grad, Backend};
+
+pub(crate) mod cpu;
 use crate::constraint::Constraint;
 use crate::error::{DeviceResultExt, Result};
 use crate::scales::{self, LinearScales};
@@ -21,7 +23,16 @@ pub fn matmul<M: Dim, K: Dim, N: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + M
     let (m, k) = (left.shape().0.size(), left.shape().1.size());
     let (k2, n) = (right.shape().0.size(), right.shape().1.size());
     check_dim("matmul", "right.shape[0] (K)", k2, k)?;
-    let [o, sl, sr] = scales::matmul(m, k, n, constraint)?;
+    D::matmul_kernel(left, right, scales::matmul(m, k, n, constraint)?)
+}
+
+/// The device-generic composition of [`Backend::matmul_kernel`]: the output scale folded into
+/// `left`, the remaining gradient ratio into `right`.
+pub fn matmul_generic<M: Dim, K: Dim, N: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    left: Tensor<(M, K), E, D, T>,
+    right: Tensor<(K, N), E, D, T>,
+    [o, sl, sr]: [f64; 3],
+) -> Result<Tensor<(M, N), E, D, T>> {
     let left = scale_grad(left, o, sl)?;
     let right = scale_grad(right, 1.0, sr / o)?;
     left.try_matmul(right).dev()
@@ -65,7 +76,7 @@ pub fn linear<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + M
     constraint: Constraint,
 ) -> Result<Tensor<(R, O), E, D, T>> {
     let s = linear_scales(false, &x, weight, bias, constraint)?;
-    linear_scaled(x, weight.retaped(), bias.map(|b| b.retaped()), s)
+    D::linear_kernel(x, weight, bias, s)
 }
 
 /// Unit-scaled readout layer (spec §4.3): as [`linear`] with output scale `1/fan_in`
@@ -78,7 +89,7 @@ pub fn linear_readout<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E
     constraint: Constraint,
 ) -> Result<Tensor<(R, O), E, D, T>> {
     let s = linear_scales(true, &x, weight, bias, constraint)?;
-    linear_scaled(x, weight.retaped(), bias.map(|b| b.retaped()), s)
+    D::linear_kernel(x, weight, bias, s)
 }
 
 /// Checks the runtime dims of a linear layer and computes its scales ([`scales::linear`] or
@@ -109,16 +120,11 @@ pub(crate) fn linear_scales<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T>(
     }
 }
 
-/// `o·(x·Wᵀ + b)` with the scales folded into the weight and bias (`value o·W`, gradient
-/// `s_w`), plus a backward-only `s_x/o` on `x` when the constraint leaves them unequal.
-pub(crate) fn linear_scaled<
-    R: Dim,
-    I: Dim,
-    O: Dim,
-    E: Dtype,
-    D: Backend<E>,
-    T: Tape<E, D> + Merge<T>,
->(
+/// The device-generic composition of [`Backend::linear_kernel`]: `o·(x·Wᵀ + b)` with the
+/// scales folded into the weight and bias (`value o·W`, gradient `s_w`), plus a backward-only
+/// `s_x/o` on `x` when the constraint leaves them unequal. The weight and bias carry the tape
+/// type of `x` (a `retaped` parameter, or a quantised copy).
+pub fn linear_generic<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     x: Tensor<(R, I), E, D, T>,
     weight: Tensor<(O, I), E, D, T>,
     bias: Option<Tensor<(O,), E, D, T>>,

@@ -9,6 +9,8 @@ use super::{check_dim, scale_fwd, scale_grad, Backend};
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::scales;
 
+pub(crate) mod cpu;
+
 /// How a loss reduces over its elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Reduction {
@@ -59,8 +61,15 @@ pub fn cross_entropy<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
     check_targets(targets, rows, classes)?;
     let mult = crate::error::check_positive("mult (alpha_loss_softmax)", mult)?;
     let grad_scale = scales::cross_entropy_grad(classes)?;
-    let x = scale_grad(logits, mult, grad_scale)?;
-    cross_entropy_core(x, targets, reduction, false)
+    D::cross_entropy_kernel(logits, targets, mult, reduce(reduction, rows), grad_scale)
+}
+
+/// The forward factor of a reduction over `rows` rows: `1/rows` for the mean, 1 for the sum.
+fn reduce(reduction: Reduction, rows: usize) -> f64 {
+    match reduction {
+        Reduction::Mean => 1.0 / rows as f64,
+        Reduction::Sum => 1.0,
+    }
 }
 
 /// The standard cross entropy of `mult·logits` with its true gradient (no u-μP scales): the
@@ -74,8 +83,8 @@ pub fn cross_entropy_plain<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D
     let (rows, classes) = (logits.shape().0.size(), logits.shape().1.size());
     check_targets(targets, rows, classes)?;
     let mult = crate::error::check_positive("mult (alpha_loss_softmax)", mult)?;
-    let x = scale_grad(logits, mult, mult)?;
-    cross_entropy_core(x, targets, reduction, true)
+    let value_scale = reduce(reduction, rows);
+    D::cross_entropy_kernel(logits, targets, mult, value_scale, mult * value_scale)
 }
 
 /// Checks class targets against `rows × classes` logits: one target per row, at least one row,
@@ -103,14 +112,18 @@ pub fn check_targets(targets: &[usize], rows: usize, classes: usize) -> Result<(
     Ok(())
 }
 
-/// `Σ_rows −log_softmax(x)[t]`, divided by the rows for the mean: forward-only (`scale_fwd`)
-/// for u-μP, a true-gradient multiply when `plain`.
-fn cross_entropy_core<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
-    x: Tensor<(R, V), E, D, T>,
+/// The device-generic composition of [`Backend::cross_entropy_kernel`]:
+/// `value_scale · Σ_rows −log_softmax(mult·x)[t]` with the logits gradient
+/// `grad_coef·(softmax(mult·x) − onehot)·G` (`scale_grad` on the logits, the reduction forward
+/// only), from dfdx's `log_softmax`.
+pub fn cross_entropy_generic<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+    logits: Tensor<(R, V), E, D, T>,
     targets: &[usize],
-    reduction: Reduction,
-    plain: bool,
+    mult: f64,
+    value_scale: f64,
+    grad_coef: f64,
 ) -> Result<Tensor<(), E, D, T>> {
+    let x = scale_grad(logits, mult, grad_coef)?;
     let shape = *x.shape();
     let (rows, classes) = (shape.0.size(), shape.1.size());
     let mut onehot = vec![E::default(); rows * classes];
@@ -127,12 +140,7 @@ fn cross_entropy_core<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
         .dev()?
         .try_negate()
         .dev()?;
-    let inv_rows = 1.0 / rows as f64;
-    match reduction {
-        Reduction::Sum => Ok(loss),
-        Reduction::Mean if plain => scale_grad(loss, inv_rows, inv_rows),
-        Reduction::Mean => scale_fwd(loss, inv_rows),
-    }
+    scale_fwd(loss, value_scale)
 }
 
 /// Unit-scaled mean-squared error (spec §4.14): the value is `Σ(input−target)²` (divided by

@@ -6,6 +6,8 @@ use super::{scale_grad, Backend};
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::scales;
 
+pub(crate) mod cpu;
+
 /// Embedding lookup `table[ids]` with the u-μP gradient scale (spec §4.5).
 ///
 /// There is no forward scale: a unit-initialised table gives unit outputs. The table gradient is
@@ -49,6 +51,23 @@ pub(crate) fn embedding_scaled<
         });
     }
     check_ids(&ids.as_vec(), table.shape().0.size())?;
+    D::embedding_kernel(ids, table, grad_scale)
+}
+
+/// The device-generic composition of [`Backend::embedding_kernel`]: dfdx's `gather` on the
+/// table with the gradient scale on the table.
+pub fn embedding_generic<
+    N: Dim,
+    V: Dim,
+    M: Dim,
+    E: Dtype,
+    D: Backend<E> + Storage<usize>,
+    T: Tape<E, D>,
+>(
+    ids: Tensor<(N,), usize, D, T>,
+    table: &Tensor<(V, M), E, D>,
+    grad_scale: f64,
+) -> Result<Tensor<(N, M), E, D, T>> {
     let (ids, tape) = ids.split_tape();
     let table = scale_grad(table.clone().put_tape(tape), 1.0, grad_scale)?;
     table.try_gather(ids).dev()

@@ -8,6 +8,8 @@ use crate::constraint::Constraint;
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::scales;
 
+pub(crate) mod cpu;
+
 /// Unit-scaled `a + b` for equal shapes (spec §4.8): `o = 2^-½`,
 /// `s_a = s_b = 1`, `(o, s_a, s_b) = constraint(...)`; `output = o·(a+b)`, `grad a = s_a·G`,
 /// `grad b = s_b·G`.
@@ -22,7 +24,17 @@ pub fn add<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     }
     let n = a.shape().num_elements();
     let [o, ga, gb] = scales::add(n, n, n, constraint)?;
-    scale_grad(a, o, ga)?.try_add(scale_grad(b, o, gb)?).dev()
+    D::add_kernel(a, b, [o, o, ga, gb])
+}
+
+/// The device-generic composition of [`Backend::add_kernel`]: `scale_grad(a, fa, ga) +
+/// scale_grad(b, fb, gb)`.
+pub fn add_generic<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    a: Tensor<S, E, D, T>,
+    b: Tensor<S, E, D, T>,
+    [fa, fb, ga, gb]: [f64; 4],
+) -> Result<Tensor<S, E, D, T>> {
+    scale_grad(a, fa, ga)?.try_add(scale_grad(b, fb, gb)?).dev()
 }
 
 /// Unit-scaled `a + b` where `b` broadcasts to `a`'s shape along the axes `Ax` (spec §4.8):

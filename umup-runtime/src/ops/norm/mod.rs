@@ -9,6 +9,8 @@ use super::{check_dim, scale::elem, scale_grad, Backend};
 use crate::error::{check_positive, DeviceResultExt, Result};
 use crate::scales;
 
+pub(crate) mod cpu;
+
 /// RMSNorm over the last dim of `x[R, d]` (spec §4.7):
 /// `output = x / √(mean_last(x²) + eps) (· weight)`. `grad x` is the true gradient;
 /// `grad weight = B_tok^-½ ×` the true gradient. The reference's default has no gain (`None`).
@@ -22,8 +24,22 @@ pub fn rms_norm<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T
     rms_norm_scaled(x, weight, eps, gain_scale)
 }
 
-/// RMSNorm with an explicit gain-gradient scale (1 = the plain norm).
+/// RMSNorm with an explicit gain-gradient scale (1 = the plain norm): checks the inputs and
+/// runs [`Backend::rms_norm_kernel`].
 pub(crate) fn rms_norm_scaled<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<(R, K), E, D, T>,
+    weight: Option<&Tensor<(K,), E, D>>,
+    eps: f64,
+    gain_scale: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    check_positive("eps", eps)?;
+    norm_gain_scale("rms_norm", x.shape(), weight, None)?;
+    D::rms_norm_kernel(x, weight, eps, gain_scale)
+}
+
+/// The device-generic composition of [`Backend::rms_norm_kernel`]:
+/// `x · (mean_last(x²) + eps)^-½ (· gain)`, from dfdx's reductions and broadcasts.
+pub fn rms_norm_generic<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     x: Tensor<(R, K), E, D, T>,
     weight: Option<&Tensor<(K,), E, D>>,
     eps: f64,
@@ -31,7 +47,6 @@ pub(crate) fn rms_norm_scaled<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E
 ) -> Result<Tensor<(R, K), E, D, T>> {
     let eps: E = elem("eps", check_positive("eps", eps)?)?;
     let shape = *x.shape();
-    norm_gain_scale("rms_norm", &shape, weight, None)?;
     let inv_rms = x
         .with_empty_tape()
         .try_square()
@@ -64,7 +79,8 @@ pub fn layer_norm<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge
     layer_norm_scaled(x, weight, bias, eps, gain_scale)
 }
 
-/// LayerNorm with an explicit gain/bias-gradient scale (1 = the plain norm).
+/// LayerNorm with an explicit gain/bias-gradient scale (1 = the plain norm): checks the inputs
+/// and runs [`Backend::layer_norm_kernel`].
 pub(crate) fn layer_norm_scaled<
     R: Dim,
     K: Dim,
@@ -78,8 +94,21 @@ pub(crate) fn layer_norm_scaled<
     eps: f64,
     gain_scale: f64,
 ) -> Result<Tensor<(R, K), E, D, T>> {
-    let eps = check_positive("eps", eps)?;
+    check_positive("eps", eps)?;
     norm_gain_scale("layer_norm", x.shape(), weight, bias)?;
+    D::layer_norm_kernel(x, weight, bias, eps, gain_scale)
+}
+
+/// The device-generic composition of [`Backend::layer_norm_kernel`]: dfdx's `normalize`, then
+/// the gain and bias.
+pub fn layer_norm_generic<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<(R, K), E, D, T>,
+    weight: Option<&Tensor<(K,), E, D>>,
+    bias: Option<&Tensor<(K,), E, D>>,
+    eps: f64,
+    gain_scale: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let eps = check_positive("eps", eps)?;
     let y = x.try_normalize::<Axis<1>>(eps).dev()?;
     apply_gain(y, weight, bias, gain_scale)
 }

@@ -11,6 +11,8 @@ use crate::constraint::Constraint;
 use crate::error::{DeviceResultExt, Result};
 use crate::scales;
 
+pub(crate) mod cpu;
+
 /// Unit-scaled GELU (exact erf form) (spec §4.10): `f(x) = gelu(mult·x)/mult = x·Φ(mult·x)`,
 /// `(o, s) = constraint(gelu scales)`, `output = o·f(x)`, `grad x = s·f′(x)·G`.
 pub fn gelu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
@@ -110,6 +112,17 @@ pub(crate) fn silu_glu_scaled<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> +
             ),
         });
     }
+    D::silu_glu_kernel(x, gate, mult, scale)
+}
+
+/// The device-generic composition of [`Backend::silu_glu_kernel`]:
+/// `scale · x · gate·σ(mult·gate)` from dfdx's sigmoid and multiplies.
+pub fn silu_glu_generic<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<S, E, D, T>,
+    gate: Tensor<S, E, D, T>,
+    mult: f64,
+    scale: f64,
+) -> Result<Tensor<S, E, D, T>> {
     let sig = gate
         .with_empty_tape()
         .try_mul(elem::<E>("mult", mult)?)

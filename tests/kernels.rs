@@ -1,0 +1,421 @@
+//! Every `Cpu` kernel behind `Backend` against the device-generic composition of the same op
+//! (`umup::ops::generic`, what `Cuda` runs), on random inputs: the output and the gradient of
+//! every input and parameter, f32 to 1e-5 and f64 to 1e-12 (relative to the tensor's largest
+//! entry). Shapes are deliberately not multiples of any block or chunk size; scales, masks,
+//! gains, biases and shared inputs vary.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use umup::dfdx::prelude::*;
+use umup::ops::{self, cpu::AttnLayout, cpu::AttnShape, generic, Backend};
+use umup::scales::LinearScales;
+
+/// `max|a − b| / max|b|`: the error relative to the tensor's scale (absolute where the reference
+/// is exactly zero, as some gradients are: a one-key softmax, a one-feature LayerNorm).
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+    if scale > 0.0 {
+        err / scale
+    } else {
+        err
+    }
+}
+
+trait Real: Dtype + std::fmt::Debug
+where
+    Cpu: Backend<Self>,
+{
+    const TOL: f64;
+}
+impl Real for f32 {
+    const TOL: f64 = 1e-5;
+}
+impl Real for f64 {
+    const TOL: f64 = 1e-12;
+}
+
+fn f64s<S: Shape, E: Dtype, T>(t: &Tensor<S, E, Cpu, T>) -> Vec<f64> {
+    t.as_vec().iter().map(|v| v.to_f64().unwrap()).collect()
+}
+
+struct Rig {
+    dev: Cpu,
+    rng: StdRng,
+}
+
+impl Rig {
+    fn new(seed: u64) -> Self {
+        Rig {
+            dev: Cpu::seed_from_u64(seed),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    fn randn<S: Shape, E: Dtype>(&mut self, shape: S) -> Tensor<S, E, Cpu> {
+        let v: Vec<E> = (0..shape.num_elements())
+            .map(|_| E::from_f64(self.rng.sample::<f64, _>(StandardNormal)).unwrap())
+            .collect();
+        self.dev.tensor_from_vec(v, shape)
+    }
+}
+
+/// `Σ y ⊙ r` (r random, so every output element carries its own gradient) and its backward.
+fn backward<S: Shape, E: Dtype>(
+    y: Tensor<S, E, Cpu, OwnedTape<E, Cpu>>,
+    r: &Tensor<S, E, Cpu>,
+) -> (Vec<f64>, Gradients<E, Cpu>)
+where
+    Cpu: Device<E>,
+{
+    let out = f64s(&y);
+    let g = (y * r.clone()).sum::<(), _>().backward();
+    (out, g)
+}
+
+fn compare<E: Real>(what: &str, kernel: &[Vec<f64>], generic: &[Vec<f64>])
+where
+    Cpu: Backend<E>,
+{
+    assert_eq!(kernel.len(), generic.len());
+    for (i, (k, g)) in kernel.iter().zip(generic).enumerate() {
+        let e = rel(k, g);
+        assert!(
+            e <= E::TOL,
+            "{what} ({}): tensor {i} differs by {e:e} (tolerance {:e})",
+            std::any::type_name::<E>(),
+            E::TOL
+        );
+    }
+}
+
+fn linear<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(1);
+    for (rows, fi, fo, bias) in [(13, 7, 5, true), (29, 33, 17, false), (1, 3, 1, true)] {
+        let x = rig.randn::<_, E>((rows, fi));
+        let w = rig.randn::<_, E>((fo, fi));
+        let b = rig.randn::<_, E>((fo,));
+        let r = rig.randn::<_, E>((rows, fo));
+        let s = LinearScales {
+            output: 0.37,
+            grad_input: 1.9,
+            grad_weight: 0.61,
+        };
+        let run = |kernel: bool| {
+            let xt = x.clone().leaky_traced();
+            let bias = bias.then_some(&b);
+            let y = if kernel {
+                <Cpu as Backend<E>>::linear_kernel(xt, &w, bias, s)
+            } else {
+                generic::linear(xt, w.retaped(), bias.map(|b| b.retaped()), s)
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            let mut v = vec![out, f64s(&g.get(&x)), f64s(&g.get(&w))];
+            if bias.is_some() {
+                v.push(f64s(&g.get(&b)));
+            }
+            v
+        };
+        compare::<E>("linear", &run(true), &run(false));
+    }
+}
+
+fn matmul<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(2);
+    for (m, k, n) in [(9, 6, 11), (33, 17, 3)] {
+        let a = rig.randn::<_, E>((m, k));
+        let b = rig.randn::<_, E>((k, n));
+        let r = rig.randn::<_, E>((m, n));
+        let scales = [0.5, 0.8, 1.7];
+        let run = |kernel: bool| {
+            let (at, bt) = (a.clone().leaky_traced(), b.clone().leaky_traced());
+            let y = if kernel {
+                <Cpu as Backend<E>>::matmul_kernel(at, bt, scales)
+            } else {
+                generic::matmul(at, bt, scales)
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            vec![out, f64s(&g.get(&a)), f64s(&g.get(&b))]
+        };
+        compare::<E>("matmul", &run(true), &run(false));
+    }
+}
+
+fn attention<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(3);
+    for (batch, heads, seq, d_head) in [(2, 3, 37, 5), (1, 2, 70, 8), (3, 1, 1, 4)] {
+        for causal in [true, false] {
+            let (ls, os) = (0.3, 1.7);
+            // Heads-major inputs, one of them a permuted (non-contiguous) view.
+            let q = rig.randn::<_, E>((batch, heads, seq, d_head));
+            let k0 = rig.randn::<_, E>((batch, seq, heads, d_head));
+            let v = rig.randn::<_, E>((batch, heads, seq, d_head));
+            let r = rig.randn::<_, E>((batch, heads, seq, d_head));
+            let run = |kernel: bool| {
+                let k = k0.clone().leaky_traced().permute::<_, Axes4<0, 2, 1, 3>>();
+                let (qt, vt) = (q.clone().leaky_traced(), v.clone().leaky_traced());
+                let y = if kernel {
+                    <Cpu as Backend<E>>::attention_kernel(qt, k, vt, ls, os, causal)
+                } else {
+                    generic::attention(qt, k, vt, ls, os, causal)
+                }
+                .unwrap();
+                let (out, g) = backward(y, &r);
+                vec![out, f64s(&g.get(&q)), f64s(&g.get(&k0)), f64s(&g.get(&v))]
+            };
+            compare::<E>("attention (heads)", &run(true), &run(false));
+
+            // Rows layout, with q and k one tensor (self-attention with tied projections).
+            let w = heads * d_head;
+            let shape = AttnShape {
+                batch,
+                seq,
+                heads,
+                d_head,
+                layout: AttnLayout::Rows,
+            };
+            let qk = rig.randn::<_, E>((batch * seq, w));
+            let v = rig.randn::<_, E>((batch * seq, w));
+            let r = rig.randn::<_, E>((batch * seq, w));
+            let run = |kernel: bool| {
+                let t = qk.clone().leaky_traced();
+                let (qt, kt, vt) = (t.with_empty_tape(), t, v.clone().leaky_traced());
+                let y = if kernel {
+                    <Cpu as Backend<E>>::attention_rows_kernel(qt, kt, vt, shape, ls, os, causal)
+                } else {
+                    generic::attention_rows(qt, kt, vt, shape, ls, os, causal)
+                }
+                .unwrap();
+                let (out, g) = backward(y, &r);
+                vec![out, f64s(&g.get(&qk)), f64s(&g.get(&v))]
+            };
+            compare::<E>("attention (rows)", &run(true), &run(false));
+        }
+    }
+}
+
+fn norms<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(4);
+    for (rows, width) in [(13, 7), (40, 33), (1, 1)] {
+        let x = rig.randn::<_, E>((rows, width));
+        let gain = rig.randn::<_, E>((width,));
+        let bias = rig.randn::<_, E>((width,));
+        let r = rig.randn::<_, E>((rows, width));
+        for (with_gain, with_bias) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (g, b) = (with_gain.then_some(&gain), with_bias.then_some(&bias));
+            let grads = |gr: &Gradients<E, Cpu>| {
+                let mut v = vec![f64s(&gr.get(&x))];
+                if with_gain {
+                    v.push(f64s(&gr.get(&gain)));
+                }
+                if with_bias {
+                    v.push(f64s(&gr.get(&bias)));
+                }
+                v
+            };
+            let layer = |kernel: bool| {
+                let xt = x.clone().leaky_traced();
+                let y = if kernel {
+                    <Cpu as Backend<E>>::layer_norm_kernel(xt, g, b, 1e-5, 0.7)
+                } else {
+                    generic::layer_norm(xt, g, b, 1e-5, 0.7)
+                }
+                .unwrap();
+                let (out, gr) = backward(y, &r);
+                [vec![out], grads(&gr)].concat()
+            };
+            compare::<E>("layer_norm", &layer(true), &layer(false));
+            if !with_bias {
+                let rms = |kernel: bool| {
+                    let xt = x.clone().leaky_traced();
+                    let y = if kernel {
+                        <Cpu as Backend<E>>::rms_norm_kernel(xt, g, 1e-3, 0.7)
+                    } else {
+                        generic::rms_norm(xt, g, 1e-3, 0.7)
+                    }
+                    .unwrap();
+                    let (out, gr) = backward(y, &r);
+                    [vec![out], grads(&gr)].concat()
+                };
+                compare::<E>("rms_norm", &rms(true), &rms(false));
+            }
+        }
+    }
+}
+
+fn add<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(5);
+    let a = rig.randn::<_, E>((3, 5, 7));
+    let b = rig.randn::<_, E>((3, 5, 7));
+    let r = rig.randn::<_, E>((3, 5, 7));
+    let scales = [0.3, 0.9, 1.1, 0.4];
+    for shared in [false, true] {
+        let run = |kernel: bool| {
+            let at = a.clone().leaky_traced();
+            let bt = if shared {
+                at.with_empty_tape()
+            } else {
+                b.clone().leaky_traced()
+            };
+            let y = if kernel {
+                <Cpu as Backend<E>>::add_kernel(at, bt, scales)
+            } else {
+                generic::add(at, bt, scales)
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            let mut v = vec![out, f64s(&g.get(&a))];
+            if !shared {
+                v.push(f64s(&g.get(&b)));
+            }
+            v
+        };
+        compare::<E>("add", &run(true), &run(false));
+    }
+}
+
+fn silu_glu<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(6);
+    let x = rig.randn::<_, E>((3, 5, 7));
+    let gate = rig.randn::<_, E>((3, 5, 7));
+    let r = rig.randn::<_, E>((3, 5, 7));
+    for shared in [false, true] {
+        let run = |kernel: bool| {
+            let xt = x.clone().leaky_traced();
+            let gt = if shared {
+                xt.with_empty_tape()
+            } else {
+                gate.clone().leaky_traced()
+            };
+            let y = if kernel {
+                <Cpu as Backend<E>>::silu_glu_kernel(xt, gt, 1.7, 0.8)
+            } else {
+                generic::silu_glu(xt, gt, 1.7, 0.8)
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            let mut v = vec![out, f64s(&g.get(&x))];
+            if !shared {
+                v.push(f64s(&g.get(&gate)));
+            }
+            v
+        };
+        compare::<E>("silu_glu", &run(true), &run(false));
+    }
+}
+
+fn cross_entropy<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(7);
+    for (rows, classes) in [(13, 11), (1, 2), (50, 257)] {
+        let x = rig.randn::<_, E>((rows, classes));
+        let targets: Vec<usize> = (0..rows).map(|i| (i * 7 + 3) % classes).collect();
+        let run = |kernel: bool| {
+            let xt = x.clone().leaky_traced();
+            let (m, vs, gc) = (1.3, 1.0 / rows as f64, 0.9);
+            let y = if kernel {
+                <Cpu as Backend<E>>::cross_entropy_kernel(xt, &targets, m, vs, gc)
+            } else {
+                generic::cross_entropy(xt, &targets, m, vs, gc)
+            }
+            .unwrap();
+            // A non-unit upstream gradient: 2.5 × the loss.
+            let out = vec![y.array().to_f64().unwrap()];
+            let g = (y * E::from_f64(2.5).unwrap()).backward();
+            vec![out, f64s(&g.get(&x))]
+        };
+        compare::<E>("cross_entropy", &run(true), &run(false));
+    }
+}
+
+fn embedding<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(8);
+    let table = rig.randn::<_, E>((11, 6));
+    let ids: Vec<usize> = vec![3, 0, 10, 3, 3, 7, 0];
+    let r = rig.randn::<_, E>((ids.len(), 6));
+    let run = |kernel: bool| {
+        let t = rig_ids(&table, &ids);
+        let y = if kernel {
+            <Cpu as Backend<E>>::embedding_kernel(t, &table, 0.7)
+        } else {
+            generic::embedding(t, &table, 0.7)
+        }
+        .unwrap();
+        let (out, g) = backward(y, &r);
+        vec![out, f64s(&g.get(&table))]
+    };
+    compare::<E>("embedding", &run(true), &run(false));
+}
+
+fn rig_ids<E: Dtype>(
+    table: &Tensor<(usize, usize), E, Cpu>,
+    ids: &[usize],
+) -> Tensor<(usize,), usize, Cpu, OwnedTape<E, Cpu>> {
+    let dev = table.device().clone();
+    dev.tensor_from_vec(ids.to_vec(), (ids.len(),))
+        .traced(Gradients::leaky())
+}
+
+/// The public ops route through the kernels: `ops::linear` equals the kernel call.
+#[test]
+fn public_ops_run_the_kernels() {
+    let mut rig = Rig::new(9);
+    let x = rig.randn::<_, f64>((6, 4));
+    let w = rig.randn::<_, f64>((3, 4));
+    let y = ops::linear(x.clone(), &w, None, umup::Constraint::None).unwrap();
+    let s = umup::scales::linear(4, 3, 6, umup::Constraint::None).unwrap();
+    let k = <Cpu as Backend<f64>>::linear_kernel(x, &w, None, s).unwrap();
+    assert_eq!(y.as_vec(), k.as_vec());
+}
+
+macro_rules! both {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[test]
+            fn f32() {
+                super::$name::<f32>();
+            }
+            #[test]
+            fn f64() {
+                super::$name::<f64>();
+            }
+        }
+    )*};
+}
+both!(
+    linear,
+    matmul,
+    attention,
+    norms,
+    add,
+    silu_glu,
+    cross_entropy,
+    embedding
+);

@@ -1,0 +1,63 @@
+//! The `Cpu` kernels of the activations: one pass forward, one pass backward.
+
+use dfdx::prelude::*;
+
+use crate::error::{DeviceResultExt, Result};
+use crate::ops::cpu::{swiglu_bwd, swiglu_bwd_acc, swiglu_fwd, Real};
+use crate::ops::kernels::{self, accumulate, Buf};
+use crate::profile::{time, Part};
+
+/// `scale · x · gate·σ(mult·gate)` with true gradients.
+pub(crate) fn silu_glu<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
+    x: Tensor<S, E, Cpu, T>,
+    gate: Tensor<S, E, Cpu, T>,
+    mult: f64,
+    scale: f64,
+) -> Result<Tensor<S, E, Cpu, T>> {
+    let (x, tx) = kernels::input(x).dev()?;
+    let (g, tg) = kernels::input(gate).dev()?;
+    let mut tape = tx.merge(tg);
+    let dev = x.device().clone();
+    let shape = *x.shape();
+    let n = shape.num_elements();
+    let (xs, gs) = (Buf::of(&x).dev()?, Buf::of(&g).dev()?);
+    let mut y = Buf::zeros(&dev, n).dev()?;
+    let (mult, scale) = (E::of(mult), E::of(scale));
+    time(Part::Activations, || {
+        swiglu_fwd(&xs, &gs, mult, scale, &mut y)
+    });
+    let y = y.into_tensor(&dev, shape).dev()?;
+    if T::OWNS_TAPE {
+        let (xg, gg_, yg) = (x.ghost(), g.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            // Straight into both gradient buffers, unless x and gate are one tensor (then the
+            // second comes out empty: put them back, last taken first, and go through temps).
+            let mut gx = kernels::take::<E>(grads.get_or_alloc_mut(&xg)?);
+            let mut gg = kernels::take::<E>(grads.get_or_alloc_mut(&gg_)?);
+            if gx.len() == n && gg.len() == n {
+                time(Part::Activations, || {
+                    swiglu_bwd_acc(&xs, &gs, &gy, mult, scale, &mut gx, &mut gg)
+                });
+                kernels::put::<E>(grads.get_or_alloc_mut(&xg)?, gx);
+                kernels::put::<E>(grads.get_or_alloc_mut(&gg_)?, gg);
+            } else {
+                kernels::put::<E>(grads.get_or_alloc_mut(&gg_)?, gg);
+                kernels::put::<E>(grads.get_or_alloc_mut(&xg)?, gx);
+                let (mut dx, mut dg) = (Buf::zeros(&dev, n)?, Buf::zeros(&dev, n)?);
+                time(
+                    Part::Activations,
+                    || -> std::result::Result<(), CpuError> {
+                        swiglu_bwd(&xs, &gs, &gy, mult, scale, &mut dx, &mut dg);
+                        accumulate!(grads, xg, &dx, E::one());
+                        accumulate!(grads, gg_, &dg, E::one());
+                        Ok(())
+                    },
+                )?;
+            }
+            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            Ok(())
+        });
+    }
+    Ok(y.put_tape(tape))
+}

@@ -1,0 +1,307 @@
+//! [`Backend`]: the device side of every unit-scaled op.
+//!
+//! Each op's semantics and scales live in its own module (`ops/linear/mod.rs`, ...): the op
+//! checks its inputs, computes its scales through [`crate::scales`], and calls one kernel method
+//! of this trait with plain numbers. Every method has a default: the op's composition of public
+//! dfdx tensor ops (`ops::generic`), which any dfdx device runs (`Cuda` does). A device overrides
+//! the methods it has kernels for — `Cpu` overrides all of them for `f32` and `f64` with the tape
+//! ops in each op's `cpu.rs` — so adding a device is one impl block here and one file per op,
+//! never a second copy of a model.
+//!
+//! A kernel method receives its inputs with whatever tape they carry and returns its output with
+//! the merged tape; parameters (weights, gains, biases) come by reference, untaped, and receive
+//! their gradient through the tape.
+
+use dfdx::prelude::*;
+
+use super::cpu::{AttnShape, Real};
+use super::{activation, attention, embedding, linear, loss, norm, scale, sum};
+use crate::error::Result;
+use crate::scales::LinearScales;
+
+/// A dfdx device the umup ops run on: [`Cpu`] with its kernels, or any other dfdx device
+/// (`Cuda`) through the generic default methods. See the module docs.
+pub trait Backend<E: Dtype>: Device<E> {
+    /// Value `fwd·x`, gradient `bwd·grad_y` (spec §1.1). Callers use [`super::scale_grad`],
+    /// which validates the scales and skips the identity.
+    fn scale_grad_kernel<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        fwd: E,
+        bwd: E,
+    ) -> std::result::Result<Tensor<S, E, Self, T>, Self::Err> {
+        scale::detached_scale(x, fwd, bwd)
+    }
+
+    /// Multiplies the gradient of `param` held in `grads` by `factor` in place (gradient
+    /// clipping). The default moves the scaled gradient in through a one-op backward pass.
+    fn scale_gradient<S: Shape>(
+        grads: &mut Gradients<E, Self>,
+        param: &Tensor<S, E, Self>,
+        factor: E,
+    ) -> std::result::Result<(), Self::Err> {
+        scale::scale_gradient_generic(grads, param, factor)
+    }
+
+    /// `s.output·(x·Wᵀ + b)` with `grad x = s.grad_input·G·W`, `grad W = s.grad_weight·Gᵀ·x`,
+    /// `grad b = s.grad_weight·Σ_rows G` (spec §4.2, §4.3). Shapes are checked by the caller.
+    fn linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        weight: &Tensor<(O, I), E, Self>,
+        bias: Option<&Tensor<(O,), E, Self>>,
+        s: LinearScales,
+    ) -> Result<Tensor<(R, O), E, Self, T>> {
+        linear::linear_generic(x, weight.retaped(), bias.map(|b| b.retaped()), s)
+    }
+
+    /// `o·left@right` with `grad left = s_l·G·rightᵀ`, `grad right = s_r·leftᵀ·G`, for
+    /// `[o, s_l, s_r]` (spec §4.1). Shapes are checked by the caller.
+    fn matmul_kernel<M: Dim, K: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
+        left: Tensor<(M, K), E, Self, T>,
+        right: Tensor<(K, N), E, Self, T>,
+        scales: [f64; 3],
+    ) -> Result<Tensor<(M, N), E, Self, T>> {
+        linear::matmul_generic(left, right, scales)
+    }
+
+    /// `out_scale · softmax(logit_scale · q·kᵀ [+ causal mask]) · v` over
+    /// `[batch, heads, seq, d_head]`, true gradients (spec §4.12). Shapes are checked by the
+    /// caller.
+    fn attention_kernel<B: Dim, H: Dim, S: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(
+        q: Tensor<(B, H, S, K), E, Self, T>,
+        k: Tensor<(B, H, S, K), E, Self, T>,
+        v: Tensor<(B, H, S, K), E, Self, T>,
+        logit_scale: f64,
+        out_scale: f64,
+        is_causal: bool,
+    ) -> Result<Tensor<(B, H, S, K), E, Self, T>> {
+        attention::attention_generic(q, k, v, logit_scale, out_scale, is_causal)
+    }
+
+    /// [`Self::attention_kernel`] on `[batch·seq, heads·d_head]` rows (the layout of the
+    /// projections: no permutes). `shape` gives batch, seq, heads and d_head; shapes are checked
+    /// by the caller.
+    fn attention_rows_kernel<R: Dim, W: Dim, T: Tape<E, Self> + Merge<T>>(
+        q: Tensor<(R, W), E, Self, T>,
+        k: Tensor<(R, W), E, Self, T>,
+        v: Tensor<(R, W), E, Self, T>,
+        shape: AttnShape,
+        logit_scale: f64,
+        out_scale: f64,
+        is_causal: bool,
+    ) -> Result<Tensor<(R, W), E, Self, T>> {
+        attention::attention_rows_generic(q, k, v, shape, logit_scale, out_scale, is_causal)
+    }
+
+    /// RMSNorm over the last dim (spec §4.7), with an optional gain whose gradient is scaled by
+    /// `gain_scale`. Shapes are checked by the caller.
+    fn rms_norm_kernel<R: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, K), E, Self, T>,
+        gain: Option<&Tensor<(K,), E, Self>>,
+        eps: f64,
+        gain_scale: f64,
+    ) -> Result<Tensor<(R, K), E, Self, T>> {
+        norm::rms_norm_generic(x, gain, eps, gain_scale)
+    }
+
+    /// LayerNorm over the last dim with biased variance (spec §4.6), with an optional gain and
+    /// bias whose gradients are scaled by `gain_scale`. Shapes are checked by the caller.
+    fn layer_norm_kernel<R: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, K), E, Self, T>,
+        gain: Option<&Tensor<(K,), E, Self>>,
+        bias: Option<&Tensor<(K,), E, Self>>,
+        eps: f64,
+        gain_scale: f64,
+    ) -> Result<Tensor<(R, K), E, Self, T>> {
+        norm::layer_norm_generic(x, gain, bias, eps, gain_scale)
+    }
+
+    /// `fa·a + fb·b` with `grad a = ga·G`, `grad b = gb·G`, for `[fa, fb, ga, gb]` (spec §4.8,
+    /// §3.1). Equal shapes, checked by the caller.
+    fn add_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        a: Tensor<S, E, Self, T>,
+        b: Tensor<S, E, Self, T>,
+        scales: [f64; 4],
+    ) -> Result<Tensor<S, E, Self, T>> {
+        sum::add_generic(a, b, scales)
+    }
+
+    /// `scale · x · gate·σ(mult·gate)` with true gradients (spec §4.10). Equal shapes, checked
+    /// by the caller.
+    fn silu_glu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<S, E, Self, T>,
+        gate: Tensor<S, E, Self, T>,
+        mult: f64,
+        scale: f64,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        activation::silu_glu_generic(x, gate, mult, scale)
+    }
+
+    /// Cross entropy of `mult·logits` against `targets`: value `value_scale·Σ_rows(lse − x_t)`,
+    /// `grad logits = grad_coef·(softmax(mult·x) − onehot)·G` (spec §4.13). Targets are checked
+    /// by the caller.
+    fn cross_entropy_kernel<R: Dim, V: Dim, T: Tape<E, Self>>(
+        logits: Tensor<(R, V), E, Self, T>,
+        targets: &[usize],
+        mult: f64,
+        value_scale: f64,
+        grad_coef: f64,
+    ) -> Result<Tensor<(), E, Self, T>> {
+        loss::cross_entropy_generic(logits, targets, mult, value_scale, grad_coef)
+    }
+
+    /// `table[ids]`, with `grad table = grad_scale · scatter_add(G)` (spec §4.5). Ids are
+    /// checked by the caller; the tape rides on `ids`.
+    fn embedding_kernel<N: Dim, V: Dim, M: Dim, T: Tape<E, Self>>(
+        ids: Tensor<(N,), usize, Self, T>,
+        table: &Tensor<(V, M), E, Self>,
+        grad_scale: f64,
+    ) -> Result<Tensor<(N, M), E, Self, T>>
+    where
+        Self: Storage<usize>,
+    {
+        embedding::embedding_generic(ids, table, grad_scale)
+    }
+}
+
+/// Implements every kernel method of [`Backend`] for `Cpu` by forwarding to the tape ops of
+/// each op's `cpu.rs`.
+impl<E: Real> Backend<E> for Cpu
+where
+    Cpu: Device<E>,
+{
+    fn scale_grad_kernel<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        fwd: E,
+        bwd: E,
+    ) -> std::result::Result<Tensor<S, E, Self, T>, Self::Err> {
+        scale::cpu::scale_grad(x, fwd, bwd)
+    }
+
+    fn scale_gradient<S: Shape>(
+        grads: &mut Gradients<E, Self>,
+        param: &Tensor<S, E, Self>,
+        factor: E,
+    ) -> std::result::Result<(), Self::Err> {
+        scale::cpu::scale_gradient(grads, param, factor)
+    }
+
+    fn linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        weight: &Tensor<(O, I), E, Self>,
+        bias: Option<&Tensor<(O,), E, Self>>,
+        s: LinearScales,
+    ) -> Result<Tensor<(R, O), E, Self, T>> {
+        linear::cpu::linear(x, weight, bias, s)
+    }
+
+    fn matmul_kernel<M: Dim, K: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
+        left: Tensor<(M, K), E, Self, T>,
+        right: Tensor<(K, N), E, Self, T>,
+        scales: [f64; 3],
+    ) -> Result<Tensor<(M, N), E, Self, T>> {
+        linear::cpu::matmul(left, right, scales)
+    }
+
+    fn attention_kernel<B: Dim, H: Dim, S: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(
+        q: Tensor<(B, H, S, K), E, Self, T>,
+        k: Tensor<(B, H, S, K), E, Self, T>,
+        v: Tensor<(B, H, S, K), E, Self, T>,
+        logit_scale: f64,
+        out_scale: f64,
+        is_causal: bool,
+    ) -> Result<Tensor<(B, H, S, K), E, Self, T>> {
+        attention::cpu::attention_heads(q, k, v, logit_scale, out_scale, is_causal)
+    }
+
+    fn attention_rows_kernel<R: Dim, W: Dim, T: Tape<E, Self> + Merge<T>>(
+        q: Tensor<(R, W), E, Self, T>,
+        k: Tensor<(R, W), E, Self, T>,
+        v: Tensor<(R, W), E, Self, T>,
+        shape: AttnShape,
+        logit_scale: f64,
+        out_scale: f64,
+        is_causal: bool,
+    ) -> Result<Tensor<(R, W), E, Self, T>> {
+        attention::cpu::attention(q, k, v, shape, logit_scale, out_scale, is_causal)
+    }
+
+    fn rms_norm_kernel<R: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, K), E, Self, T>,
+        gain: Option<&Tensor<(K,), E, Self>>,
+        eps: f64,
+        gain_scale: f64,
+    ) -> Result<Tensor<(R, K), E, Self, T>> {
+        norm::cpu::norm(x, gain, None, eps, gain_scale, false)
+    }
+
+    fn layer_norm_kernel<R: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, K), E, Self, T>,
+        gain: Option<&Tensor<(K,), E, Self>>,
+        bias: Option<&Tensor<(K,), E, Self>>,
+        eps: f64,
+        gain_scale: f64,
+    ) -> Result<Tensor<(R, K), E, Self, T>> {
+        norm::cpu::norm(x, gain, bias, eps, gain_scale, true)
+    }
+
+    fn add_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        a: Tensor<S, E, Self, T>,
+        b: Tensor<S, E, Self, T>,
+        scales: [f64; 4],
+    ) -> Result<Tensor<S, E, Self, T>> {
+        sum::cpu::add(a, b, scales)
+    }
+
+    fn silu_glu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<S, E, Self, T>,
+        gate: Tensor<S, E, Self, T>,
+        mult: f64,
+        scale: f64,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        activation::cpu::silu_glu(x, gate, mult, scale)
+    }
+
+    fn cross_entropy_kernel<R: Dim, V: Dim, T: Tape<E, Self>>(
+        logits: Tensor<(R, V), E, Self, T>,
+        targets: &[usize],
+        mult: f64,
+        value_scale: f64,
+        grad_coef: f64,
+    ) -> Result<Tensor<(), E, Self, T>> {
+        loss::cpu::cross_entropy(logits, targets, mult, value_scale, grad_coef)
+    }
+
+    fn embedding_kernel<N: Dim, V: Dim, M: Dim, T: Tape<E, Self>>(
+        ids: Tensor<(N,), usize, Self, T>,
+        table: &Tensor<(V, M), E, Self>,
+        grad_scale: f64,
+    ) -> Result<Tensor<(N, M), E, Self, T>>
+    where
+        Self: Storage<usize>,
+    {
+        embedding::cpu::embedding(ids, table, grad_scale)
+    }
+}
+
+/// `f16` on `Cpu`: the scale primitive's kernel (dtype-generic), every other op by its generic
+/// composition.
+impl Backend<half::f16> for Cpu {
+    fn scale_grad_kernel<S: Shape, T: Tape<half::f16, Self>>(
+        x: Tensor<S, half::f16, Self, T>,
+        fwd: half::f16,
+        bwd: half::f16,
+    ) -> std::result::Result<Tensor<S, half::f16, Self, T>, Self::Err> {
+        scale::cpu::scale_grad(x, fwd, bwd)
+    }
+
+    fn scale_gradient<S: Shape>(
+        grads: &mut Gradients<half::f16, Self>,
+        param: &Tensor<S, half::f16, Self>,
+        factor: half::f16,
+    ) -> std::result::Result<(), Self::Err> {
+        scale::cpu::scale_gradient(grads, param, factor)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<E: Dtype> Backend<E> for Cuda where Cuda: Device<E> {}

@@ -1,0 +1,166 @@
+//! The `Cpu` kernels of `linear` and `matmul`: `gemm` 0.19 with every scale in the matmul's
+//! `alpha`, parameter gradients accumulated in place in dfdx's gradient buffers (`beta = 1`).
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use crate::error::{DeviceResultExt, Result};
+use crate::ops::cpu::{gemm, transpose, Real, Threads, View, ViewMut};
+use crate::ops::kernels::{self, Buf};
+use crate::profile::{time, Part};
+use crate::scales::LinearScales;
+
+/// `y = s.output·(x·Wᵀ + b)`; backward `dW += s.grad_weight·Gᵀ·x`, `db += s.grad_weight·Σ G`,
+/// `dx += s.grad_input·G·W`.
+///
+/// The forward multiplies by a transposed copy of `W`: with both operands row-major the matmul
+/// runs ≈1.8× faster than with a transposed right operand (BENCHMARKS.md), far more than the
+/// transpose costs.
+pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
+    x: Tensor<(R, I), E, Cpu, T>,
+    weight: &Tensor<(O, I), E, Cpu>,
+    bias: Option<&Tensor<(O,), E, Cpu>>,
+    s: LinearScales,
+) -> Result<Tensor<(R, O), E, Cpu, T>> {
+    let (x, tape) = kernels::input(x).dev()?;
+    let (w, wtape) = kernels::param::<_, _, T>(weight).dev()?;
+    let mut tape = tape.merge(wtape);
+    let b = match bias {
+        Some(b) => {
+            let (b, btape) = kernels::param::<_, _, T>(b).dev()?;
+            tape = tape.merge(btape);
+            Some(b)
+        }
+        None => None,
+    };
+    let dev = x.device().clone();
+    let (rows, fi) = (x.shape().0.size(), x.shape().1.size());
+    let fo = w.shape().0.size();
+    let out_shape = (x.shape().0, w.shape().0);
+    let xs = Buf::of(&x).dev()?;
+    let ws = Buf::of(&w).dev()?;
+    let wt = time(Part::Copies, || transpose(&ws, fo, fi));
+    let mut y = Buf::zeros(&dev, rows * fo).dev()?;
+    let (o, sw, sx) = (E::of(s.output), E::of(s.grad_weight), E::of(s.grad_input));
+    time(Part::Matmuls, || {
+        gemm(
+            ViewMut::rows(&mut y, rows, fo),
+            false,
+            View::rows(&xs, rows, fi),
+            View::rows(&wt, fi, fo),
+            o,
+            Threads::All,
+        );
+    });
+    drop(wt);
+    let bs = b.as_ref().map(Buf::of).transpose().dev()?;
+    if let Some(bs) = &bs {
+        time(Part::Matmuls, || {
+            y.par_chunks_mut(fo.max(1)).for_each(|row| {
+                row.iter_mut()
+                    .zip(bs.iter())
+                    .for_each(|(y, &b)| *y += o * b)
+            })
+        });
+    }
+    let y = y.into_tensor(&dev, out_shape).dev()?;
+    if T::OWNS_TAPE {
+        let (xg, wg, bg, yg) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            let gw = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&wg)?);
+            time(Part::Matmuls, || {
+                gemm(
+                    ViewMut::rows(gw, fo, fi),
+                    true,
+                    View::rows(&gy, rows, fo).t(),
+                    View::rows(&xs, rows, fi),
+                    sw,
+                    Threads::All,
+                )
+            });
+            if let Some(bg) = &bg {
+                let gb = kernels::slice_mut::<E>(grads.get_or_alloc_mut(bg)?);
+                time(Part::Matmuls, || {
+                    for row in gy.chunks(fo.max(1)) {
+                        kernels::axpy(gb, row, sw);
+                    }
+                });
+            }
+            let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
+            time(Part::Matmuls, || {
+                gemm(
+                    ViewMut::rows(gx, rows, fi),
+                    true,
+                    View::rows(&gy, rows, fo),
+                    View::rows(&ws, fo, fi),
+                    sx,
+                    Threads::All,
+                )
+            });
+            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            Ok(())
+        });
+    }
+    Ok(y.put_tape(tape))
+}
+
+/// `y = o·left@right`; backward `dleft += s_l·G·rightᵀ`, `dright += s_r·leftᵀ·G`.
+pub(crate) fn matmul<M: Dim, K: Dim, N: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
+    left: Tensor<(M, K), E, Cpu, T>,
+    right: Tensor<(K, N), E, Cpu, T>,
+    [o, sl, sr]: [f64; 3],
+) -> Result<Tensor<(M, N), E, Cpu, T>> {
+    let (l, ltape) = kernels::input(left).dev()?;
+    let (r, rtape) = kernels::input(right).dev()?;
+    let mut tape = ltape.merge(rtape);
+    let dev = l.device().clone();
+    let (m, k, n) = (l.shape().0.size(), l.shape().1.size(), r.shape().1.size());
+    let out_shape = (l.shape().0, r.shape().1);
+    let ls = Buf::of(&l).dev()?;
+    let rs = Buf::of(&r).dev()?;
+    let mut y = Buf::zeros(&dev, m * n).dev()?;
+    time(Part::Matmuls, || {
+        gemm(
+            ViewMut::rows(&mut y, m, n),
+            false,
+            View::rows(&ls, m, k),
+            View::rows(&rs, k, n),
+            E::of(o),
+            Threads::All,
+        )
+    });
+    let y = y.into_tensor(&dev, out_shape).dev()?;
+    if T::OWNS_TAPE {
+        let (lg, rg, yg) = (l.ghost(), r.ghost(), y.ghost());
+        let (sl, sr) = (E::of(sl), E::of(sr));
+        tape.add_backward_op(move |grads| {
+            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            let gl = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&lg)?);
+            time(Part::Matmuls, || {
+                gemm(
+                    ViewMut::rows(gl, m, k),
+                    true,
+                    View::rows(&gy, m, n),
+                    View::rows(&rs, k, n).t(),
+                    sl,
+                    Threads::All,
+                )
+            });
+            let gr = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&rg)?);
+            time(Part::Matmuls, || {
+                gemm(
+                    ViewMut::rows(gr, k, n),
+                    true,
+                    View::rows(&ls, m, k).t(),
+                    View::rows(&gy, m, n),
+                    sr,
+                    Threads::All,
+                )
+            });
+            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            Ok(())
+        });
+    }
+    Ok(y.put_tape(tape))
+}
