@@ -113,7 +113,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Internal: run only this model for a few steps and print its peak memory.
-    #[arg(long, hide = true, value_parser = ["umup", "plain"])]
+    #[arg(long, hide = true, value_parser = ["umup", "ops", "plain"])]
     mem: Option<String>,
 }
 
@@ -133,7 +133,7 @@ fn peak_mib() -> Option<f64> {
 fn measure_memory(which: &str) -> umup::Result<()> {
     let (ids, targets) = batch();
     let n = ids.len();
-    if which == "umup" {
+    if which == "umup" || which == "ops" {
         let dev = Cpu::seed_from_u64(0);
         dev.enable_cache();
         let mut m = Lm::<D, F, L, Umup>::build(&dev)?;
@@ -144,7 +144,11 @@ fn measure_memory(which: &str) -> umup::Result<()> {
         let mut grads = m.alloc_grads();
         for _ in 0..3 {
             let x = dev.tensor_from_vec(ids.clone(), (n,)).traced(grads);
-            let loss = m.loss(x, &targets, (BATCH, SEQ), &Hyper::default(), &opts(), None)?;
+            let loss = if which == "ops" {
+                m.loss_generic(x, &targets, (BATCH, SEQ), &Hyper::default(), &opts(), None)?
+            } else {
+                m.loss(x, &targets, (BATCH, SEQ), &Hyper::default(), &opts(), None)?
+            };
             grads = loss.backward();
             opt.update(&mut m, &mut grads)?;
             m.zero_grads(&mut grads);
@@ -291,9 +295,9 @@ fn main() -> umup::Result<()> {
     optim_s.set(0.0);
     profile::take();
     let names = [
-        "umup (u-μP, AdamW; fused CPU step)",
+        "umup, last fused CPU step (src/models/fused.rs)",
         "umup code in SP (fused, no u-μP scales)",
-        "umup u-μP, device-generic path",
+        "umup u-μP through the ops (Cpu kernels)",
         "plain dfdx, default device (baseline)",
         "plain dfdx + allocation cache",
         "raw gemm [1024,256]x[256,1024], dfdx (gemm 0.15)",
@@ -305,9 +309,7 @@ fn main() -> umup::Result<()> {
         let mut this: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
         for _ in 0..args.steps {
             let t = Instant::now();
-            profile::enable(true);
             ugrads = umup_step(ugrads)?;
-            profile::enable(false);
             this[0].push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
             sgrads = sp_step(sgrads)?;
@@ -348,7 +350,26 @@ fn main() -> umup::Result<()> {
             acc.extend(t);
         }
     }
-    let timed = (args.rounds * args.steps) as f64;
+    // The per-op breakdown: extra profiled steps of the ops model (the timing overhead stays out
+    // of the medians above).
+    profile::take();
+    let mut optim_ops = 0.0;
+    let mut profiled = Vec::new();
+    for _ in 0..args.steps {
+        profile::enable(true);
+        let t = Instant::now();
+        let x = dev_g.tensor_from_vec(ids.clone(), (n,));
+        let loss = gm.loss_generic(x.traced(ggrads), &targets, (BATCH, SEQ), &hp, &opts, None)?;
+        let mut g = loss.backward();
+        let to = Instant::now();
+        gopt.update(&mut gm, &mut g)?;
+        optim_ops += to.elapsed().as_secs_f64();
+        gm.zero_grads(&mut g);
+        ggrads = g;
+        profiled.push(t.elapsed().as_secs_f64() * 1e3);
+        profile::enable(false);
+    }
+    let timed = args.steps as f64;
     let parts = profile::take();
 
     let linear = 2.0 * n as f64 * (L * (4 * D * D + 3 * D * F) + D * V) as f64;
@@ -390,7 +411,7 @@ fn main() -> umup::Result<()> {
     println!();
     println!("| part | ms | share |");
     println!("|---|---:|---:|");
-    let step_ms = all[0].iter().sum::<f64>() / timed;
+    let step_ms = profiled.iter().sum::<f64>() / timed;
     let mut accounted = 0.0;
     let mut row = |name: &str, ms: f64| {
         accounted += ms;
@@ -399,10 +420,7 @@ fn main() -> umup::Result<()> {
     for (part, s) in &parts {
         row(part.describe(), s * 1e3 / timed);
     }
-    row(
-        "optimizer (AdamW, per-tensor LRs)",
-        optim_s.get() * 1e3 / timed,
-    );
+    row("optimizer (AdamW, per-tensor LRs)", optim_ops * 1e3 / timed);
     let rest = step_ms - accounted;
     println!(
         "| rest (buffers, tape, gradient zeroing) | {rest:.1} | {:.0}% |",
@@ -411,7 +429,8 @@ fn main() -> umup::Result<()> {
     println!("| total | {step_ms:.1} | 100% |");
     println!();
     println!(
-        "peak memory (VmHWM, separate processes, 3 steps): umup {} MiB, plain dfdx {} MiB",
+        "peak memory (VmHWM, separate processes, 3 steps): umup ops {} MiB, umup fused {} MiB, plain dfdx {} MiB",
+        child_peak("ops"),
         child_peak("umup"),
         child_peak("plain")
     );
@@ -422,6 +441,12 @@ fn main() -> umup::Result<()> {
             .map(|r| format!("{r:.3}"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "ratio ops/fused = {:.3} (ops {:.1} ms, fused {:.1} ms)",
+        med[2] / med[0],
+        med[2],
+        med[0]
     );
     println!(
         "ratio umup/plain_dfdx = {:.3} (umup {:.1} ms, plain dfdx {:.1} ms)",

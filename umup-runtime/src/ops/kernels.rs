@@ -13,6 +13,7 @@
 //! helpers, bounded only by `E: Dtype`, do the unwrapping.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dfdx::prelude::*;
 use dfdx::tensor::{CpuError, Storage};
@@ -29,6 +30,30 @@ pub(crate) fn axpy<E: Dtype>(acc: &mut [E], x: &[E], s: E) {
         acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
     } else {
         acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b * s);
+    }
+}
+
+static KEEP: AtomicBool = AtomicBool::new(false);
+
+/// Whether the gradient of every op output is kept until the end of the backward pass (`true`)
+/// or freed as soon as the op that produced the output has used it (`false`, the default).
+///
+/// With the default, a `Cpu` kernel frees its output's gradient inside its own backward op: every
+/// consumer of the output has run by then (dfdx runs backward ops in reverse creation order), so
+/// nothing reads it again during the pass, and the step needs less memory and memory traffic
+/// (one activation-sized buffer per op less at the end of the pass). The gradients of inputs
+/// you trace and of parameters are always complete; only the gradient of an *op output* read
+/// from a leaky `Gradients` after `backward` is empty. Set `true` to read those (analysis code).
+/// Process-wide.
+pub fn keep_intermediate_gradients(keep: bool) {
+    KEEP.store(keep, Ordering::Relaxed);
+}
+
+/// Ends an op's use of its output gradient `data` (moved out of `slot` by [`take`]): puts it
+/// back when [`keep_intermediate_gradients`] is set, frees it otherwise.
+pub(crate) fn done<E: Dtype>(slot: &mut <Cpu as Storage<E>>::Vec, data: Vec<E>) {
+    if KEEP.load(Ordering::Relaxed) {
+        put::<E>(slot, data);
     }
 }
 

@@ -32,6 +32,7 @@ mod sum;
 pub use activation::{dropout, gelu, silu, silu_glu, softmax};
 pub use attention::{multi_head_attention, scaled_dot_product_attention};
 pub use embedding::{check_ids, embedding};
+pub use kernels::keep_intermediate_gradients;
 pub use linear::{linear, linear_readout, matmul, matmul_batched};
 pub use loss::{check_targets, cross_entropy, cross_entropy_plain, mse_loss, Reduction};
 pub use norm::{layer_norm, rms_norm};

@@ -55,7 +55,7 @@ pub(crate) fn silu_glu<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                     },
                 )?;
             }
-            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

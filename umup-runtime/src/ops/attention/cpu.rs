@@ -129,7 +129,7 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                     Ok(())
                 })?;
             }
-            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

@@ -126,11 +126,20 @@ pub fn embedding_bwd<E: Real>(dout: &[E], width: usize, ids: &[usize], scale: E,
 /// The transpose of a row-major `rows × cols` matrix (a new row-major `cols × rows` matrix),
 /// in cache-sized tiles, rows of the result in parallel.
 pub fn transpose<E: Real>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
-    assert_eq!(a.len(), rows * cols, "transpose length");
-    const TILE: usize = 32;
     let mut out = vec![E::zero(); rows * cols];
+    transpose_into(a, rows, cols, &mut out);
+    out
+}
+
+/// [`transpose`] into `out` (every element overwritten).
+pub fn transpose_into<E: Real>(a: &[E], rows: usize, cols: usize, out: &mut [E]) {
+    assert!(
+        a.len() == rows * cols && out.len() == a.len(),
+        "transpose length"
+    );
+    const TILE: usize = 32;
     if rows == 0 || cols == 0 {
-        return out;
+        return;
     }
     out.par_chunks_mut(TILE * rows)
         .enumerate()
@@ -145,5 +154,4 @@ pub fn transpose<E: Real>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
                 }
             }
         });
-    out
 }

@@ -21,6 +21,7 @@ mod rowwise;
 pub use attention::{attention_bwd, attention_bwd_into, attention_fwd, AttnLayout, AttnShape};
 pub use elementwise::{
     embedding_bwd, embedding_fwd, lincomb, swiglu_bwd, swiglu_bwd_acc, swiglu_fwd, transpose,
+    transpose_into,
 };
 pub use gemm::{gemm, Threads, View, ViewMut};
 pub use rowwise::{

@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::error::{DeviceResultExt, Result};
-use crate::ops::cpu::{gemm, transpose, Real, Threads, View, ViewMut};
+use crate::ops::cpu::{gemm, Real, Threads, View, ViewMut};
 use crate::ops::kernels::{self, Buf};
 use crate::profile::{time, Part};
 use crate::scales::LinearScales;
@@ -39,7 +39,6 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
     let out_shape = (x.shape().0, w.shape().0);
     let xs = Buf::of(&x).dev()?;
     let ws = Buf::of(&w).dev()?;
-    let wt = time(Part::Copies, || transpose(&ws, fo, fi));
     let mut y = Buf::zeros(&dev, rows * fo).dev()?;
     let (o, sw, sx) = (E::of(s.output), E::of(s.grad_weight), E::of(s.grad_input));
     time(Part::Matmuls, || {
@@ -47,12 +46,11 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
             ViewMut::rows(&mut y, rows, fo),
             false,
             View::rows(&xs, rows, fi),
-            View::rows(&wt, fi, fo),
+            View::rows(&ws, fo, fi).t(),
             o,
             Threads::All,
         );
     });
-    drop(wt);
     let bs = b.as_ref().map(Buf::of).transpose().dev()?;
     if let Some(bs) = &bs {
         time(Part::Matmuls, || {
@@ -98,7 +96,7 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
                     Threads::All,
                 )
             });
-            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }
@@ -158,7 +156,7 @@ pub(crate) fn matmul<M: Dim, K: Dim, N: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
                     Threads::All,
                 )
             });
-            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

@@ -93,7 +93,7 @@ pub(crate) fn norm<R: Dim, K: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
             if let (Some((ghost, _)), Some(d)) = (&b, dbias) {
                 kernels::put::<E>(grads.get_or_alloc_mut(ghost)?, d);
             }
-            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

@@ -27,7 +27,7 @@ where
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
             time(Part::Scales, || kernels::axpy(gx, &gy, bwd));
-            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

@@ -44,7 +44,7 @@ pub(crate) fn add<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                 accumulate!(grads, bg, &gy, gb);
                 Ok(())
             })?;
-            kernels::put::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }
