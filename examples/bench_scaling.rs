@@ -1,4 +1,4 @@
-//! How the fused u-μP training step's cost grows with width and sequence length.
+//! How the u-μP training step's cost (on the `Cpu` kernels) grows with width and sequence length.
 //!
 //! ```text
 //! cargo run --release --example bench_scaling              # 5 timed steps per configuration
@@ -102,7 +102,7 @@ fn main() -> umup::Result<()> {
         run::<256, 1024>(512, steps)?,
     ];
     println!(
-        "u-μP LM, fused CPU step (AdamW included): {L} layers, MLP 4×width, d_head 64, batch {BATCH}, f32, {} threads; median of {steps} steps after 2 warm-up steps",
+        "u-μP LM, Cpu kernels (AdamW included): {L} layers, MLP 4×width, d_head 64, batch {BATCH}, f32, {} threads; median of {steps} steps after 2 warm-up steps",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();

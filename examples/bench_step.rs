@@ -1,32 +1,44 @@
-//! Training-step time of the u-μP transformer LM against the same-shaped model built from stock
-//! dfdx ops with no scaling at all (embedding, unbiased linears, composed RMSNorm, masked
-//! softmax attention with 1/√d_head, SwiGLU, residual adds, dfdx cross entropy, dfdx Adam).
+//! Training-step time of two models written with umup's ops — the u-μP transformer LM and an
+//! encoder classifier (`examples/common/encoder.rs`, written as a user would) — against the same
+//! models built from stock dfdx ops with no scaling at all, and the LM's step with simulated FP8
+//! matmuls against f32.
 //!
 //! ```text
 //! cargo run --release --example bench_step                      # 3 rounds × 10 timed steps
 //! cargo run --release --example bench_step -- --rounds 5 --steps 20
 //! ```
 //!
-//! Reference configuration: vocab 256, width 256, 4 layers, 4 heads, MLP 1024 (SwiGLU), seq 128,
-//! batch 8, f32. Every model runs on its own `Cpu` device; steps are interleaved (one step of
-//! each model in turn), so machine noise hits them alike. The baseline of the final ratio is the
-//! plain dfdx model on dfdx's default device (no allocation cache), as the performance issue
-//! defines it; the cached plain model is printed beside it. Peak memory is measured in a child
-//! process per model (`VmHWM`, Linux).
+//! LM: vocab 256, width 256, 4 layers, 4 heads, MLP 1024 (SwiGLU), seq 128, batch 8, f32; plain
+//! twin: embedding, unbiased linears, composed RMSNorm, masked softmax attention with
+//! 1/√d_head, SwiGLU, residual adds, dfdx cross entropy, dfdx Adam. Encoder: vocab 256, width
+//! 256, 4 layers, 4 heads, seq 128, batch 8, non-causal, LayerNorm with gain and bias, GELU MLP
+//! ×4 with biases, learned positions, mean-pooled readout to 16 classes. Every model runs on its
+//! own `Cpu` device; steps are interleaved (one step of each model in turn), so machine noise
+//! hits them alike; ratios are medians of per-round ratios. The baselines are the plain models on
+//! dfdx's default device (no allocation cache). Peak memory is measured in a child process per
+//! model (`VmHWM`, Linux).
 
 use std::time::Instant;
 
 use umup::dfdx::nn::builders as nnb;
 use umup::dfdx::optim::{Adam, Optimizer as _};
 use umup::dfdx::prelude::*;
+use umup::formats::MatmulFormats;
 use umup::nn::{Hyper, Sp, Umup};
+use umup::ops::MatmulQuantiser;
 use umup::optim::{OptimConfig, Optimizer};
 use umup::profile;
 use umup::train::Lm;
 
 #[path = "common/bench.rs"]
 mod bench;
+#[path = "common/encoder.rs"]
+mod encoder;
 use bench::{median, opts, BATCH, D, F, H, L, SEQ, V};
+use encoder::CLASSES;
+
+type Enc = encoder::Encoder<V, SEQ, D, F, L, CLASSES, f32, Cpu, Umup>;
+type PlainEnc = encoder::PlainEncoder<V, SEQ, D, F, L, CLASSES>;
 
 type PlainLayer = (
     (
@@ -113,7 +125,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Internal: run only this model for a few steps and print its peak memory.
-    #[arg(long, hide = true, value_parser = ["umup", "ops", "plain"])]
+    #[arg(long, hide = true, value_parser = ["umup", "plain"])]
     mem: Option<String>,
 }
 
@@ -133,7 +145,7 @@ fn peak_mib() -> Option<f64> {
 fn measure_memory(which: &str) -> umup::Result<()> {
     let (ids, targets) = batch();
     let n = ids.len();
-    if which == "umup" || which == "ops" {
+    if which == "umup" {
         let dev = Cpu::seed_from_u64(0);
         dev.enable_cache();
         let mut m = Lm::<D, F, L, Umup>::build(&dev)?;
@@ -144,11 +156,7 @@ fn measure_memory(which: &str) -> umup::Result<()> {
         let mut grads = m.alloc_grads();
         for _ in 0..3 {
             let x = dev.tensor_from_vec(ids.clone(), (n,)).traced(grads);
-            let loss = if which == "ops" {
-                m.loss_generic(x, &targets, (BATCH, SEQ), &Hyper::default(), &opts(), None)?
-            } else {
-                m.loss(x, &targets, (BATCH, SEQ), &Hyper::default(), &opts(), None)?
-            };
+            let loss = m.loss(x, &targets, (BATCH, SEQ), &Hyper::default(), &opts(), None)?;
             grads = loss.backward();
             opt.update(&mut m, &mut grads)?;
             m.zero_grads(&mut grads);
@@ -184,6 +192,41 @@ fn child_peak(which: &str) -> String {
     }
 }
 
+/// One timed training step per call; `Step` closures are interleaved by the rounds loop.
+type Step<'a> = Box<dyn FnMut() -> umup::Result<()> + 'a>;
+
+/// A u-μP LM on its own device with its optimizer and gradients: one training step per call.
+fn lm_step<'a, P: umup::nn::Param>(
+    lr: f64,
+    formats: Option<MatmulFormats>,
+    ids: &'a [usize],
+    targets: &'a [usize],
+) -> umup::Result<Step<'a>> {
+    let dev = Cpu::seed_from_u64(0);
+    dev.enable_cache();
+    let mut m = Lm::<D, F, L, P>::build(&dev)?;
+    let mut opt = Optimizer::for_table(OptimConfig::adamw(lr), &Lm::<D, F, L, P>::param_table()?)?;
+    let mut grads = Some(m.alloc_grads());
+    let (hp, opts) = (Hyper::default(), opts());
+    let mut step = 0u64;
+    Ok(Box::new(move || {
+        let x = dev.tensor_from_vec(ids.to_vec(), (ids.len(),));
+        let mut q = formats.map(|f| MatmulQuantiser::new(f, step));
+        step += 1;
+        let traced = x.traced(
+            grads
+                .take()
+                .expect("gradients are put back after each step"),
+        );
+        let loss = m.loss(traced, targets, (BATCH, SEQ), &hp, &opts, q.as_mut())?;
+        let mut g = loss.backward();
+        opt.update(&mut m, &mut g)?;
+        m.zero_grads(&mut g);
+        grads = Some(g);
+        Ok(())
+    }))
+}
+
 fn main() -> umup::Result<()> {
     let args = <Args as clap::Parser>::parse();
     if let Some(which) = &args.mem {
@@ -196,263 +239,255 @@ fn main() -> umup::Result<()> {
     }
     let (ids, targets) = batch();
     let n = ids.len();
-    let (hp, opts) = (Hyper::default(), opts());
+    let labels: Vec<usize> = (0..BATCH).map(|b| (b * 7 + 3) % CLASSES).collect();
 
-    // u-μP model (fused CPU step), allocation cache on as in `umup::train`.
-    let dev_u = Cpu::seed_from_u64(0);
-    dev_u.enable_cache();
-    let mut um = Lm::<D, F, L, Umup>::build(&dev_u)?;
-    let table = Lm::<D, F, L, Umup>::param_table()?;
-    let mut uopt = Optimizer::for_table(OptimConfig::adamw(1.0), &table)?;
-    let mut ugrads = um.alloc_grads();
-    assert!(Lm::<D, F, L, Umup>::uses_fused_step::<OwnedTape<f32, Cpu>>(
-        &opts, false
-    ));
-
-    // The same code in standard parametrization (no u-μP scales).
-    let dev_s = Cpu::seed_from_u64(0);
-    dev_s.enable_cache();
-    let mut sm = Lm::<D, F, L, Sp>::build(&dev_s)?;
-    let mut sopt =
-        Optimizer::for_table(OptimConfig::adamw(1e-3), &Lm::<D, F, L, Sp>::param_table()?)?;
-    let mut sgrads = sm.alloc_grads();
-
-    // u-μP through the device-generic path (what `Cuda` runs), for the fused path's speed-up.
-    let dev_g = Cpu::seed_from_u64(0);
-    dev_g.enable_cache();
-    let mut gm = Lm::<D, F, L, Umup>::build(&dev_g)?;
-    let mut gopt = Optimizer::for_table(OptimConfig::adamw(1.0), &table)?;
-    let mut ggrads = gm.alloc_grads();
-
-    // Plain dfdx: default device (the baseline) and with dfdx's allocation cache.
-    let dev_p = Cpu::seed_from_u64(0);
-    let mut pm = dev_p.build_module::<PlainLm, f32>();
-    let mut popt = Adam::new(&pm, AdamConfig::default());
-    let mut pgrads = pm.alloc_grads();
-    let dev_c = Cpu::seed_from_u64(0);
-    dev_c.enable_cache();
-    let mut cm = dev_c.build_module::<PlainLm, f32>();
-    let mut copt = Adam::new(&cm, AdamConfig::default());
-    let mut cgrads = cm.alloc_grads();
-
-    let optim_s = std::cell::Cell::new(0.0);
-    let mut umup_step = |grads: Gradients<f32, Cpu>| -> umup::Result<Gradients<f32, Cpu>> {
-        let x = dev_u.tensor_from_vec(ids.clone(), (n,));
-        let loss = um.loss(x.traced(grads), &targets, (BATCH, SEQ), &hp, &opts, None)?;
-        let mut g = loss.backward();
-        let t = Instant::now();
-        uopt.update(&mut um, &mut g)?;
-        optim_s.set(optim_s.get() + t.elapsed().as_secs_f64());
-        um.zero_grads(&mut g);
-        Ok(g)
+    // Plain dfdx LM: default device (the baseline) and with dfdx's allocation cache.
+    let plain_lm = |cache: bool| -> Step<'_> {
+        let dev = Cpu::seed_from_u64(0);
+        if cache {
+            dev.enable_cache();
+        }
+        let mut m = dev.build_module::<PlainLm, f32>();
+        let mut opt = Adam::new(&m, AdamConfig::default());
+        let mut grads = Some(m.alloc_grads());
+        let (ids, targets) = (&ids, &targets);
+        Box::new(move || {
+            let mut g = plain_loss(&m, ids, targets, grads.take().expect("put back")).backward();
+            opt.update(&mut m, &g).expect("every tensor has a gradient");
+            m.zero_grads(&mut g);
+            grads = Some(g);
+            Ok(())
+        })
     };
-    let mut sp_step = |grads: Gradients<f32, Cpu>| -> umup::Result<Gradients<f32, Cpu>> {
-        let x = dev_s.tensor_from_vec(ids.clone(), (n,));
-        let loss = sm.loss(x.traced(grads), &targets, (BATCH, SEQ), &hp, &opts, None)?;
-        let mut g = loss.backward();
-        sopt.update(&mut sm, &mut g)?;
-        sm.zero_grads(&mut g);
-        Ok(g)
+    // The encoder: umup (u-μP, AdamW, allocation cache on) and plain dfdx (default device).
+    let umup_enc = || -> umup::Result<Step<'_>> {
+        let dev = Cpu::seed_from_u64(0);
+        dev.enable_cache();
+        let mut m = Enc::build(&dev)?;
+        let mut opt = Optimizer::for_table(OptimConfig::adamw(1.0), &Enc::param_table()?)?;
+        let mut grads = Some(m.alloc_grads());
+        let (ids, labels) = (&ids, &labels);
+        Ok(Box::new(move || {
+            let x = dev.tensor_from_vec(ids.clone(), (n,));
+            let traced = x.traced(grads.take().expect("put back"));
+            let loss = m.loss(traced, labels, H, &Hyper::default())?;
+            let mut g = loss.backward();
+            opt.update(&mut m, &mut g)?;
+            m.zero_grads(&mut g);
+            grads = Some(g);
+            Ok(())
+        }))
     };
-    let mut generic_step = |grads: Gradients<f32, Cpu>| -> umup::Result<Gradients<f32, Cpu>> {
-        let x = dev_g.tensor_from_vec(ids.clone(), (n,));
-        let loss = gm.loss_generic(x.traced(grads), &targets, (BATCH, SEQ), &hp, &opts, None)?;
-        let mut g = loss.backward();
-        gopt.update(&mut gm, &mut g)?;
-        gm.zero_grads(&mut g);
-        Ok(g)
-    };
-    let mut plain_step = |grads: Gradients<f32, Cpu>| -> Gradients<f32, Cpu> {
-        let mut g = plain_loss(&pm, &ids, &targets, grads).backward();
-        popt.update(&mut pm, &g)
-            .expect("every tensor has a gradient");
-        pm.zero_grads(&mut g);
-        g
-    };
-    let mut cached_step = |grads: Gradients<f32, Cpu>| -> Gradients<f32, Cpu> {
-        let mut g = plain_loss(&cm, &ids, &targets, grads).backward();
-        copt.update(&mut cm, &g)
-            .expect("every tensor has a gradient");
-        cm.zero_grads(&mut g);
-        g
+    let plain_enc = || -> Step<'_> {
+        let dev = Cpu::seed_from_u64(0);
+        let mut m = dev.build_module::<PlainEnc, f32>();
+        let mut opt = Adam::new(&m, AdamConfig::default());
+        let mut grads = Some(m.alloc_grads());
+        let (ids, labels) = (&ids, &labels);
+        Box::new(move || {
+            let g0 = grads.take().expect("put back");
+            let mut g =
+                encoder::plain_loss::<V, SEQ, D, F, L, CLASSES>(&m, ids, labels, H, g0).backward();
+            opt.update(&mut m, &g).expect("every tensor has a gradient");
+            m.zero_grads(&mut g);
+            grads = Some(g);
+            Ok(())
+        })
     };
 
     // Raw gemm ceilings: the biggest matmul of the step, [1024, 256] @ [256, 1024], through
-    // dfdx's matmul (gemm 0.15) and umup's fused-path gemm (gemm 0.19).
-    let a: Tensor<(usize, Const<D>), f32, Cpu> = dev_p.sample_normal_like(&(n, Const));
-    let b: Tensor<Rank2<D, F>, f32, Cpu> = dev_p.sample_normal();
+    // dfdx's matmul (gemm 0.15) and umup's kernels' gemm (gemm 0.19).
+    let gdev = Cpu::seed_from_u64(0);
+    let a: Tensor<(usize, Const<D>), f32, Cpu> = gdev.sample_normal_like(&(n, Const));
+    let b: Tensor<Rank2<D, F>, f32, Cpu> = gdev.sample_normal();
     let (av, bv) = (a.as_vec(), b.as_vec());
     let mut cv = vec![0f32; n * F];
     let gemm_flop = 2.0 * (n * D * F) as f64;
 
-    for _ in 0..2 {
-        ugrads = umup_step(ugrads)?;
-        sgrads = sp_step(sgrads)?;
-        ggrads = generic_step(ggrads)?;
-        pgrads = plain_step(pgrads);
-        cgrads = cached_step(cgrads);
-    }
-    optim_s.set(0.0);
-    profile::take();
-    let names = [
-        "umup, last fused CPU step (src/models/fused.rs)",
-        "umup code in SP (fused, no u-μP scales)",
-        "umup u-μP through the ops (Cpu kernels)",
-        "plain dfdx, default device (baseline)",
-        "plain dfdx + allocation cache",
-        "raw gemm [1024,256]x[256,1024], dfdx (gemm 0.15)",
-        "raw gemm [1024,256]x[256,1024], umup (gemm 0.19)",
+    let mut models: Vec<(&str, Step)> = vec![
+        (
+            "umup u-μP LM (ops, Cpu kernels)",
+            lm_step::<Umup>(1.0, None, &ids, &targets)?,
+        ),
+        (
+            "umup LM in SP (same ops, no u-μP scales)",
+            lm_step::<Sp>(1e-3, None, &ids, &targets)?,
+        ),
+        (
+            "umup u-μP LM, fp8-sim matmuls",
+            lm_step::<Umup>(1.0, Some(MatmulFormats::fp8_sim()), &ids, &targets)?,
+        ),
+        ("plain dfdx LM, default device (baseline)", plain_lm(false)),
+        ("plain dfdx LM + allocation cache", plain_lm(true)),
+        ("umup u-μP encoder (ops, Cpu kernels)", umup_enc()?),
+        ("plain dfdx encoder, default device (baseline)", plain_enc()),
+        (
+            "raw gemm [1024,256]x[256,1024], dfdx (gemm 0.15)",
+            Box::new(|| {
+                std::hint::black_box(a.clone().matmul(b.clone()));
+                Ok(())
+            }),
+        ),
+        (
+            "raw gemm [1024,256]x[256,1024], umup (gemm 0.19)",
+            Box::new(|| {
+                umup::ops::cpu::gemm(
+                    umup::ops::cpu::ViewMut::rows(&mut cv, n, F),
+                    false,
+                    umup::ops::cpu::View::rows(&av, n, D),
+                    umup::ops::cpu::View::rows(&bv, D, F),
+                    1.0,
+                    umup::ops::cpu::Threads::All,
+                );
+                std::hint::black_box(&cv);
+                Ok(())
+            }),
+        ),
     ];
-    let mut all: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    let mut ratios = Vec::new();
-    for round in 0..args.rounds {
-        let mut this: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-        for _ in 0..args.steps {
-            let t = Instant::now();
-            ugrads = umup_step(ugrads)?;
-            this[0].push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            sgrads = sp_step(sgrads)?;
-            this[1].push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            ggrads = generic_step(ggrads)?;
-            this[2].push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            pgrads = plain_step(pgrads);
-            this[3].push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            cgrads = cached_step(cgrads);
-            this[4].push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            std::hint::black_box(a.clone().matmul(b.clone()));
-            this[5].push(t.elapsed().as_secs_f64() * 1e3);
-            let t = Instant::now();
-            umup::ops::cpu::gemm(
-                umup::ops::cpu::ViewMut::rows(&mut cv, n, F),
-                false,
-                umup::ops::cpu::View::rows(&av, n, D),
-                umup::ops::cpu::View::rows(&bv, D, F),
-                1.0,
-                umup::ops::cpu::Threads::All,
-            );
-            std::hint::black_box(&cv);
-            this[6].push(t.elapsed().as_secs_f64() * 1e3);
+    const LM: usize = 0;
+    const FP8: usize = 2;
+    const PLAIN: usize = 3;
+    const ENC: usize = 5;
+    const PLAIN_ENC: usize = 6;
+    const RAW: usize = 7;
+    for _ in 0..2 {
+        for (_, step) in models.iter_mut() {
+            step()?;
         }
-        let r = median(&this[0]) / median(&this[3]);
+    }
+    let mut all: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+    let (mut lm_ratios, mut enc_ratios, mut fp8_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        let mut this: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+        for _ in 0..args.steps {
+            for (i, (_, step)) in models.iter_mut().enumerate() {
+                let t = Instant::now();
+                step()?;
+                this[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let m: Vec<f64> = this.iter().map(|t| median(t)).collect();
+        let (r, re, rf) = (m[LM] / m[PLAIN], m[ENC] / m[PLAIN_ENC], m[FP8] / m[LM]);
         println!(
-            "round {}: umup {:.1} ms, plain dfdx {:.1} ms, ratio {r:.3}",
+            "round {}: LM umup {:.1} ms / plain {:.1} ms = {r:.3}; encoder umup {:.1} ms / plain {:.1} ms = {re:.3}; fp8-sim/f32 {rf:.3}",
             round + 1,
-            median(&this[0]),
-            median(&this[3])
+            m[LM],
+            m[PLAIN],
+            m[ENC],
+            m[PLAIN_ENC]
         );
-        ratios.push(r);
+        lm_ratios.push(r);
+        enc_ratios.push(re);
+        fp8_ratios.push(rf);
         for (acc, t) in all.iter_mut().zip(this) {
             acc.extend(t);
         }
     }
-    // The per-op breakdown: extra profiled steps of the ops model (the timing overhead stays out
+
+    // The per-op breakdown of the LM step: extra profiled steps (the timing overhead stays out
     // of the medians above).
     profile::take();
-    let mut optim_ops = 0.0;
     let mut profiled = Vec::new();
     for _ in 0..args.steps {
         profile::enable(true);
         let t = Instant::now();
-        let x = dev_g.tensor_from_vec(ids.clone(), (n,));
-        let loss = gm.loss_generic(x.traced(ggrads), &targets, (BATCH, SEQ), &hp, &opts, None)?;
-        let mut g = loss.backward();
-        let to = Instant::now();
-        gopt.update(&mut gm, &mut g)?;
-        optim_ops += to.elapsed().as_secs_f64();
-        gm.zero_grads(&mut g);
-        ggrads = g;
+        (models[LM].1)()?;
         profiled.push(t.elapsed().as_secs_f64() * 1e3);
         profile::enable(false);
     }
-    let timed = args.steps as f64;
     let parts = profile::take();
 
     let linear = 2.0 * n as f64 * (L * (4 * D * D + 3 * D * F) + D * V) as f64;
     let attention = (L * 2 * 2 * BATCH * H * SEQ * SEQ * (D / H)) as f64;
     let flops = 3.0 * (linear + attention);
     let med: Vec<f64> = all.iter().map(|t| median(t)).collect();
-    let ceiling = gemm_flop / (med[6] * 1e-3) / 1e9;
+    let ceiling = gemm_flop / (med[RAW + 1] * 1e-3) / 1e9;
     let gf = |ms: f64| flops / (ms * 1e-3) / 1e9;
     println!();
     println!(
-        "vocab {V}, width {D}, {L} layers, {H} heads, MLP {F}, seq {SEQ}, batch {BATCH}, f32; {:.1} GFLOP of matmul per step (causal attention counted in full); {} rounds × {} timed steps per model (interleaved, after 2 warm-up steps); {} threads",
+        "LM: vocab {V}, width {D}, {L} layers, {H} heads, MLP {F} (SwiGLU), seq {SEQ}, batch {BATCH}, f32; {:.1} GFLOP of matmul per step (causal attention counted in full). Encoder: same sizes, non-causal, GELU MLP {F}, {CLASSES} classes. {} rounds × {} timed steps per model (interleaved, after 2 warm-up steps); {} threads",
         flops / 1e9,
         args.rounds,
         args.steps,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
-    println!("| model | median step ms | GFLOP/s | % of umup gemm ceiling | vs plain dfdx |");
-    println!("|---|---:|---:|---:|---:|");
-    for (i, name) in names.iter().enumerate().take(5) {
-        println!(
-            "| {name} | {:.1} | {:.1} | {:.0}% | {:.3} |",
-            med[i],
-            gf(med[i]),
-            100.0 * gf(med[i]) / ceiling,
-            med[i] / med[3]
-        );
+    println!("| model | median step ms | GFLOP/s | vs its plain dfdx twin |");
+    println!("|---|---:|---:|---:|");
+    for (i, (name, _)) in models.iter().enumerate() {
+        let (g, vs) = match i {
+            i if i < ENC => (gf(med[i]), format!("{:.3}", med[i] / med[PLAIN])),
+            i if i < RAW => (f64::NAN, format!("{:.3}", med[i] / med[PLAIN_ENC])),
+            _ => (gemm_flop / (med[i] * 1e-3) / 1e9, String::new()),
+        };
+        let g = if g.is_nan() {
+            String::new()
+        } else {
+            format!("{g:.1}")
+        };
+        println!("| {name} | {:.2} | {g} | {vs} |", med[i]);
     }
-    for (i, name) in names.iter().enumerate().skip(5) {
-        let g = gemm_flop / (med[i] * 1e-3) / 1e9;
-        println!(
-            "| {name} | {:.2} | {g:.1} | {:.0}% | |",
-            med[i],
-            100.0 * g / ceiling
-        );
-    }
+    println!("(umup's gemm ceiling: {ceiling:.1} GFLOP/s)");
     println!();
-    println!("Where a u-μP step goes (mean per step over the timed steps):");
+    println!(
+        "Where a u-μP LM step goes (`umup::profile`, mean over {} profiled steps):",
+        args.steps
+    );
     println!();
     println!("| part | ms | share |");
     println!("|---|---:|---:|");
-    let step_ms = profiled.iter().sum::<f64>() / timed;
+    let step_ms = profiled.iter().sum::<f64>() / profiled.len() as f64;
     let mut accounted = 0.0;
-    let mut row = |name: &str, ms: f64| {
-        accounted += ms;
-        println!("| {name} | {ms:.1} | {:.0}% |", 100.0 * ms / step_ms);
-    };
     for (part, s) in &parts {
-        row(part.describe(), s * 1e3 / timed);
+        let ms = s * 1e3 / profiled.len() as f64;
+        accounted += ms;
+        println!(
+            "| {} | {ms:.1} | {:.0}% |",
+            part.describe(),
+            100.0 * ms / step_ms
+        );
     }
-    row("optimizer (AdamW, per-tensor LRs)", optim_ops * 1e3 / timed);
     let rest = step_ms - accounted;
     println!(
-        "| rest (buffers, tape, gradient zeroing) | {rest:.1} | {:.0}% |",
+        "| rest (optimizer, tape, buffers, gradient zeroing) | {rest:.1} | {:.0}% |",
         100.0 * rest / step_ms
     );
     println!("| total | {step_ms:.1} | 100% |");
     println!();
     println!(
-        "peak memory (VmHWM, separate processes, 3 steps): umup ops {} MiB, umup fused {} MiB, plain dfdx {} MiB",
-        child_peak("ops"),
+        "peak memory of the LM step (VmHWM, separate processes, 3 steps): umup {} MiB, plain dfdx {} MiB",
         child_peak("umup"),
         child_peak("plain")
     );
-    println!(
-        "per-round ratios umup/plain_dfdx: {}",
-        ratios
-            .iter()
+    let list = |v: &[f64]| {
+        v.iter()
             .map(|r| format!("{r:.3}"))
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    };
+    println!("per-round ratios LM umup/plain_dfdx: {}", list(&lm_ratios));
     println!(
-        "ratio ops/fused = {:.3} (ops {:.1} ms, fused {:.1} ms)",
-        med[2] / med[0],
-        med[2],
-        med[0]
+        "per-round ratios encoder umup/plain_dfdx: {}",
+        list(&enc_ratios)
     );
+    println!("per-round ratios fp8-sim/f32: {}", list(&fp8_ratios));
     println!(
         "ratio umup/plain_dfdx = {:.3} (umup {:.1} ms, plain dfdx {:.1} ms)",
-        median(&ratios),
-        med[0],
-        med[3]
+        median(&lm_ratios),
+        med[LM],
+        med[PLAIN]
+    );
+    println!(
+        "ratio encoder umup/plain_dfdx = {:.3} (umup {:.1} ms, plain dfdx {:.1} ms)",
+        median(&enc_ratios),
+        med[ENC],
+        med[PLAIN_ENC]
+    );
+    println!(
+        "ratio fp8-sim/f32 = {:.3} (fp8-sim {:.1} ms, f32 {:.1} ms)",
+        median(&fp8_ratios),
+        med[FP8],
+        med[LM]
     );
     Ok(())
 }

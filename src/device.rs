@@ -15,7 +15,7 @@ use crate::{Error, Result};
 /// Which device a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceKind {
-    /// dfdx's `Cpu` (with umup's fused step where it applies).
+    /// dfdx's `Cpu` (umup's `Cpu` kernels behind every op).
     #[default]
     Cpu,
     /// dfdx's `Cuda`, GPU 0 (needs the `cuda` feature).

@@ -326,6 +326,29 @@ where
     }
 }
 
+fn gelu<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(11);
+    let x = rig.randn::<_, E>((7, 3, 11));
+    let r = rig.randn::<_, E>((7, 3, 11));
+    for (mult, os, gs) in [(1.0, 1.0, 1.0), (1.7, 0.8, 1.3), (0.4, 2.1, 0.6)] {
+        let run = |kernel: bool| {
+            let xt = x.clone().leaky_traced();
+            let y = if kernel {
+                <Cpu as Backend<E>>::gelu_kernel(xt, mult, os, gs)
+            } else {
+                generic::gelu(xt, mult, os, gs)
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            vec![out, f64s(&g.get(&x))]
+        };
+        compare::<E>("gelu", &run(true), &run(false));
+    }
+}
+
 fn cross_entropy<E: Real>()
 where
     Cpu: Backend<E>,
@@ -416,6 +439,98 @@ both!(
     norms,
     add,
     silu_glu,
+    gelu,
     cross_entropy,
     embedding
 );
+
+/// Row-major transpose (test helper).
+fn transposed<E: Copy>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| a[r * cols + c]))
+        .collect()
+}
+
+/// The one `unsafe` front end, `ops::cpu::gemm`, against dfdx's matmul: transposed and strided
+/// operands, one thread and all, overwrite and accumulate, into a block of a wider matrix
+/// whose other cells must stay untouched.
+fn gemm<E: Real + umup::ops::cpu::Real>()
+where
+    Cpu: Backend<E>,
+{
+    use umup::ops::cpu::{Threads, View, ViewMut};
+    let mut rig = Rig::new(10);
+    let of = |v: f64| E::from_f64(v).unwrap();
+    for (m, k, n) in [(5, 7, 3), (64, 48, 80), (130, 70, 90), (1, 33, 1)] {
+        let a = rig.randn::<_, E>((m, k));
+        let b = rig.randn::<_, E>((k, n));
+        let c = rig.randn::<_, E>((m, n));
+        let (av, bv, cv) = (a.as_vec(), b.as_vec(), c.as_vec());
+        let ab = a.matmul(b) * of(0.7);
+        let product = f64s(&ab);
+        let accumulated = f64s(&(ab + c));
+        let (at, bt) = (transposed(&av, m, k), transposed(&bv, k, n));
+        let pad = 5;
+        let mut a_wide = vec![of(f64::NAN); m * (k + pad)];
+        for r in 0..m {
+            a_wide[r * (k + pad) + 3..r * (k + pad) + 3 + k]
+                .copy_from_slice(&av[r * k..(r + 1) * k]);
+        }
+        for (case, threads) in [
+            (0, Threads::One),
+            (1, Threads::All),
+            (2, Threads::One),
+            (3, Threads::All),
+        ] {
+            let lhs = match case {
+                1 => View::rows(&at, k, m).t(),
+                3 => View::block(&a_wide, 3, m, k, k + pad),
+                _ => View::rows(&av, m, k),
+            };
+            let rhs = match case {
+                2 | 3 => View::rows(&bt, n, k).t(),
+                _ => View::rows(&bv, k, n),
+            };
+            for accumulate in [false, true] {
+                let (dw, sentinel) = (n + 2, of(123.0));
+                let mut dst = vec![sentinel; m * dw];
+                for r in 0..m {
+                    for j in 0..n {
+                        dst[r * dw + 1 + j] = if accumulate {
+                            cv[r * n + j]
+                        } else {
+                            of(f64::NAN)
+                        };
+                    }
+                }
+                umup::ops::cpu::gemm(
+                    ViewMut::block(&mut dst, 1, m, n, dw),
+                    accumulate,
+                    lhs,
+                    rhs,
+                    of(0.7),
+                    threads,
+                );
+                let mut got = Vec::with_capacity(m * n);
+                for r in 0..m {
+                    got.extend(
+                        dst[r * dw + 1..r * dw + 1 + n]
+                            .iter()
+                            .map(|v| v.to_f64().unwrap()),
+                    );
+                    assert!(
+                        dst[r * dw] == sentinel && dst[r * dw + n + 1] == sentinel,
+                        "gemm wrote outside its destination block"
+                    );
+                }
+                let want = if accumulate { &accumulated } else { &product };
+                compare::<E>(
+                    &format!("gemm ({m}, {k}, {n}) case {case} accumulate {accumulate}"),
+                    &[got],
+                    std::slice::from_ref(want),
+                );
+            }
+        }
+    }
+}
+both!(gemm);

@@ -148,15 +148,6 @@ where
     c.out
 }
 
-/// Which forward/backward path computes the loss.
-#[derive(Clone, Copy, Debug)]
-enum Path {
-    /// `loss`: the fused CPU step.
-    Fused,
-    /// `loss_generic`: the composition of umup's ops (what `Cuda` runs).
-    Generic,
-}
-
 /// Largest relative difference between a tensor and the reference's summary of it: RMS,
 /// probe dot product (relative to `rms · √n`, its scale) and the first entries (relative to
 /// the RMS).
@@ -173,9 +164,9 @@ fn compare(got: &[f64], want: &Summary, index: usize) -> f64 {
     worst
 }
 
-/// Runs a case in `E` on `path` and returns the worst relative error of (losses, gradients,
+/// Runs a case in `E` and returns the worst relative error of (losses, gradients,
 /// trained weights), asserting that the initial weights are the fixture's.
-fn run<E: Dtype>(case: &Case, path: Path) -> (f64, f64, f64)
+fn run<E: Dtype>(case: &Case) -> (f64, f64, f64)
 where
     Cpu: umup::ops::Backend<E>,
     umup::rand_distr::StandardNormal: umup::rand_distr::Distribution<E>,
@@ -220,18 +211,11 @@ where
         ..OptimConfig::adamw(case.lr)
     };
     let mut opt = Optimizer::<E, Cpu>::for_table(cfg, &table).unwrap();
-    // `loss` must really take the fused step here (`loss_generic` never does).
-    let fused = Model::<E>::uses_fused_step::<OwnedTape<E, Cpu>>(&opts, false);
-    assert!(fused || matches!(path, Path::Generic));
     let (mut loss_err, mut grad_err) = (0f64, 0f64);
     for (step, want) in case.losses.iter().enumerate() {
         let ids = dev.tensor_from_vec(inputs.clone(), (inputs.len(),));
         let traced = ids.traced(m.alloc_grads());
-        let loss = match path {
-            Path::Fused => m.loss(traced, &targets, (b, s), &hp, &opts, None),
-            Path::Generic => m.loss_generic(traced, &targets, (b, s), &hp, &opts, None),
-        }
-        .unwrap();
+        let loss = m.loss(traced, &targets, (b, s), &hp, &opts, None).unwrap();
         let got = loss.array().to_f64().unwrap();
         loss_err = loss_err.max((got - want).abs() / want);
         let mut grads = loss.backward();
@@ -274,31 +258,30 @@ fn the_fixture_covers_defaults_and_every_alpha() {
     }
 }
 
-/// Every case in `E` on `path`, within `tol` = (loss, gradients, trained weights).
-fn assert_every_case<E: Dtype>(path: Path, tol: (f64, f64, f64))
+/// Every case in `E`, within `tol` = (loss, gradients, trained weights).
+fn assert_every_case<E: Dtype>(tol: (f64, f64, f64))
 where
     Cpu: umup::ops::Backend<E>,
     umup::rand_distr::StandardNormal: umup::rand_distr::Distribution<E>,
 {
     for case in fixture().cases {
-        let (loss, grad, after) = run::<E>(&case, path);
+        let (loss, grad, after) = run::<E>(&case);
         assert!(
             loss < tol.0 && grad < tol.1 && after < tol.2,
-            "{} {path:?}: loss {loss:.1e}, grads {grad:.1e}, after {after:.1e}",
+            "{}: loss {loss:.1e}, grads {grad:.1e}, after {after:.1e}",
             case.name
         );
     }
 }
 
 #[test]
-fn f64_matches_the_reference_decoder_on_both_paths() {
-    assert_every_case::<f64>(Path::Fused, (1e-13, 1e-12, 1e-12));
-    assert_every_case::<f64>(Path::Generic, (1e-13, 1e-12, 1e-12));
+fn f64_matches_the_reference_decoder() {
+    assert_every_case::<f64>((1e-13, 1e-12, 1e-12));
 }
 
 #[test]
 fn f32_matches_the_reference_decoder_to_single_precision() {
-    assert_every_case::<f32>(Path::Fused, (1e-5, 1e-4, 1e-4));
+    assert_every_case::<f32>((1e-5, 1e-4, 1e-4));
 }
 
 #[test]
@@ -315,7 +298,7 @@ fn each_alpha_moves_the_result_far_outside_the_tolerance() {
     for (i, set) in wrong.iter().enumerate() {
         let mut c = case.clone();
         set(&mut c.alphas);
-        let (_, grad, after) = run::<f64>(&c, Path::Generic);
+        let (_, grad, after) = run::<f64>(&c);
         assert!(
             grad > 1e-3 && after > 1e-6,
             "α {i}: grads {grad:.1e}, after {after:.1e}"

@@ -85,7 +85,7 @@ pub struct LmOptions {
     pub rope: bool,
 }
 
-pub(super) const NORM_EPS: f64 = 1e-5;
+const NORM_EPS: f64 = 1e-5;
 
 type Rows<const K: usize, E, Dev, T> = Tensor<(usize, Const<K>), E, Dev, T>;
 
@@ -305,47 +305,10 @@ where
             .map_err(Error::device)
     }
 
-    /// Mean next-token cross entropy of a batch (`P::cross_entropy` with α_loss-softmax).
-    ///
-    /// On `Cpu` in `f32`/`f64` without a quantiser or RoPE this runs the fused CPU step
-    /// (`models::fused`: same values and gradients, one backward op for the whole model);
-    /// otherwise the device-generic composition of umup's ops.
-    pub fn loss<T: Tape<E, Dev> + Merge<T> + 'static>(
-        &self,
-        ids: Tensor<(usize,), usize, Dev, T>,
-        targets: &[usize],
-        shape: (usize, usize),
-        hp: &Hyper,
-        opts: &LmOptions,
-        quant: Option<&mut MatmulQuantiser>,
-    ) -> Result<Tensor<(), E, Dev, T>> {
-        check_inputs::<D>(ids.shape().0, shape, hp, opts)?;
-        let ids = if fusable(opts, quant.is_some()) {
-            let args = super::fused::LossArgs {
-                targets,
-                shape,
-                hp,
-                opts,
-            };
-            match super::fused::try_loss(self, ids, &args) {
-                Ok(result) => return result,
-                Err(ids) => ids,
-            }
-        } else {
-            ids
-        };
-        self.loss_generic(ids, targets, shape, hp, opts, quant)
-    }
-
-    /// Whether [`Self::loss`] runs the fused CPU step for a `T` tape with these options (a
-    /// quantiser always takes the generic path).
-    pub fn uses_fused_step<T: 'static>(opts: &LmOptions, quantised: bool) -> bool {
-        fusable(opts, quantised) && super::fused::applies::<E, Dev, T>()
-    }
-
-    /// [`Self::loss`] always through the device-generic composition of umup's ops (the path
-    /// `Cuda` runs, and the reference the fused CPU step is tested against).
-    pub fn loss_generic<T: Tape<E, Dev> + Merge<T>>(
+    /// Mean next-token cross entropy of a batch (`P::cross_entropy` with α_loss-softmax): the
+    /// composition of umup's ops, each running its device's kernel (`Cpu`: the kernels behind
+    /// [`Backend`]; any other device: the generic compositions).
+    pub fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         targets: &[usize],
@@ -357,11 +320,6 @@ where
         let logits = self.logits(ids, shape, hp, opts, quant)?;
         P::cross_entropy(logits, targets, hp)
     }
-}
-
-/// Whether the options allow the fused CPU step (it has no quantiser and no RoPE).
-fn fusable(opts: &LmOptions, quantised: bool) -> bool {
-    !quantised && !opts.rope
 }
 
 /// Checks the run-time settings of a forward pass: heads divide the width, one id per

@@ -1,9 +1,15 @@
-"""umup's training step against the reference library's, on the same machine, side by side.
+"""umup's training steps against the reference library's, on the same machine, side by side.
 
-Each round runs `bench_step --rounds 1` (umup's fused u-μP step and the plain-dfdx baseline,
-interleaved step by step) and then the same step in the reference library:
-`unit_scaling.TransformerDecoder(256, 256, 4, 4)` (PyTorch eager, float32) with
-`uu.optim.AdamW`, on the batch `bench_step` uses (8 × 128 ids, `examples/common/bench.rs`).
+Each round runs `bench_step --rounds 1` (umup's u-μP LM and encoder through its ops and the
+plain-dfdx baselines, interleaved step by step) and then the same two steps in the reference
+library (PyTorch eager, float32, `uu.optim.AdamW`), on the batches `bench_step` uses (8 × 128
+ids, `examples/common/bench.rs`):
+- the LM: `unit_scaling.TransformerDecoder(256, 256, 4, 4)`;
+- the encoder of `examples/common/encoder.rs`, from the library's modules and functional ops:
+  token and learned position embeddings, 4 pre-norm layers (`uu.LayerNorm` with gain and bias,
+  biased `uu.Linear` q/k/v/o, non-causal `U.scaled_dot_product_attention`, `U.gelu` MLP ×4 with
+  biases, `U.residual_split`/`U.residual_add` with the library's τ rule), a final LayerNorm, the
+  mean over positions (× √seq) and `uu.LinearReadout` to 16 classes, `U.cross_entropy`.
 The reported ratios are medians of the per-round ratios.
 
     cargo build --release --example bench_step
@@ -47,8 +53,73 @@ def reference_step_ms(steps, threads):
     return statistics.median(times)
 
 
+class Encoder(torch.nn.Module):
+    """The encoder classifier of `examples/common/encoder.rs` in the reference library."""
+
+    def __init__(self, classes=16):
+        super().__init__()
+        self.tok = uu.Embedding(V, D)
+        self.pos = uu.Parameter(torch.randn(SEQ, D), mup_type="weight")
+        self.layers = torch.nn.ModuleList()
+        for _ in range(L):
+            self.layers.append(
+                torch.nn.ModuleDict(
+                    dict(
+                        ln1=uu.LayerNorm(D, elementwise_affine=True),
+                        q=uu.Linear(D, D, bias=True),
+                        k=uu.Linear(D, D, bias=True),
+                        v=uu.Linear(D, D, bias=True),
+                        o=uu.Linear(D, D, bias=True),
+                        ln2=uu.LayerNorm(D, elementwise_affine=True),
+                        up=uu.Linear(D, 4 * D, bias=True),
+                        down=uu.Linear(4 * D, D, bias=True),
+                    )
+                )
+            )
+        self.ln_f = uu.LayerNorm(D, elementwise_affine=True)
+        self.head = uu.LinearReadout(D, classes)
+        rule = uu.transformer_residual_scaling_rule()
+        self.taus = [rule(i, 2 * L) for i in range(2 * L)]
+
+    def forward(self, ids):
+        b = ids.shape[0]
+        x = U.add(self.tok(ids), self.pos, constraint=None)
+        heads = lambda t: t.view(b, SEQ, H, D // H).transpose(1, 2)  # noqa: E731
+        for i, l in enumerate(self.layers):
+            r, skip = U.residual_split(x, self.taus[2 * i])
+            h = l["ln1"](r)
+            a = U.scaled_dot_product_attention(heads(l["q"](h)), heads(l["k"](h)), heads(l["v"](h)))
+            x = U.residual_add(l["o"](a.transpose(1, 2).reshape(b, SEQ, D)), skip, self.taus[2 * i])
+            r, skip = U.residual_split(x, self.taus[2 * i + 1])
+            x = U.residual_add(l["down"](U.gelu(l["up"](l["ln2"](r)))), skip, self.taus[2 * i + 1])
+        pooled = self.ln_f(x).mean(dim=1) * SEQ**0.5
+        return self.head(pooled)
+
+
+def encoder_step_ms(steps, threads):
+    """Median ms of `steps` reference encoder training steps after 2 warm-up steps."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = Encoder()
+    opt = uu.optim.AdamW(model.parameters(), lr=2.0**-6)
+    n = BATCH * SEQ
+    ids = torch.tensor([(i * 37 + 11) % V for i in range(n)]).view(BATCH, SEQ)
+    labels = torch.tensor([(b * 7 + 3) % 16 for b in range(BATCH)])
+    times = []
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = U.cross_entropy(model(ids), labels)
+        loss.backward()
+        opt.step()
+        if step >= 2:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def umup_step_ms(binary, steps):
-    """(umup fused step, plain dfdx) medians from one `bench_step` round."""
+    """(umup LM, plain dfdx LM, umup encoder, plain dfdx encoder) medians from one `bench_step`
+    round."""
     out = subprocess.run(
         [binary, "--rounds", "1", "--steps", str(steps)], check=True, capture_output=True, text=True
     ).stdout
@@ -59,7 +130,12 @@ def umup_step_ms(binary, steps):
             raise SystemExit(f"bench_step printed no row `{prefix}`:\n{out}")
         return float(m.group(1))
 
-    return row("umup (u-μP, AdamW; fused CPU step)"), row("plain dfdx, default device (baseline)")
+    return (
+        row("umup u-μP LM (ops"),
+        row("plain dfdx LM, default device"),
+        row("umup u-μP encoder (ops"),
+        row("plain dfdx encoder, default device"),
+    )
 
 
 def main():
@@ -71,20 +147,28 @@ def main():
     args = p.parse_args()
     rows = []
     for r in range(args.rounds):
-        umup, plain = umup_step_ms(args.bench_step, args.steps)
+        umup, plain, umup_enc, plain_enc = umup_step_ms(args.bench_step, args.steps)
         ref = reference_step_ms(args.steps, args.threads)
-        rows.append((umup, plain, ref))
-        print(f"round {r}: umup {umup:.1f} ms, plain dfdx {plain:.1f} ms, reference (PyTorch) {ref:.1f} ms", flush=True)
+        ref_enc = encoder_step_ms(args.steps, args.threads)
+        rows.append((umup, plain, ref, umup_enc, plain_enc, ref_enc))
+        print(
+            f"round {r}: LM umup {umup:.1f} ms, plain dfdx {plain:.1f} ms, reference {ref:.1f} ms; "
+            f"encoder umup {umup_enc:.1f} ms, plain dfdx {plain_enc:.1f} ms, reference {ref_enc:.1f} ms",
+            flush=True,
+        )
     med = lambda i: statistics.median(x[i] for x in rows)  # noqa: E731
     ratio = lambda a, b: statistics.median(x[a] / x[b] for x in rows)  # noqa: E731
     print(f"\ntorch {torch.__version__}, {args.threads} threads; {args.rounds} rounds x {args.steps} steps")
     print("| step | median ms | vs reference |")
     print("|---|---:|---:|")
-    print(f"| umup u-μP, fused CPU step | {med(0):.1f} | {ratio(0, 2):.3f} |")
-    print(f"| plain dfdx (no scaling) | {med(1):.1f} | {ratio(1, 2):.3f} |")
-    print(f"| reference unit-scaling 0.3.5 (PyTorch eager) | {med(2):.1f} | 1.000 |")
-    print("per-round umup/reference: " + ", ".join(f"{u / r:.3f}" for u, _, r in rows))
-    print("per-round reference/plain dfdx: " + ", ".join(f"{r / p:.3f}" for _, p, r in rows))
+    print(f"| LM: umup u-μP (ops, Cpu kernels) | {med(0):.1f} | {ratio(0, 2):.3f} |")
+    print(f"| LM: plain dfdx (no scaling) | {med(1):.1f} | {ratio(1, 2):.3f} |")
+    print(f"| LM: reference unit-scaling 0.3.5 (PyTorch eager) | {med(2):.1f} | 1.000 |")
+    print(f"| encoder: umup u-μP (ops, Cpu kernels) | {med(3):.1f} | {ratio(3, 5):.3f} |")
+    print(f"| encoder: plain dfdx (no scaling) | {med(4):.1f} | {ratio(4, 5):.3f} |")
+    print(f"| encoder: reference unit-scaling 0.3.5 (PyTorch eager) | {med(5):.1f} | 1.000 |")
+    print("per-round LM umup/reference: " + ", ".join(f"{x[0] / x[2]:.3f}" for x in rows))
+    print("per-round encoder umup/reference: " + ", ".join(f"{x[3] / x[5]:.3f}" for x in rows))
 
 
 if __name__ == "__main__":

@@ -136,6 +136,17 @@ pub trait Backend<E: Dtype>: Device<E> {
         activation::silu_glu_generic(x, gate, mult, scale)
     }
 
+    /// `out_scale · gelu(mult·x)` (exact erf form) with `grad x = grad_scale · gelu′(mult·x) · G`
+    /// (spec §4.10).
+    fn gelu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<S, E, Self, T>,
+        mult: f64,
+        out_scale: f64,
+        grad_scale: f64,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        activation::gelu_generic(x, mult, out_scale, grad_scale)
+    }
+
     /// Cross entropy of `mult·logits` against `targets`: value `value_scale·Σ_rows(lse − x_t)`,
     /// `grad logits = grad_coef·(softmax(mult·x) − onehot)·G` (spec §4.13). Targets are checked
     /// by the caller.
@@ -259,6 +270,15 @@ where
         scale: f64,
     ) -> Result<Tensor<S, E, Self, T>> {
         activation::cpu::silu_glu(x, gate, mult, scale)
+    }
+
+    fn gelu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<S, E, Self, T>,
+        mult: f64,
+        out_scale: f64,
+        grad_scale: f64,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        activation::cpu::gelu(x, mult, out_scale, grad_scale)
     }
 
     fn cross_entropy_kernel<R: Dim, V: Dim, T: Tape<E, Self>>(

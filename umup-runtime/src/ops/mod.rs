@@ -45,6 +45,7 @@ pub use sum::{add, add_broadcast};
 /// runs (`Cuda` does), built from public dfdx tensor ops, and what the `Cpu` kernels are tested
 /// against. They take the scales as plain numbers, exactly as the kernel methods do.
 pub mod generic {
+    pub use super::activation::gelu_generic as gelu;
     pub use super::activation::silu_glu_generic as silu_glu;
     pub use super::attention::attention_generic as attention;
     pub use super::attention::attention_rows_generic as attention_rows;

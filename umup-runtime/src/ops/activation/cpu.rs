@@ -3,8 +3,9 @@
 use dfdx::prelude::*;
 
 use crate::error::{DeviceResultExt, Result};
-use crate::ops::cpu::{swiglu_bwd, swiglu_bwd_acc, swiglu_fwd, Real};
+use crate::ops::cpu::{gelu_bwd_acc, gelu_fwd, swiglu_bwd, swiglu_bwd_acc, swiglu_fwd, Real};
 use crate::ops::kernels::{self, accumulate, Buf};
+use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 
 /// `scale · x · gate·σ(mult·gate)` with true gradients.
@@ -22,7 +23,7 @@ pub(crate) fn silu_glu<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     let n = shape.num_elements();
     let (xs, gs) = (Buf::of(&x).dev()?, Buf::of(&g).dev()?);
     let mut y = Buf::zeros(&dev, n).dev()?;
-    let (mult, scale) = (E::of(mult), E::of(scale));
+    let (mult, scale) = (elem::<E>("scale", mult)?, elem::<E>("scale", scale)?);
     time(Part::Activations, || {
         swiglu_fwd(&xs, &gs, mult, scale, &mut y)
     });
@@ -55,6 +56,38 @@ pub(crate) fn silu_glu<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                     },
                 )?;
             }
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            Ok(())
+        });
+    }
+    Ok(y.put_tape(tape))
+}
+
+/// `out_scale · gelu(mult·x)`; backward `dx += grad_scale · gelu′(mult·x) · G`.
+pub(crate) fn gelu<S: Shape, E: Real, T: Tape<E, Cpu>>(
+    x: Tensor<S, E, Cpu, T>,
+    mult: f64,
+    out_scale: f64,
+    grad_scale: f64,
+) -> Result<Tensor<S, E, Cpu, T>> {
+    let (x, mut tape) = kernels::input(x).dev()?;
+    let dev = x.device().clone();
+    let shape = *x.shape();
+    let xs = Buf::of(&x).dev()?;
+    let mut y = Buf::zeros(&dev, xs.len()).dev()?;
+    let (mult, os, gs) = (
+        elem::<E>("scale", mult)?,
+        elem::<E>("scale", out_scale)?,
+        elem::<E>("scale", grad_scale)?,
+    );
+    time(Part::Activations, || gelu_fwd(&xs, mult, os, &mut y));
+    let y = y.into_tensor(&dev, shape).dev()?;
+    if T::OWNS_TAPE {
+        let (xg, yg) = (x.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
+            time(Part::Activations, || gelu_bwd_acc(&xs, &gy, mult, gs, gx));
             kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });

@@ -21,10 +21,22 @@ pub fn gelu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     constraint: Constraint,
 ) -> Result<Tensor<S, E, D, T>> {
     let s = scales::gelu(mult)?.constrained(constraint)?;
-    // z = mult·x in value; the backward ratio s·mult/o turns o·gelu′(z)/mult·G into s·gelu′(z)·G.
-    let z = scale_grad(x, mult, s.grad_input * mult / s.output)?;
+    D::gelu_kernel(x, mult, s.output / mult, s.grad_input)
+}
+
+/// The device-generic composition of [`Backend::gelu_kernel`]: value
+/// `out_scale · gelu(mult·x)`, `grad x = grad_scale · gelu′(mult·x) · G`.
+pub fn gelu_generic<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<S, E, D, T>,
+    mult: f64,
+    out_scale: f64,
+    grad_scale: f64,
+) -> Result<Tensor<S, E, D, T>> {
+    // z = mult·x in value; the backward ratio grad_scale/out_scale turns
+    // out_scale·gelu′(z)·G into grad_scale·gelu′(z)·G.
+    let z = scale_grad(x, mult, grad_scale / out_scale)?;
     exact_gelu(z)?
-        .try_mul(elem::<E>("gelu scale", s.output / mult)?)
+        .try_mul(elem::<E>("gelu scale", out_scale)?)
         .dev()
 }
 

@@ -8,6 +8,7 @@ use dfdx::prelude::*;
 use crate::error::{DeviceResultExt, Result};
 use crate::ops::cpu::{attention_bwd_into, attention_fwd, AttnLayout, AttnShape, Real};
 use crate::ops::kernels::{self, accumulate, Buf};
+use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 
 /// Attention on `[batch·seq, heads·d_head]` rows (`shape.layout` is taken as
@@ -73,7 +74,10 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     let (qs, ks, vs) = (Buf::of(&q).dev()?, Buf::of(&k).dev()?, Buf::of(&v).dev()?);
     let mut out = Buf::zeros(&dev, sh.numel()).dev()?;
     let mut probs = Buf::zeros(&dev, sh.probs_numel()).dev()?;
-    let (ls, os) = (E::of(logit_scale), E::of(out_scale));
+    let (ls, os) = (
+        elem::<E>("scale", logit_scale)?,
+        elem::<E>("scale", out_scale)?,
+    );
     time(Part::Attention, || {
         attention_fwd(sh, &qs, &ks, &vs, ls, os, causal, &mut out, &mut probs)
     });

@@ -154,35 +154,8 @@ pub fn attention_fwd<E: Real>(
         });
 }
 
-/// Attention backward from the forward's `probs`; overwrites `dq`, `dk`, `dv`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd<E: Real>(
-    sh: AttnShape,
-    q: &[E],
-    k: &[E],
-    v: &[E],
-    probs: &[E],
-    dout: &[E],
-    logit_scale: E,
-    out_scale: E,
-    causal: bool,
-    dq: &mut [E],
-    dk: &mut [E],
-    dv: &mut [E],
-) {
-    attention_bwd_into(
-        sh,
-        [q, k, v, probs, dout],
-        logit_scale,
-        out_scale,
-        causal,
-        false,
-        [dq, dk, dv],
-    )
-}
-
-/// [`attention_bwd`], adding to `dq`, `dk`, `dv` when `accumulate` (straight into gradient
-/// buffers) and overwriting them otherwise.
+/// Attention backward from the forward's `probs`: adds to `dq`, `dk`, `dv` when `accumulate`
+/// (straight into gradient buffers) and overwrites them otherwise.
 pub fn attention_bwd_into<E: Real>(
     sh: AttnShape,
     [q, k, v, probs, dout]: [&[E]; 5],

@@ -1,4 +1,4 @@
-//! Elementwise kernels: SwiGLU, linear combinations (residual adds), embedding gather/scatter.
+//! Elementwise kernels: SwiGLU, GELU, embedding gather/scatter.
 
 use rayon::prelude::*;
 
@@ -83,24 +83,40 @@ pub fn swiglu_bwd_acc<E: Real>(
         });
 }
 
-/// `out = a·f + b·x` (the residual add `a·branch + b·skip`, spec §3.1). With `b = 0`, `x` is
-/// not read.
-pub fn lincomb<E: Real>(out: &mut [E], a: E, f: &[E], b: E, x: &[E]) {
-    assert!(
-        f.len() == out.len() && x.len() == out.len(),
-        "lincomb lengths"
-    );
+/// GELU forward (spec §4.10), exact erf form: `out = scale · gelu(mult·x)` with
+/// `gelu(z) = z·Φ(z)`, `Φ(z) = (1 + erf(z/√2))/2`.
+pub fn gelu_fwd<E: Real>(x: &[E], mult: E, scale: E, out: &mut [E]) {
+    assert_eq!(x.len(), out.len(), "gelu_fwd lengths");
+    let r = E::of(std::f64::consts::FRAC_1_SQRT_2);
+    let half = E::of(0.5);
     out.par_chunks_mut(CHUNK)
-        .zip(f.par_chunks(CHUNK).zip(x.par_chunks(CHUNK)))
-        .for_each(|(o, (f, x))| {
-            if b == E::zero() {
-                for (o, &f) in o.iter_mut().zip(f) {
-                    *o = a * f;
-                }
-            } else {
-                for ((o, &f), &x) in o.iter_mut().zip(f).zip(x) {
-                    *o = a * f + b * x;
-                }
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                let z = mult * x;
+                *o = scale * z * half * (E::one() + (z * r).erf());
+            }
+        });
+}
+
+/// GELU backward, added to `dx`: `dx += scale · gelu′(mult·x) · dout` with
+/// `gelu′(z) = Φ(z) + z·φ(z)`, `φ(z) = e^(−z²/2)/√(2π)`.
+pub fn gelu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E]) {
+    assert!(
+        x.len() == dout.len() && x.len() == dx.len(),
+        "gelu_bwd lengths"
+    );
+    let r = E::of(std::f64::consts::FRAC_1_SQRT_2);
+    let c = E::of(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    let half = E::of(0.5);
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, g))| {
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                let z = mult * x;
+                let phi = half * (E::one() + (z * r).erf());
+                let density = c * (-half * z * z).exp();
+                *dx += scale * (phi + z * density) * g;
             }
         });
 }
@@ -121,37 +137,4 @@ pub fn embedding_bwd<E: Real>(dout: &[E], width: usize, ids: &[usize], scale: E,
             *t += scale * g;
         }
     }
-}
-
-/// The transpose of a row-major `rows × cols` matrix (a new row-major `cols × rows` matrix),
-/// in cache-sized tiles, rows of the result in parallel.
-pub fn transpose<E: Real>(a: &[E], rows: usize, cols: usize) -> Vec<E> {
-    let mut out = vec![E::zero(); rows * cols];
-    transpose_into(a, rows, cols, &mut out);
-    out
-}
-
-/// [`transpose`] into `out` (every element overwritten).
-pub fn transpose_into<E: Real>(a: &[E], rows: usize, cols: usize, out: &mut [E]) {
-    assert!(
-        a.len() == rows * cols && out.len() == a.len(),
-        "transpose length"
-    );
-    const TILE: usize = 32;
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    out.par_chunks_mut(TILE * rows)
-        .enumerate()
-        .for_each(|(tc, block)| {
-            let c0 = tc * TILE;
-            let c1 = (c0 + TILE).min(cols);
-            for r0 in (0..rows).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    for c in c0..c1 {
-                        block[(c - c0) * rows + r] = a[r * cols + c];
-                    }
-                }
-            }
-        });
 }

@@ -1,14 +1,17 @@
-//! Fused CPU kernels on slices: the fast path that [`Cpu`](dfdx::tensor::Cpu) training steps run.
+//! CPU kernels on slices: the compute of the `Cpu` tape ops in each op's `cpu.rs` (see
+//! [`super::Backend`]).
 //!
 //! Each kernel computes one op's forward or backward pass — scale factors included — in a single
-//! pass over memory, in parallel on rayon's pool, and is tested against the device-generic dfdx
-//! composition of the same op (`tests/fused.rs`) to 1e-5 relative in f32. Matmuls go to the
-//! `gemm` crate (0.19, with its AVX-512 kernels where the CPU has them) with the u-μP scale folded into the matmul's own
-//! `alpha`, so a scale never costs a pass of its own.
+//! pass over memory, in parallel on rayon's pool; through their tape ops they are tested against
+//! the device-generic composition of the same op (`tests/kernels.rs`: f32 to 1e-5, f64 to
+//! 1e-12). Matmuls go to the `gemm` crate (0.19, with its AVX-512 kernels where the CPU has them)
+//! with the u-μP scale folded into the matmul's own `alpha`, so a scale never costs a pass of its
+//! own.
 //!
 //! Layouts are row-major: activations are `[rows, features]`; attention inputs are
-//! `[batch·seq, heads·d_head]` (the output of a linear layer, no permute), probabilities
-//! `[batch, heads, seq, seq]`. The kernels run for `f32` and `f64` ([`Real`]).
+//! `[batch·seq, heads·d_head]` (the output of a linear layer, no permute) or
+//! `[batch, heads, seq, d_head]` ([`AttnLayout`]), probabilities `[batch, heads, seq, seq]`. The
+//! kernels run for `f32` and `f64` ([`Real`]).
 //!
 //! Preconditions (lengths) are asserted: the callers (umup's ops and models) check user shapes
 //! first, so a failed assert is a bug in umup, never a consequence of user input.
@@ -18,15 +21,12 @@ mod elementwise;
 mod gemm;
 mod rowwise;
 
-pub use attention::{attention_bwd, attention_bwd_into, attention_fwd, AttnLayout, AttnShape};
+pub use attention::{attention_bwd_into, attention_fwd, AttnLayout, AttnShape};
 pub use elementwise::{
-    embedding_bwd, embedding_fwd, lincomb, swiglu_bwd, swiglu_bwd_acc, swiglu_fwd, transpose,
-    transpose_into,
+    embedding_bwd, embedding_fwd, gelu_bwd_acc, gelu_fwd, swiglu_bwd, swiglu_bwd_acc, swiglu_fwd,
 };
 pub use gemm::{gemm, Threads, View, ViewMut};
-pub use rowwise::{
-    cross_entropy_fwd_bwd, norm_bwd, norm_fwd, norm_param_grads, rms_norm_bwd, rms_norm_fwd,
-};
+pub use rowwise::{cross_entropy_fwd_bwd, norm_bwd, norm_fwd, norm_param_grads};
 
 mod sealed {
     pub trait Sealed {}
@@ -34,12 +34,15 @@ mod sealed {
     impl Sealed for f64 {}
 }
 
-/// The element types of the fused kernels: `f32` and `f64`.
+/// The element types of the kernels: `f32` and `f64`.
 pub trait Real:
     dfdx::prelude::Dtype + num_traits::Float + Send + Sync + std::iter::Sum + sealed::Sealed
 {
     /// Converts from f64 (rounding to nearest for f32).
     fn of(v: f64) -> Self;
+
+    /// The error function `erf(x)` (libm).
+    fn erf(self) -> Self;
 
     /// `eˣ` in a form the compiler can vectorise: for f32 a branch-free Cephes-style polynomial
     /// (relative error below 2·10⁻⁷ on `[-87, 88]`, inputs clamped to that range); for f64 the
@@ -50,6 +53,10 @@ pub trait Real:
 impl Real for f32 {
     fn of(v: f64) -> Self {
         v as f32
+    }
+
+    fn erf(self) -> Self {
+        libm::erff(self)
     }
 
     #[inline(always)]
@@ -77,6 +84,10 @@ impl Real for f32 {
 impl Real for f64 {
     fn of(v: f64) -> Self {
         v
+    }
+
+    fn erf(self) -> Self {
+        libm::erf(self)
     }
 
     #[inline(always)]

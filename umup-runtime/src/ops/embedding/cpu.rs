@@ -6,6 +6,7 @@ use dfdx::prelude::*;
 use crate::error::{DeviceResultExt, Result};
 use crate::ops::cpu::{embedding_bwd, embedding_fwd, Real};
 use crate::ops::kernels::{self, Buf};
+use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 
 /// `table[ids]`; backward `dtable[ids[i]] += grad_scale·G[i]`. Ids are checked by the caller.
@@ -28,7 +29,7 @@ pub(crate) fn embedding<N: Dim, V: Dim, M: Dim, E: Real, T: Tape<E, Cpu>>(
     let y = y.into_tensor(&dev, (n_dim, table.shape().1)).dev()?;
     if T::OWNS_TAPE {
         let (tg, yg) = (table.ghost(), y.ghost());
-        let scale = E::of(grad_scale);
+        let scale = elem::<E>("scale", grad_scale)?;
         tape.add_backward_op(move |grads| {
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let gt = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&tg)?);

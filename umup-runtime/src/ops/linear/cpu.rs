@@ -7,15 +7,16 @@ use rayon::prelude::*;
 use crate::error::{DeviceResultExt, Result};
 use crate::ops::cpu::{gemm, Real, Threads, View, ViewMut};
 use crate::ops::kernels::{self, Buf};
+use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 use crate::scales::LinearScales;
 
 /// `y = s.output·(x·Wᵀ + b)`; backward `dW += s.grad_weight·Gᵀ·x`, `db += s.grad_weight·Σ G`,
 /// `dx += s.grad_input·G·W`.
 ///
-/// The forward multiplies by a transposed copy of `W`: with both operands row-major the matmul
-/// runs ≈1.8× faster than with a transposed right operand (BENCHMARKS.md), far more than the
-/// transpose costs.
+/// The forward reads `W` through a transposed view (gemm packs its operands either way): on the
+/// LM's shapes that is as fast as, or faster than, a transposed copy plus a row-major matmul,
+/// once the copy is counted (BENCHMARKS.md).
 pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     x: Tensor<(R, I), E, Cpu, T>,
     weight: &Tensor<(O, I), E, Cpu>,
@@ -40,7 +41,11 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
     let xs = Buf::of(&x).dev()?;
     let ws = Buf::of(&w).dev()?;
     let mut y = Buf::zeros(&dev, rows * fo).dev()?;
-    let (o, sw, sx) = (E::of(s.output), E::of(s.grad_weight), E::of(s.grad_input));
+    let (o, sw, sx) = (
+        elem::<E>("scale", s.output)?,
+        elem::<E>("scale", s.grad_weight)?,
+        elem::<E>("scale", s.grad_input)?,
+    );
     time(Part::Matmuls, || {
         gemm(
             ViewMut::rows(&mut y, rows, fo),
@@ -118,20 +123,21 @@ pub(crate) fn matmul<M: Dim, K: Dim, N: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
     let ls = Buf::of(&l).dev()?;
     let rs = Buf::of(&r).dev()?;
     let mut y = Buf::zeros(&dev, m * n).dev()?;
+    let o = elem::<E>("scale", o)?;
     time(Part::Matmuls, || {
         gemm(
             ViewMut::rows(&mut y, m, n),
             false,
             View::rows(&ls, m, k),
             View::rows(&rs, k, n),
-            E::of(o),
+            o,
             Threads::All,
         )
     });
     let y = y.into_tensor(&dev, out_shape).dev()?;
     if T::OWNS_TAPE {
         let (lg, rg, yg) = (l.ghost(), r.ghost(), y.ghost());
-        let (sl, sr) = (E::of(sl), E::of(sr));
+        let (sl, sr) = (elem::<E>("scale", sl)?, elem::<E>("scale", sr)?);
         tape.add_backward_op(move |grads| {
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let gl = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&lg)?);

@@ -6,6 +6,7 @@ use dfdx::prelude::*;
 use crate::error::{DeviceResultExt, Result};
 use crate::ops::cpu::{cross_entropy_fwd_bwd, Real};
 use crate::ops::kernels::{self, accumulate, Buf};
+use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 
 /// Value `value_scale·Σ_rows(lse(mult·x) − mult·x_t)`; backward
@@ -22,15 +23,9 @@ pub(crate) fn cross_entropy<R: Dim, V: Dim, E: Real, T: Tape<E, Cpu>>(
     let classes = x.shape().1.size();
     let xs = Buf::of(&x).dev()?;
     let mut dlogits = Buf::zeros(&dev, xs.len()).dev()?;
+    let (mult, grad_coef) = (elem::<E>("scale", mult)?, elem::<E>("scale", grad_coef)?);
     let losses = time(Part::Loss, || {
-        cross_entropy_fwd_bwd(
-            &xs,
-            classes,
-            targets,
-            E::of(mult),
-            E::of(grad_coef),
-            &mut dlogits,
-        )
+        cross_entropy_fwd_bwd(&xs, classes, targets, mult, grad_coef, &mut dlogits)
     });
     drop(xs);
     let total: f64 = losses.iter().map(|l| l.to_f64().unwrap_or(f64::NAN)).sum();

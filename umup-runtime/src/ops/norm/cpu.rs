@@ -6,6 +6,7 @@ use dfdx::prelude::*;
 use crate::error::{DeviceResultExt, Result};
 use crate::ops::cpu::{norm_bwd, norm_fwd, norm_param_grads, Real};
 use crate::ops::kernels::{self, Buf};
+use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 
 /// RMSNorm (`center = false`) or LayerNorm (`center = true`) over the last dim of `x[R, K]`,
@@ -42,7 +43,7 @@ pub(crate) fn norm<R: Dim, K: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     let mut y = Buf::zeros(&dev, rows * width).dev()?;
     let mut inv = Buf::zeros(&dev, rows).dev()?;
     let mut mean = Buf::zeros(&dev, rows).dev()?;
-    let eps = E::of(eps);
+    let eps = elem::<E>("scale", eps)?;
     time(Part::Norms, || {
         norm_fwd(
             &xs,
@@ -59,7 +60,7 @@ pub(crate) fn norm<R: Dim, K: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     let y = y.into_tensor(&dev, shape).dev()?;
     if T::OWNS_TAPE {
         let (xg, yg) = (x.ghost(), y.ghost());
-        let gs = E::of(gain_scale);
+        let gs = elem::<E>("scale", gain_scale)?;
         tape.add_backward_op(move |grads| {
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let gains = g.as_ref().map(|g| &*g.1);

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use crate::error::{DeviceResultExt, Result};
 use crate::ops::cpu::{Real, CHUNK};
 use crate::ops::kernels::{self, accumulate, Buf};
+use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 
 /// `fa·a + fb·b`; backward `da += ga·G`, `db += gb·G`.
@@ -22,7 +23,7 @@ pub(crate) fn add<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     let shape = *a.shape();
     let (xa, xb) = (Buf::of(&a).dev()?, Buf::of(&b).dev()?);
     let mut y = Buf::zeros(&dev, shape.num_elements()).dev()?;
-    let (fa, fb) = (E::of(fa), E::of(fb));
+    let (fa, fb) = (elem::<E>("scale", fa)?, elem::<E>("scale", fb)?);
     time(Part::Adds, || {
         y.par_chunks_mut(CHUNK)
             .zip(xa.par_chunks(CHUNK).zip(xb.par_chunks(CHUNK)))
@@ -36,7 +37,7 @@ pub(crate) fn add<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     let y = y.into_tensor(&dev, shape).dev()?;
     if T::OWNS_TAPE {
         let (ag, bg, yg) = (a.ghost(), b.ghost(), y.ghost());
-        let (ga, gb) = (E::of(ga), E::of(gb));
+        let (ga, gb) = (elem::<E>("scale", ga)?, elem::<E>("scale", gb)?);
         tape.add_backward_op(move |grads| {
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             time(Part::Adds, || -> std::result::Result<(), CpuError> {
