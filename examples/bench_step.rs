@@ -124,6 +124,9 @@ struct Args {
     /// Rounds; the reported ratio is the median of the per-round ratios.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Which model's step the per-op breakdown profiles.
+    #[arg(long, default_value = "lm", value_parser = ["lm", "encoder"])]
+    profile: String,
     /// Internal: run only this model for a few steps and print its peak memory.
     #[arg(long, hide = true, value_parser = ["umup", "plain"])]
     mem: Option<String>,
@@ -384,14 +387,15 @@ fn main() -> umup::Result<()> {
         }
     }
 
-    // The per-op breakdown of the LM step: extra profiled steps (the timing overhead stays out
-    // of the medians above).
+    // The per-op breakdown: extra profiled steps (the timing overhead stays out of the medians
+    // above).
+    let which = if args.profile == "encoder" { ENC } else { LM };
     profile::take();
     let mut profiled = Vec::new();
     for _ in 0..args.steps {
         profile::enable(true);
         let t = Instant::now();
-        (models[LM].1)()?;
+        (models[which].1)()?;
         profiled.push(t.elapsed().as_secs_f64() * 1e3);
         profile::enable(false);
     }

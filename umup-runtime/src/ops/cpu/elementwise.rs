@@ -94,7 +94,7 @@ pub fn gelu_fwd<E: Real>(x: &[E], mult: E, scale: E, out: &mut [E]) {
         .for_each(|(o, x)| {
             for (o, &x) in o.iter_mut().zip(x) {
                 let z = mult * x;
-                *o = scale * z * half * (E::one() + (z * r).erf());
+                *o = scale * z * half * (E::one() + (z * r).erf_v());
             }
         });
 }
@@ -114,8 +114,8 @@ pub fn gelu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E
         .for_each(|(dx, (x, g))| {
             for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
                 let z = mult * x;
-                let phi = half * (E::one() + (z * r).erf());
-                let density = c * (-half * z * z).exp();
+                let phi = half * (E::one() + (z * r).erf_v());
+                let density = c * (-half * z * z).exp_v();
                 *dx += scale * (phi + z * density) * g;
             }
         });
