@@ -326,26 +326,68 @@ where
     }
 }
 
+type Unary<E> = fn(
+    Tensor<(usize, usize, usize), E, Cpu, OwnedTape<E, Cpu>>,
+    f64,
+    f64,
+    f64,
+) -> umup::Result<Tensor<(usize, usize, usize), E, Cpu, OwnedTape<E, Cpu>>>;
+
+/// An elementwise activation's kernel against its generic composition, at several
+/// `(mult, out_scale, grad_scale)`.
+fn activation<E: Real>(what: &str, seed: u64, kernel: Unary<E>, generic: Unary<E>)
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(seed);
+    let x = rig.randn::<_, E>((7, 3, 11));
+    let r = rig.randn::<_, E>((7, 3, 11));
+    for (mult, os, gs) in [(1.0, 1.0, 1.0), (1.7, 0.8, 1.3), (0.4, 2.1, 0.6)] {
+        let run = |f: Unary<E>| {
+            let y = f(x.clone().leaky_traced(), mult, os, gs).unwrap();
+            let (out, g) = backward(y, &r);
+            vec![out, f64s(&g.get(&x))]
+        };
+        compare::<E>(what, &run(kernel), &run(generic));
+    }
+}
+
 fn gelu<E: Real>()
 where
     Cpu: Backend<E>,
 {
-    let mut rig = Rig::new(11);
-    let x = rig.randn::<_, E>((7, 3, 11));
-    let r = rig.randn::<_, E>((7, 3, 11));
-    for (mult, os, gs) in [(1.0, 1.0, 1.0), (1.7, 0.8, 1.3), (0.4, 2.1, 0.6)] {
-        let run = |kernel: bool| {
-            let xt = x.clone().leaky_traced();
-            let y = if kernel {
-                <Cpu as Backend<E>>::gelu_kernel(xt, mult, os, gs)
-            } else {
-                generic::gelu(xt, mult, os, gs)
-            }
-            .unwrap();
-            let (out, g) = backward(y, &r);
-            vec![out, f64s(&g.get(&x))]
-        };
-        compare::<E>("gelu", &run(true), &run(false));
+    activation::<E>("gelu", 11, <Cpu as Backend<E>>::gelu_kernel, generic::gelu);
+}
+
+fn silu<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    activation::<E>("silu", 12, <Cpu as Backend<E>>::silu_kernel, generic::silu);
+}
+
+fn softmax<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(13);
+    for (rows, width) in [(13, 7), (5, 300), (1, 1)] {
+        let x = rig.randn::<_, E>((rows, width));
+        let r = rig.randn::<_, E>((rows, width));
+        for (mult, os, gs) in [(1.0, 1.0, 1.0), (1.7, 0.8, 1.3)] {
+            let run = |kernel: bool| {
+                let xt = x.clone().leaky_traced();
+                let y = if kernel {
+                    <Cpu as Backend<E>>::softmax_kernel(xt, mult, os, gs)
+                } else {
+                    generic::softmax(xt, mult, os, gs)
+                }
+                .unwrap();
+                let (out, g) = backward(y, &r);
+                vec![out, f64s(&g.get(&x))]
+            };
+            compare::<E>("softmax", &run(true), &run(false));
+        }
     }
 }
 
@@ -440,6 +482,8 @@ both!(
     add,
     silu_glu,
     gelu,
+    silu,
+    softmax,
     cross_entropy,
     embedding
 );

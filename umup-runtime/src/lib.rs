@@ -6,7 +6,10 @@
 //! * [`constraint`]: the scale constraints (`gmean`, `to_output_scale`, ...), spec §1.2.
 //! * [`scales`]: every scale rule of every op, computed in one place (spec §1–§4).
 //! * [`ops`]: unit-scaled ops on dfdx tensors, generic over dtype and device, with custom
-//!   backward scales (spec §1.1, §4).
+//!   backward scales (spec §1.1, §4); each op runs its device's kernel through [`ops::Backend`]
+//!   (`Cpu`: tape ops over the slice kernels of [`ops::cpu`]; other devices: the op's
+//!   composition of public dfdx ops, [`ops::generic`]).
+//! * [`profile`]: an opt-in per-op wall-clock breakdown of the `Cpu` kernels.
 //! * [`params`]: parameter roles and the per-parameter learning-rate and weight-decay rules
 //!   (spec §2, §7).
 //! * [`optim`]: Adam, AdamW and SGD with per-parameter LR multipliers, LR schedules and

@@ -147,6 +147,28 @@ pub trait Backend<E: Dtype>: Device<E> {
         activation::gelu_generic(x, mult, out_scale, grad_scale)
     }
 
+    /// `out_scale · x·σ(mult·x)` with `grad x = grad_scale · (σ(mult·x) + mult·x·σ′(mult·x)) · G`
+    /// (spec §4.10).
+    fn silu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<S, E, Self, T>,
+        mult: f64,
+        out_scale: f64,
+        grad_scale: f64,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        activation::silu_generic(x, mult, out_scale, grad_scale)
+    }
+
+    /// `out_scale · softmax(mult·x)` over the last dim with
+    /// `grad x = grad_scale·mult · p ⊙ (G − Σ_last(G ⊙ p))` (spec §4.11).
+    fn softmax_kernel<R: Dim, K: Dim, T: Tape<E, Self>>(
+        x: Tensor<(R, K), E, Self, T>,
+        mult: f64,
+        out_scale: f64,
+        grad_scale: f64,
+    ) -> Result<Tensor<(R, K), E, Self, T>> {
+        activation::softmax_generic(x, mult, out_scale, grad_scale)
+    }
+
     /// Cross entropy of `mult·logits` against `targets`: value `value_scale·Σ_rows(lse − x_t)`,
     /// `grad logits = grad_coef·(softmax(mult·x) − onehot)·G` (spec §4.13). Targets are checked
     /// by the caller.
@@ -279,6 +301,24 @@ where
         grad_scale: f64,
     ) -> Result<Tensor<S, E, Self, T>> {
         activation::cpu::gelu(x, mult, out_scale, grad_scale)
+    }
+
+    fn silu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<S, E, Self, T>,
+        mult: f64,
+        out_scale: f64,
+        grad_scale: f64,
+    ) -> Result<Tensor<S, E, Self, T>> {
+        activation::cpu::silu(x, mult, out_scale, grad_scale)
+    }
+
+    fn softmax_kernel<R: Dim, K: Dim, T: Tape<E, Self>>(
+        x: Tensor<(R, K), E, Self, T>,
+        mult: f64,
+        out_scale: f64,
+        grad_scale: f64,
+    ) -> Result<Tensor<(R, K), E, Self, T>> {
+        activation::cpu::softmax(x, mult, out_scale, grad_scale)
     }
 
     fn cross_entropy_kernel<R: Dim, V: Dim, T: Tape<E, Self>>(

@@ -46,7 +46,9 @@ pub use sum::{add, add_broadcast};
 /// against. They take the scales as plain numbers, exactly as the kernel methods do.
 pub mod generic {
     pub use super::activation::gelu_generic as gelu;
+    pub use super::activation::silu_generic as silu;
     pub use super::activation::silu_glu_generic as silu_glu;
+    pub use super::activation::softmax_generic as softmax;
     pub use super::attention::attention_generic as attention;
     pub use super::attention::attention_rows_generic as attention_rows;
     pub use super::embedding::embedding_generic as embedding;

@@ -3,7 +3,10 @@
 use dfdx::prelude::*;
 
 use crate::error::{DeviceResultExt, Result};
-use crate::ops::cpu::{gelu_bwd_acc, gelu_fwd, swiglu_bwd, swiglu_bwd_acc, swiglu_fwd, Real};
+use crate::ops::cpu::{
+    gelu_bwd_acc, gelu_fwd, silu_bwd_acc, silu_fwd, softmax_bwd_acc, softmax_fwd, swiglu_bwd,
+    swiglu_bwd_acc, swiglu_fwd, Real,
+};
 use crate::ops::kernels::{self, accumulate, Buf};
 use crate::ops::scale::elem;
 use crate::profile::{time, Part};
@@ -70,6 +73,27 @@ pub(crate) fn gelu<S: Shape, E: Real, T: Tape<E, Cpu>>(
     out_scale: f64,
     grad_scale: f64,
 ) -> Result<Tensor<S, E, Cpu, T>> {
+    unary(x, [mult, out_scale, grad_scale], gelu_fwd, gelu_bwd_acc)
+}
+
+/// `out_scale · x·σ(mult·x)`; backward `dx += grad_scale · (σ + mult·x·σ·(1 − σ)) · G`.
+pub(crate) fn silu<S: Shape, E: Real, T: Tape<E, Cpu>>(
+    x: Tensor<S, E, Cpu, T>,
+    mult: f64,
+    out_scale: f64,
+    grad_scale: f64,
+) -> Result<Tensor<S, E, Cpu, T>> {
+    unary(x, [mult, out_scale, grad_scale], silu_fwd, silu_bwd_acc)
+}
+
+/// An elementwise activation as a tape op: `fwd(x, mult, out_scale, y)` forward,
+/// `bwd(x, G, mult, grad_scale, dx)` (accumulating) backward.
+fn unary<S: Shape, E: Real, T: Tape<E, Cpu>>(
+    x: Tensor<S, E, Cpu, T>,
+    [mult, out_scale, grad_scale]: [f64; 3],
+    fwd: fn(&[E], E, E, &mut [E]),
+    bwd: fn(&[E], &[E], E, E, &mut [E]),
+) -> Result<Tensor<S, E, Cpu, T>> {
     let (x, mut tape) = kernels::input(x).dev()?;
     let dev = x.device().clone();
     let shape = *x.shape();
@@ -80,14 +104,51 @@ pub(crate) fn gelu<S: Shape, E: Real, T: Tape<E, Cpu>>(
         elem::<E>("scale", out_scale)?,
         elem::<E>("scale", grad_scale)?,
     );
-    time(Part::Activations, || gelu_fwd(&xs, mult, os, &mut y));
+    time(Part::Activations, || fwd(&xs, mult, os, &mut y));
     let y = y.into_tensor(&dev, shape).dev()?;
     if T::OWNS_TAPE {
         let (xg, yg) = (x.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
-            time(Part::Activations, || gelu_bwd_acc(&xs, &gy, mult, gs, gx));
+            time(Part::Activations, || bwd(&xs, &gy, mult, gs, gx));
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            Ok(())
+        });
+    }
+    Ok(y.put_tape(tape))
+}
+
+/// `out_scale · softmax(mult·x)` over the last dim of `x[R, K]`; backward
+/// `dx += grad_scale·mult · p ⊙ (G − Σ_row G ⊙ p)`.
+pub(crate) fn softmax<R: Dim, K: Dim, E: Real, T: Tape<E, Cpu>>(
+    x: Tensor<(R, K), E, Cpu, T>,
+    mult: f64,
+    out_scale: f64,
+    grad_scale: f64,
+) -> Result<Tensor<(R, K), E, Cpu, T>> {
+    let (x, mut tape) = kernels::input(x).dev()?;
+    let dev = x.device().clone();
+    let shape = *x.shape();
+    let width = shape.1.size();
+    let xs = Buf::of(&x).dev()?;
+    let mut probs = Buf::zeros(&dev, xs.len()).dev()?;
+    let mut y = Buf::zeros(&dev, xs.len()).dev()?;
+    let (m, os) = (elem::<E>("scale", mult)?, elem::<E>("scale", out_scale)?);
+    let coef = elem::<E>("scale", grad_scale * mult)?;
+    time(Part::Activations, || {
+        softmax_fwd(&xs, width, m, os, &mut probs, &mut y)
+    });
+    drop(xs);
+    let y = y.into_tensor(&dev, shape).dev()?;
+    if T::OWNS_TAPE {
+        let (xg, yg) = (x.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
+            time(Part::Activations, || {
+                softmax_bwd_acc(&probs, &gy, width, coef, gx)
+            });
             kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });

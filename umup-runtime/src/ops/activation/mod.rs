@@ -80,14 +80,25 @@ pub fn silu<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
     constraint: Constraint,
 ) -> Result<Tensor<S, E, D, T>> {
     let s = scales::silu(mult)?.constrained(constraint)?;
-    let x = scale_grad(x, 1.0, s.grad_input / s.output)?;
+    D::silu_kernel(x, mult, s.output, s.grad_input)
+}
+
+/// The device-generic composition of [`Backend::silu_kernel`]: value `out_scale·x·σ(mult·x)`,
+/// `grad x = grad_scale · (σ(mult·x) + mult·x·σ′(mult·x)) · G`.
+pub fn silu_generic<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    x: Tensor<S, E, D, T>,
+    mult: f64,
+    out_scale: f64,
+    grad_scale: f64,
+) -> Result<Tensor<S, E, D, T>> {
+    let x = scale_grad(x, 1.0, grad_scale / out_scale)?;
     let gate = x
         .with_empty_tape()
         .try_mul(elem::<E>("mult", mult)?)
         .dev()?
         .try_sigmoid()
         .dev()?;
-    x.try_mul(elem::<E>("silu scale", s.output)?)
+    x.try_mul(elem::<E>("silu scale", out_scale)?)
         .dev()?
         .try_mul(gate)
         .dev()
@@ -161,10 +172,21 @@ pub fn softmax<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
     let n = x.shape().1.size();
     check_dim("softmax", "non-empty last dim", n.min(1), 1)?;
     let s = scales::softmax(n, mult)?.constrained(constraint)?;
-    let z = scale_grad(x, mult, s.grad_input * mult / s.output)?;
+    D::softmax_kernel(x, mult, s.output, s.grad_input)
+}
+
+/// The device-generic composition of [`Backend::softmax_kernel`]: value
+/// `out_scale · softmax(mult·x)` over the last dim, `grad x = grad_scale·mult·p⊙(G − Σ_last(G⊙p))`.
+pub fn softmax_generic<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
+    x: Tensor<(R, K), E, D, T>,
+    mult: f64,
+    out_scale: f64,
+    grad_scale: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let z = scale_grad(x, mult, grad_scale * mult / out_scale)?;
     z.try_softmax::<Axis<1>>()
         .dev()?
-        .try_mul(elem::<E>("softmax scale", s.output)?)
+        .try_mul(elem::<E>("softmax scale", out_scale)?)
         .dev()
 }
 

@@ -121,6 +121,34 @@ pub fn gelu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E
         });
 }
 
+/// SiLU forward (spec §4.10): `out = scale · x·σ(mult·x)`.
+pub fn silu_fwd<E: Real>(x: &[E], mult: E, scale: E, out: &mut [E]) {
+    assert_eq!(x.len(), out.len(), "silu_fwd lengths");
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = scale * x * sigmoid(mult * x);
+            }
+        });
+}
+
+/// SiLU backward, added to `dx`: `dx += scale · (σ(m x) + m·x·σ(m x)·(1 − σ(m x))) · dout`.
+pub fn silu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E]) {
+    assert!(
+        x.len() == dout.len() && x.len() == dx.len(),
+        "silu_bwd lengths"
+    );
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, g))| {
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                let s = sigmoid(mult * x);
+                *dx += scale * (s + mult * x * s * (E::one() - s)) * g;
+            }
+        });
+}
+
 /// Embedding forward: row `i` of `out` is row `ids[i]` of `table` (`width` columns).
 pub fn embedding_fwd<E: Real>(table: &[E], width: usize, ids: &[usize], out: &mut [E]) {
     assert_eq!(out.len(), ids.len() * width, "embedding_fwd lengths");

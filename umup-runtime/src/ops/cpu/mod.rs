@@ -23,10 +23,13 @@ mod rowwise;
 
 pub use attention::{attention_bwd_into, attention_fwd, AttnLayout, AttnShape};
 pub use elementwise::{
-    embedding_bwd, embedding_fwd, gelu_bwd_acc, gelu_fwd, swiglu_bwd, swiglu_bwd_acc, swiglu_fwd,
+    embedding_bwd, embedding_fwd, gelu_bwd_acc, gelu_fwd, silu_bwd_acc, silu_fwd, swiglu_bwd,
+    swiglu_bwd_acc, swiglu_fwd,
 };
 pub use gemm::{gemm, Threads, View, ViewMut};
-pub use rowwise::{cross_entropy_fwd_bwd, norm_bwd, norm_fwd, norm_param_grads};
+pub use rowwise::{
+    cross_entropy_fwd_bwd, norm_bwd, norm_fwd, norm_param_grads, softmax_bwd_acc, softmax_fwd,
+};
 
 mod sealed {
     pub trait Sealed {}

@@ -1,4 +1,5 @@
-//! Row-wise kernels: RMSNorm and LayerNorm (with optional gain and bias), and cross entropy.
+//! Row-wise kernels: RMSNorm and LayerNorm (with optional gain and bias), softmax, and cross
+//! entropy.
 
 use rayon::prelude::*;
 
@@ -145,6 +146,74 @@ pub fn norm_param_grads<E: Real>(
     if let Some(db) = dbias {
         db.iter_mut().zip(&sb).for_each(|(o, &s)| *o += scale * s);
     }
+}
+
+/// Softmax over rows of `width` (spec §4.11): `probs = softmax(mult·x)` per row and
+/// `out = scale · probs`.
+pub fn softmax_fwd<E: Real>(
+    x: &[E],
+    width: usize,
+    mult: E,
+    scale: E,
+    probs: &mut [E],
+    out: &mut [E],
+) {
+    assert!(
+        x.len() == probs.len() && x.len() == out.len() && x.len().is_multiple_of(width.max(1)),
+        "softmax_fwd lengths"
+    );
+    let rows = rows_per_task(width);
+    probs
+        .par_chunks_mut(rows * width)
+        .zip(out.par_chunks_mut(rows * width))
+        .zip(x.par_chunks(rows * width))
+        .for_each(|((p, o), x)| {
+            for ((p, o), x) in p
+                .chunks_mut(width)
+                .zip(o.chunks_mut(width))
+                .zip(x.chunks(width))
+            {
+                let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
+                for (p, &v) in p.iter_mut().zip(x) {
+                    *p = (mult * v - max).exp_v();
+                }
+                let inv = E::one() / p.iter().fold(E::zero(), |s, &e| s + e);
+                for (p, o) in p.iter_mut().zip(o.iter_mut()) {
+                    *p *= inv;
+                    *o = scale * *p;
+                }
+            }
+        });
+}
+
+/// Softmax backward from the forward's `probs`, added to `dx`:
+/// `dx += coef · p ⊙ (dout − Σ_row(dout ⊙ p))`.
+pub fn softmax_bwd_acc<E: Real>(probs: &[E], dout: &[E], width: usize, coef: E, dx: &mut [E]) {
+    assert!(
+        probs.len() == dout.len()
+            && probs.len() == dx.len()
+            && probs.len().is_multiple_of(width.max(1)),
+        "softmax_bwd lengths"
+    );
+    let rows = rows_per_task(width);
+    dx.par_chunks_mut(rows * width)
+        .zip(
+            probs
+                .par_chunks(rows * width)
+                .zip(dout.par_chunks(rows * width)),
+        )
+        .for_each(|(dx, (p, g))| {
+            for ((dx, p), g) in dx
+                .chunks_mut(width)
+                .zip(p.chunks(width))
+                .zip(g.chunks(width))
+            {
+                let dot = p.iter().zip(g).map(|(&p, &g)| p * g).sum::<E>();
+                for ((dx, &p), &g) in dx.iter_mut().zip(p).zip(g) {
+                    *dx += coef * p * (g - dot);
+                }
+            }
+        });
 }
 
 /// Cross entropy of `mult·logits` (rows of `vocab`) against `targets`, forward and backward in
