@@ -30,7 +30,7 @@ where
     let qs = q.shape().concrete();
     ops::attention::check_qkv(&qs, &k.shape().concrete(), &v.shape().concrete())?;
     let (logit, out) = attention_scales::<P>(qs[2], qs[3], hp, is_causal)?;
-    ops::attention::attention_core(q, k, v, logit, out, is_causal)
+    D::attention_kernel(q, k, v, logit, out, is_causal)
 }
 
 /// [`attention`] on `[batch·seq, heads·d_head]` rows, the layout of the q, k and v projections

@@ -4,8 +4,8 @@ use dfdx::prelude::*;
 
 use crate::error::{DeviceResultExt, Result};
 use crate::ops::cpu::{
-    gelu_bwd_acc, gelu_fwd, silu_bwd_acc, silu_fwd, softmax_bwd_acc, softmax_fwd, swiglu_bwd,
-    swiglu_bwd_acc, swiglu_fwd, Real,
+    gelu_bwd_acc, gelu_fwd, silu_bwd_acc, silu_fwd, softmax_bwd_acc, softmax_fwd, swiglu_bwd_acc,
+    swiglu_fwd, Real,
 };
 use crate::ops::kernels::{self, accumulate, Buf};
 use crate::ops::scale::elem;
@@ -52,7 +52,7 @@ pub(crate) fn silu_glu<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                 time(
                     Part::Activations,
                     || -> std::result::Result<(), CpuError> {
-                        swiglu_bwd(&xs, &gs, &gy, mult, scale, &mut dx, &mut dg);
+                        swiglu_bwd_acc(&xs, &gs, &gy, mult, scale, &mut dx, &mut dg);
                         accumulate!(grads, xg, &dx, E::one());
                         accumulate!(grads, gg_, &dg, E::one());
                         Ok(())

@@ -157,27 +157,6 @@ pub(crate) fn check_qkv(q: &[usize; 4], k: &[usize; 4], v: &[usize; 4]) -> Resul
     Ok(())
 }
 
-/// `out_scale · softmax(logit_scale · q·kᵀ [+ causal mask]) · v` with true gradients (a plain
-/// multiply by `out_scale`): [`Backend::attention_kernel`]. Shapes must already be checked.
-pub(crate) fn attention_core<
-    B: Dim,
-    H: Dim,
-    S: Dim,
-    K: Dim,
-    E: Dtype,
-    D: Backend<E>,
-    T: Tape<E, D> + Merge<T>,
->(
-    q: Tensor<(B, H, S, K), E, D, T>,
-    k: Tensor<(B, H, S, K), E, D, T>,
-    v: Tensor<(B, H, S, K), E, D, T>,
-    logit_scale: f64,
-    out_scale: f64,
-    is_causal: bool,
-) -> Result<Tensor<(B, H, S, K), E, D, T>> {
-    D::attention_kernel(q, k, v, logit_scale, out_scale, is_causal)
-}
-
 /// The device-generic composition of [`Backend::attention_kernel`]: the logit multiplier folded
 /// into `q`, the output scale into `v`, an additive causal mask, dfdx's softmax and matmuls.
 pub fn attention_generic<

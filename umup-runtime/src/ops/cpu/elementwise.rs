@@ -24,37 +24,8 @@ pub fn swiglu_fwd<E: Real>(x: &[E], g: &[E], mult: E, scale: E, out: &mut [E]) {
         });
 }
 
-/// SwiGLU backward: `dx = scale·dout·g·σ(m g)`,
-/// `dg = scale·dout·x·(σ(m g) + m·g·σ(m g)·(1 − σ(m g)))` (both overwritten).
-pub fn swiglu_bwd<E: Real>(
-    x: &[E],
-    g: &[E],
-    dout: &[E],
-    mult: E,
-    scale: E,
-    dx: &mut [E],
-    dg: &mut [E],
-) {
-    let n = x.len();
-    assert!(
-        g.len() == n && dout.len() == n && dx.len() == n && dg.len() == n,
-        "swiglu_bwd lengths"
-    );
-    dx.par_chunks_mut(CHUNK)
-        .zip(dg.par_chunks_mut(CHUNK))
-        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-        .zip(dout.par_chunks(CHUNK))
-        .for_each(|(((dx, dg), (x, g)), dout)| {
-            for i in 0..dx.len() {
-                let s = sigmoid(mult * g[i]);
-                let d = scale * dout[i];
-                dx[i] = d * g[i] * s;
-                dg[i] = d * x[i] * (s + mult * g[i] * s * (E::one() - s));
-            }
-        });
-}
-
-/// [`swiglu_bwd`] adding to `dx` and `dg` (straight into gradient buffers).
+/// SwiGLU backward, added to `dx` and `dg` (straight into gradient buffers):
+/// `dx += scale·dout·g·σ(m g)`, `dg += scale·dout·x·(σ(m g) + m·g·σ(m g)·(1 − σ(m g)))`.
 pub fn swiglu_bwd_acc<E: Real>(
     x: &[E],
     g: &[E],
