@@ -125,7 +125,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Which model's step the per-op breakdown profiles.
-    #[arg(long, default_value = "lm", value_parser = ["lm", "encoder"])]
+    #[arg(long, default_value = "lm", value_parser = ["lm", "encoder", "fp8"])]
     profile: String,
     /// Internal: run only this model for a few steps and print its peak memory.
     #[arg(long, hide = true, value_parser = ["umup", "plain"])]
@@ -389,7 +389,11 @@ fn main() -> umup::Result<()> {
 
     // The per-op breakdown: extra profiled steps (the timing overhead stays out of the medians
     // above).
-    let which = if args.profile == "encoder" { ENC } else { LM };
+    let which = match args.profile.as_str() {
+        "encoder" => ENC,
+        "fp8" => FP8,
+        _ => LM,
+    };
     profile::take();
     let mut profiled = Vec::new();
     for _ in 0..args.steps {

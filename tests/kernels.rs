@@ -110,7 +110,7 @@ where
             let xt = x.clone().leaky_traced();
             let bias = bias.then_some(&b);
             let y = if kernel {
-                <Cpu as Backend<E>>::linear_kernel(xt, &w, bias, s)
+                <Cpu as Backend<E>>::linear_kernel(xt, w.retaped(), bias.map(|b| b.retaped()), s)
             } else {
                 generic::linear(xt, w.retaped(), bias.map(|b| b.retaped()), s)
             }
@@ -391,6 +391,49 @@ where
     }
 }
 
+/// Simulated precision with nearest rounding (deterministic, so the `Cpu` kernel and the host
+/// path must agree exactly): the rounded value or gradient, the straight-through path, and the
+/// overflow/underflow counts, for FP8 (the kernel's f32 path) and bf16 (its generic path).
+fn quantise<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    use std::sync::{Arc, Mutex};
+    use umup::formats::{Format, QuantStats, Rounding};
+    use umup::ops::Quantise;
+    let mut rig = Rig::new(14);
+    let x = rig.randn::<_, E>((9, 37)) * E::from_f64(300.0).unwrap();
+    let r = rig.randn::<_, E>((9, 37)) * E::from_f64(1e4).unwrap();
+    for format in [Format::GcE4m3, Format::E5m2, Format::Bf16] {
+        for forward in [true, false] {
+            let q = Quantise {
+                format,
+                rounding: Rounding::Nearest,
+                seed: 5,
+                forward,
+            };
+            let run = |kernel: bool| {
+                let stats = Arc::new(Mutex::new(QuantStats::default()));
+                let xt = x.clone().leaky_traced();
+                let (y, fwd) = if kernel {
+                    <Cpu as Backend<E>>::quantise_kernel(xt, q, Arc::clone(&stats))
+                } else {
+                    generic::quantise(xt, q, Arc::clone(&stats))
+                }
+                .unwrap();
+                let (out, g) = backward(y, &r);
+                let bwd = *stats.lock().unwrap();
+                (vec![out, f64s(&g.get(&x))], fwd, bwd)
+            };
+            let (k, g) = (run(true), run(false));
+            compare::<E>(&format!("quantise {format} forward {forward}"), &k.0, &g.0);
+            assert_eq!((k.1, k.2), (g.1, g.2), "{format} forward {forward}: counts");
+            let counted = if forward { k.1 } else { k.2 };
+            assert_eq!(counted.total, 9 * 37);
+        }
+    }
+}
+
 fn cross_entropy<E: Real>()
 where
     Cpu: Backend<E>,
@@ -456,7 +499,7 @@ fn public_ops_run_the_kernels() {
     let w = rig.randn::<_, f64>((3, 4));
     let y = ops::linear(x.clone(), &w, None, umup::Constraint::None).unwrap();
     let s = umup::scales::linear(4, 3, 6, umup::Constraint::None).unwrap();
-    let k = <Cpu as Backend<f64>>::linear_kernel(x, &w, None, s).unwrap();
+    let k = <Cpu as Backend<f64>>::linear_kernel(x, w.retaped(), None, s).unwrap();
     assert_eq!(y.as_vec(), k.as_vec());
 }
 
@@ -484,6 +527,7 @@ both!(
     gelu,
     silu,
     softmax,
+    quantise,
     cross_entropy,
     embedding
 );

@@ -250,20 +250,32 @@ where
         let q = tap(lin(&attn.q, h.with_empty_tape(), quant)?, log, || name("q"))?;
         let k = tap(lin(&attn.k, h.with_empty_tape(), quant)?, log, || name("k"))?;
         let v = tap(lin(&attn.v, h, quant)?, log, || name("v"))?;
-        let y = if !opts.rope && quant.is_none() {
-            // The projections' `[batch·seq, heads·d_head]` layout, attended in place.
-            crate::nn::functional::multi_head_attention::<P, _, _, _, _, _>(
-                q, k, v, seq, heads, hp, true,
-            )?
-        } else {
+        let y = if opts.rope {
             self.attention_heads(q, k, v, (batch, seq), hp, opts, quant)?
+        } else {
+            // The projections' `[batch·seq, heads·d_head]` layout, attended in place.
+            let attend = |q, k, v| {
+                crate::nn::functional::multi_head_attention::<P, _, _, _, _, _>(
+                    q, k, v, seq, heads, hp, true,
+                )
+            };
+            match quant {
+                Some(qz) => {
+                    let (q, k, v) = (
+                        qz.quantise_fwd(q)?,
+                        qz.quantise_fwd(k)?,
+                        qz.quantise_fwd(v)?,
+                    );
+                    qz.quantise_bwd(attend(q, k, v)?)?
+                }
+                None => attend(q, k, v)?,
+            }
         };
         let y = tap(y, log, || name("sdpa"))?;
         lin(&attn.o, y, quant)
     }
 
-    /// The attention core on `[batch, heads, seq, d_head]` (RoPE and simulated precision act on
-    /// that layout).
+    /// The attention core on `[batch, heads, seq, d_head]`, the layout RoPE acts on.
     #[allow(clippy::too_many_arguments)]
     fn attention_heads<T: Tape<E, Dev> + Merge<T>>(
         &self,

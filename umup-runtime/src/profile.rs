@@ -36,11 +36,13 @@ pub enum Part {
     Loss,
     /// The scale primitive `scale_grad`.
     Scales,
+    /// Simulated precision: rounding matmul inputs and output gradients.
+    Quantise,
 }
 
 impl Part {
     /// Every part, in display order.
-    pub const ALL: [Part; 9] = [
+    pub const ALL: [Part; 10] = [
         Part::Copies,
         Part::Embedding,
         Part::Norms,
@@ -50,6 +52,7 @@ impl Part {
         Part::Adds,
         Part::Loss,
         Part::Scales,
+        Part::Quantise,
     ];
 
     /// A short description for tables.
@@ -64,12 +67,13 @@ impl Part {
             Part::Adds => "adds and residual adds (fwd + bwd)",
             Part::Loss => "cross entropy (loss + logits gradient)",
             Part::Scales => "scale_grad (fwd + bwd)",
+            Part::Quantise => "simulated-precision rounding (fwd + bwd)",
         }
     }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
+static NANOS: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];
 
 /// Turns the recording on or off (process-wide).
 pub fn enable(on: bool) {

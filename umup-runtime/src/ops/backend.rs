@@ -15,8 +15,12 @@
 use dfdx::prelude::*;
 
 use super::cpu::{AttnShape, Real};
+use std::sync::{Arc, Mutex};
+
+use super::quantise::{self, Quantise};
 use super::{activation, attention, embedding, linear, loss, norm, scale, sum};
 use crate::error::Result;
+use crate::formats::QuantStats;
 use crate::scales::LinearScales;
 
 /// A dfdx device the umup ops run on: [`Cpu`] with its kernels, or any other dfdx device
@@ -43,14 +47,16 @@ pub trait Backend<E: Dtype>: Device<E> {
     }
 
     /// `s.output·(x·Wᵀ + b)` with `grad x = s.grad_input·G·W`, `grad W = s.grad_weight·Gᵀ·x`,
-    /// `grad b = s.grad_weight·Σ_rows G` (spec §4.2, §4.3). Shapes are checked by the caller.
+    /// `grad b = s.grad_weight·Σ_rows G` (spec §4.2, §4.3). The weight and bias come with the
+    /// tape type of `x` (a `retaped` parameter, or a quantised copy of one). Shapes are checked
+    /// by the caller.
     fn linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
         x: Tensor<(R, I), E, Self, T>,
-        weight: &Tensor<(O, I), E, Self>,
-        bias: Option<&Tensor<(O,), E, Self>>,
+        weight: Tensor<(O, I), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
         s: LinearScales,
     ) -> Result<Tensor<(R, O), E, Self, T>> {
-        linear::linear_generic(x, weight.retaped(), bias.map(|b| b.retaped()), s)
+        linear::linear_generic(x, weight, bias, s)
     }
 
     /// `o·left@right` with `grad left = s_l·G·rightᵀ`, `grad right = s_r·leftᵀ·G`, for
@@ -182,6 +188,17 @@ pub trait Backend<E: Dtype>: Device<E> {
         loss::cross_entropy_generic(logits, targets, mult, value_scale, grad_coef)
     }
 
+    /// Simulated precision (spec §8.1): with `q.forward` the value rounded to `q.format` and the
+    /// gradient passed straight through, otherwise the value as is and the gradient rounded.
+    /// Returns the forward counts; the backward counts are added to `stats`.
+    fn quantise_kernel<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        q: Quantise,
+        stats: Arc<Mutex<QuantStats>>,
+    ) -> Result<(Tensor<S, E, Self, T>, QuantStats)> {
+        quantise::quantise_generic(x, q, stats)
+    }
+
     /// `table[ids]`, with `grad table = grad_scale · scatter_add(G)` (spec §4.5). Ids are
     /// checked by the caller; the tape rides on `ids`.
     fn embedding_kernel<N: Dim, V: Dim, M: Dim, T: Tape<E, Self>>(
@@ -220,8 +237,8 @@ where
 
     fn linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
         x: Tensor<(R, I), E, Self, T>,
-        weight: &Tensor<(O, I), E, Self>,
-        bias: Option<&Tensor<(O,), E, Self>>,
+        weight: Tensor<(O, I), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
         s: LinearScales,
     ) -> Result<Tensor<(R, O), E, Self, T>> {
         linear::cpu::linear(x, weight, bias, s)
@@ -329,6 +346,14 @@ where
         grad_coef: f64,
     ) -> Result<Tensor<(), E, Self, T>> {
         loss::cpu::cross_entropy(logits, targets, mult, value_scale, grad_coef)
+    }
+
+    fn quantise_kernel<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        q: Quantise,
+        stats: Arc<Mutex<QuantStats>>,
+    ) -> Result<(Tensor<S, E, Self, T>, QuantStats)> {
+        quantise::cpu::quantise(x, q, stats)
     }
 
     fn embedding_kernel<N: Dim, V: Dim, M: Dim, T: Tape<E, Self>>(

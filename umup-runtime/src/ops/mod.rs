@@ -36,7 +36,7 @@ pub use kernels::keep_intermediate_gradients;
 pub use linear::{linear, linear_readout, matmul, matmul_batched};
 pub use loss::{check_targets, cross_entropy, cross_entropy_plain, mse_loss, Reduction};
 pub use norm::{layer_norm, rms_norm};
-pub use quantise::MatmulQuantiser;
+pub use quantise::{MatmulQuantiser, Quantise};
 pub use residual::{residual_add, residual_apply, residual_split};
 pub use scale::{scale_bwd, scale_fwd, scale_grad, scale_grad_generic, Backend};
 pub use sum::{add, add_broadcast};
@@ -57,6 +57,7 @@ pub mod generic {
     pub use super::loss::cross_entropy_generic as cross_entropy;
     pub use super::norm::layer_norm_generic as layer_norm;
     pub use super::norm::rms_norm_generic as rms_norm;
+    pub use super::quantise::quantise_generic as quantise;
     pub use super::sum::add_generic as add;
 }
 

@@ -19,16 +19,16 @@ use crate::scales::LinearScales;
 /// once the copy is counted (BENCHMARKS.md).
 pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     x: Tensor<(R, I), E, Cpu, T>,
-    weight: &Tensor<(O, I), E, Cpu>,
-    bias: Option<&Tensor<(O,), E, Cpu>>,
+    weight: Tensor<(O, I), E, Cpu, T>,
+    bias: Option<Tensor<(O,), E, Cpu, T>>,
     s: LinearScales,
 ) -> Result<Tensor<(R, O), E, Cpu, T>> {
     let (x, tape) = kernels::input(x).dev()?;
-    let (w, wtape) = kernels::param::<_, _, T>(weight).dev()?;
+    let (w, wtape) = kernels::input(weight).dev()?;
     let mut tape = tape.merge(wtape);
     let b = match bias {
         Some(b) => {
-            let (b, btape) = kernels::param::<_, _, T>(b).dev()?;
+            let (b, btape) = kernels::input(b).dev()?;
             tape = tape.merge(btape);
             Some(b)
         }

@@ -76,7 +76,7 @@ pub fn linear<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + M
     constraint: Constraint,
 ) -> Result<Tensor<(R, O), E, D, T>> {
     let s = linear_scales(false, &x, weight, bias, constraint)?;
-    D::linear_kernel(x, weight, bias, s)
+    D::linear_kernel(x, weight.retaped(), bias.map(|b| b.retaped()), s)
 }
 
 /// Unit-scaled readout layer (spec §4.3): as [`linear`] with output scale `1/fan_in`
@@ -89,7 +89,7 @@ pub fn linear_readout<R: Dim, I: Dim, O: Dim, E: Dtype, D: Backend<E>, T: Tape<E
     constraint: Constraint,
 ) -> Result<Tensor<(R, O), E, D, T>> {
     let s = linear_scales(true, &x, weight, bias, constraint)?;
-    D::linear_kernel(x, weight, bias, s)
+    D::linear_kernel(x, weight.retaped(), bias.map(|b| b.retaped()), s)
 }
 
 /// Checks the runtime dims of a linear layer and computes its scales ([`scales::linear`] or

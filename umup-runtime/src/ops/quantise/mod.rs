@@ -2,8 +2,11 @@
 //! matmuls in the forward pass (E4M3) and the gradients of their outputs in the backward pass
 //! (E5M2), with no scaling — unit scale is what keeps values in range.
 //!
-//! The simulation runs in the tensor's dtype: values are rounded to the format and stored back.
-//! Quantisation happens on the host (a round trip per call), so it works on every device.
+//! The simulation runs in the tensor's dtype: values are rounded to the format and stored back,
+//! by [`Backend::quantise_kernel`]: on `Cpu` in parallel chunks inside the op's buffers (each chunk
+//! with its own stream derived from the call's seed), elsewhere on the host (a round trip per
+//! call, one stream), so it works on every device and each device's stochastic rounding is
+//! reproducible.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,11 +14,13 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::linear::{linear_generic, linear_scales};
+use super::linear::linear_scales;
 use super::{scaled_dot_product_attention, Backend};
 use crate::constraint::Constraint;
 use crate::error::{DeviceResultExt, Result};
 use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
+
+pub(crate) mod cpu;
 
 /// Rounds host values through `format` (via f32, as the reference's simulation does).
 fn quantise_values<E: Dtype>(
@@ -62,15 +67,77 @@ pub(crate) fn linear_maybe_quantised<
     s: crate::scales::LinearScales,
     quantiser: Option<&mut MatmulQuantiser>,
 ) -> Result<Tensor<(R, O), E, D, T>> {
+    let bias = bias.map(|b| b.retaped());
     match quantiser {
-        None => D::linear_kernel(x, weight, bias, s),
+        None => D::linear_kernel(x, weight.retaped(), bias, s),
         Some(q) => {
             let x = q.quantise_fwd(x)?;
             let w = q.quantise_fwd(weight.retaped::<T>())?;
-            let y = linear_generic(x, w, bias.map(|b| b.retaped()), s)?;
+            let y = D::linear_kernel(x, w, bias, s)?;
             q.quantise_bwd(y)
         }
     }
+}
+
+/// One rounding of [`Backend::quantise_kernel`]: the format, the rounding mode, the seed of its
+/// stochastic rounding, and the direction (`forward`: the value is rounded and the gradient
+/// passes straight through; otherwise the value passes and the gradient is rounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantise {
+    /// The number format.
+    pub format: Format,
+    /// Nearest or stochastic rounding.
+    pub rounding: Rounding,
+    /// Seeds the stochastic rounding of this call (each device draws its own reproducible
+    /// stream from it).
+    pub seed: u64,
+    /// Round the value (`true`) or the gradient (`false`).
+    pub forward: bool,
+}
+
+/// The device-generic composition of [`Backend::quantise_kernel`]: the rounding on the host
+/// (one sequential stream from `q.seed`), the straight-through value built from public ops, and
+/// a gradient moved in through a one-op backward pass. Returns the forward counts; the backward
+/// counts go to `stats`.
+pub fn quantise_generic<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+    q: Quantise,
+    stats: Arc<Mutex<QuantStats>>,
+) -> Result<(Tensor<S, E, D, T>, QuantStats)> {
+    let mut rng = StdRng::seed_from_u64(q.seed);
+    let (xp, mut tape) = x.split_tape();
+    if q.forward {
+        let (vals, st) = quantise_values(xp.as_vec(), q.format, q.rounding, &mut rng);
+        let rounded = xp.device().try_tensor_from_vec(vals, *xp.shape()).dev()?;
+        // (x·1 − x·1|detached) is exactly 0 with gradient 1, so the sum is exactly q(x).
+        let through = xp
+            .clone()
+            .put_tape(tape)
+            .try_mul(E::ONE)
+            .dev()?
+            .try_sub(xp.try_mul(E::ONE).dev()?)
+            .dev()?;
+        return Ok((through.try_add(rounded).dev()?, st));
+    }
+    let y = xp.clone().try_mul(E::ONE).dev()?;
+    let (xg, yg, shape, dev) = (xp.ghost(), y.ghost(), *xp.shape(), xp.device().clone());
+    tape.add_backward_op(move |grads| {
+        grads.try_alloc_for(&xg)?;
+        grads.try_alloc_for(&yg)?;
+        let (vals, st) = quantise_values(grads.get(&yg).as_vec(), q.format, q.rounding, &mut rng);
+        if let Ok(mut s) = stats.lock() {
+            s.merge(st);
+        }
+        let rounded = dev.try_tensor_from_vec(vals, shape)?;
+        let sum = grads.get(&xg).try_add(rounded)?;
+        let (mut store, probe) = gradient_buffer(sum)?;
+        std::mem::swap(
+            grads.get_or_alloc_mut(&xg)?,
+            store.get_or_alloc_mut(&probe)?,
+        );
+        Ok(())
+    });
+    Ok((y.put_tape(tape), QuantStats::default()))
 }
 
 /// Quantisation of matmul inputs and output gradients for one model, with a seeded RNG for
@@ -111,31 +178,27 @@ impl MatmulQuantiser {
 
     /// Value rounded to the forward format; the gradient passes straight through
     /// (`quantise_fwd`, spec §8.1). Identity when there is no forward format.
-    pub fn quantise_fwd<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    pub fn quantise_fwd<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
         &mut self,
         x: Tensor<S, E, D, T>,
     ) -> Result<Tensor<S, E, D, T>> {
         let Some((format, rounding)) = self.formats.forward else {
             return Ok(x);
         };
-        let (xp, tape) = x.split_tape();
-        let (vals, stats) = quantise_values(xp.as_vec(), format, rounding, &mut self.rng);
+        let q = Quantise {
+            format,
+            rounding,
+            seed: self.rng.gen(),
+            forward: true,
+        };
+        let (y, stats) = D::quantise_kernel(x, q, Arc::clone(&self.backward_stats))?;
         self.forward_stats.merge(stats);
-        let q = xp.device().try_tensor_from_vec(vals, *xp.shape()).dev()?;
-        // (x·1 − x·1|detached) is exactly 0 with gradient 1, so the sum is exactly q(x).
-        let through = xp
-            .clone()
-            .put_tape(tape)
-            .try_mul(E::ONE)
-            .dev()?
-            .try_sub(xp.try_mul(E::ONE).dev()?)
-            .dev()?;
-        through.try_add(q).dev()
+        Ok(y)
     }
 
     /// Value unchanged; the gradient flowing back is rounded to the backward format
     /// (`quantise_bwd`, spec §8.1). Identity when there is no backward format.
-    pub fn quantise_bwd<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    pub fn quantise_bwd<S: Shape, E: Dtype, D: Backend<E>, T: Tape<E, D>>(
         &mut self,
         x: Tensor<S, E, D, T>,
     ) -> Result<Tensor<S, E, D, T>> {
@@ -145,28 +208,13 @@ impl MatmulQuantiser {
         if !T::OWNS_TAPE {
             return Ok(x);
         }
-        let (x, mut tape) = x.split_tape();
-        let y = x.clone().try_mul(E::ONE).dev()?;
-        let (xg, yg, shape, dev) = (x.ghost(), y.ghost(), *x.shape(), x.device().clone());
-        let mut rng = StdRng::seed_from_u64(self.rng.gen());
-        let stats = Arc::clone(&self.backward_stats);
-        tape.add_backward_op(move |grads| {
-            grads.try_alloc_for(&xg)?;
-            grads.try_alloc_for(&yg)?;
-            let (vals, st) = quantise_values(grads.get(&yg).as_vec(), format, rounding, &mut rng);
-            if let Ok(mut s) = stats.lock() {
-                s.merge(st);
-            }
-            let q = dev.try_tensor_from_vec(vals, shape)?;
-            let sum = grads.get(&xg).try_add(q)?;
-            let (mut store, probe) = gradient_buffer(sum)?;
-            std::mem::swap(
-                grads.get_or_alloc_mut(&xg)?,
-                store.get_or_alloc_mut(&probe)?,
-            );
-            Ok(())
-        });
-        Ok(y.put_tape(tape))
+        let q = Quantise {
+            format,
+            rounding,
+            seed: self.rng.gen(),
+            forward: false,
+        };
+        Ok(D::quantise_kernel(x, q, Arc::clone(&self.backward_stats))?.0)
     }
 
     /// [`super::linear`] with its input and weight rounded to the forward format and its output
