@@ -78,47 +78,38 @@ impl Fp8 {
         })
     }
 
+    /// Rounds a chunk whose first element has index `first` in the call. Runs under `pulp`'s
+    /// runtime dispatch, so the branch-free loop is compiled for AVX2/AVX-512 where the CPU has
+    /// them.
     fn round_chunk<E: Real>(self, chunk: &mut [E], seed: u64, first: u64) -> QuantStats {
-        let mut st = QuantStats {
-            total: chunk.len() as u64,
-            ..QuantStats::default()
-        };
-        let mut count = |x: f32, y: f32| {
-            st.overflow += u64::from(x.abs() > self.max);
-            st.underflow += u64::from(x.abs() <= self.max && x != 0.0 && y == 0.0);
-        };
-        // One loop per mode, so the element loop has no mode branch.
-        if self.stochastic {
-            for (j, v) in chunk.iter_mut().enumerate() {
-                let x = v.to_f32().unwrap_or(f32::NAN);
-                let u = uniform(seed, first + j as u64);
-                let y = self.round_by(x, |_, r| u < r);
-                count(x, y);
-                *v = E::of(f64::from(y));
-            }
-        } else {
-            let toward_zero = self.toward_zero;
-            for v in chunk.iter_mut() {
-                let x = v.to_f32().unwrap_or(f32::NAN);
-                let y = self.round_by(x, |k, r| {
-                    r > 0.5 || (r == 0.5 && !toward_zero && k & 1 == 1)
-                });
-                count(x, y);
-                *v = E::of(f64::from(y));
-            }
-        }
-        st
+        pulp::Arch::new().dispatch(
+            #[inline(always)]
+            || {
+                let (mut overflow, mut underflow) = (0u64, 0u64);
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    let x = v.to_f32().unwrap_or(f32::NAN);
+                    let u = uniform(seed, first + j as u64);
+                    let y = self.round_lane(x, u);
+                    overflow += u64::from(x.abs() > self.max);
+                    underflow += u64::from(x.abs() <= self.max && x != 0.0 && y == 0.0);
+                    *v = E::of(f64::from(y));
+                }
+                QuantStats {
+                    total: chunk.len() as u64,
+                    overflow,
+                    underflow,
+                }
+            },
+        )
     }
 
-    /// [`crate::formats::Format`]'s `round_by` in f32, with the same exact steps: clamp to
-    /// `max`, `ulp = 2^(max(floor(log2|x|), emin) − M)` from the exponent bits, `|x|/ulp = k + r`
-    /// (exact; `k < 2^(M+1)`, so an integer conversion floors it), `k + 1` iff `up(k, r)`, and the
-    /// sign restored. `NaN` passes through.
+    /// [`crate::formats::Format`]'s `round_by` in f32, branch-free, with the same exact steps:
+    /// clamp to `max`, `ulp = 2^(max(floor(log2|x|), emin) − M)` from the exponent bits,
+    /// `|x|/ulp = k + r` (exact; `k < 2^(M+1)`, so an integer conversion floors it), `k + 1` when
+    /// rounding up (stochastic: iff `u < r`; nearest: `r > ½`, or `r = ½` with ties to even unless
+    /// the format ties toward zero), and the sign restored. `NaN` passes through.
     #[inline(always)]
-    fn round_by(self, x: f32, up: impl Fn(i32, f32) -> bool) -> f32 {
-        if x.is_nan() {
-            return x;
-        }
+    fn round_lane(self, x: f32, u: f32) -> f32 {
         let a = x.abs().min(self.max);
         let exp = ((a.to_bits() >> 23) & 0xff) as i32 - 127;
         let e = exp.max(self.emin);
@@ -127,8 +118,17 @@ impl Fp8 {
         let q = a / ulp;
         let k = q as i32;
         let r = q - k as f32;
-        let n = if up(k, r) { k + 1 } else { k };
-        (n as f32 * ulp).copysign(x)
+        let up = if self.stochastic {
+            u < r
+        } else {
+            r > 0.5 || (r == 0.5 && !self.toward_zero && k & 1 == 1)
+        };
+        let y = ((k + i32::from(up)) as f32 * ulp).copysign(x);
+        if x.is_nan() {
+            x
+        } else {
+            y
+        }
     }
 }
 
@@ -147,12 +147,8 @@ fn uniform(seed: u64, index: u64) -> f32 {
 /// [`crate::formats::Format::quantise_stochastic`] (`u = Some(draw)`) of an f32, in f32.
 #[cfg(test)]
 fn round_fp8(x: f32, f: Fp8, u: Option<f32>) -> f32 {
-    match u {
-        Some(u) => f.round_by(x, |_, r| u < r),
-        None => f.round_by(x, |k, r| {
-            r > 0.5 || (r == 0.5 && !f.toward_zero && k & 1 == 1)
-        }),
-    }
+    let stochastic = u.is_some();
+    Fp8 { stochastic, ..f }.round_lane(x, u.unwrap_or(0.0))
 }
 
 /// `q.forward`: the value rounded, the gradient straight through; otherwise the value as is and
