@@ -434,6 +434,122 @@ where
     }
 }
 
+/// The fused quantised linear and attention kernels against the same roundings as separate
+/// `quantise_kernel` calls around the plain kernels (same seeds, nearest and stochastic): the
+/// same values, gradients and counts.
+fn quantised_kernels<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    use std::sync::{Arc, Mutex};
+    use umup::formats::{Format, QuantStats, Rounding};
+    use umup::ops::Quantise;
+    type K = Cpu;
+    let mut rig = Rig::new(15);
+    let big = E::from_f64(30.0).unwrap();
+    let x = rig.randn::<_, E>((13, 12)) * big;
+    let w = rig.randn::<_, E>((5, 12));
+    let b = rig.randn::<_, E>((5,));
+    let r = rig.randn::<_, E>((13, 5)) * E::from_f64(1e3).unwrap();
+    let s = LinearScales {
+        output: 0.37,
+        grad_input: 1.9,
+        grad_weight: 0.61,
+    };
+    let (batch, seq, heads, d_head) = (2, 7, 2, 3);
+    let shape = AttnShape {
+        batch,
+        seq,
+        heads,
+        d_head,
+        layout: AttnLayout::Rows,
+    };
+    let qkv: Vec<_> = (0..3)
+        .map(|_| rig.randn::<_, E>((batch * seq, heads * d_head)) * big)
+        .collect();
+    let ra = rig.randn::<_, E>((batch * seq, heads * d_head)) * E::from_f64(1e3).unwrap();
+    for rounding in [Rounding::Nearest, Rounding::Stochastic] {
+        let spec = |seed, forward, format| Quantise {
+            format,
+            rounding,
+            seed,
+            forward,
+        };
+        let (f, g) = (Format::GcE4m3, Format::GcE5m2);
+        let fwd2 = [spec(1, true, f), spec(2, true, f)];
+        let fwd3 = [spec(1, true, f), spec(2, true, f), spec(3, true, f)];
+        let bwd = spec(9, false, g);
+        let run_lin = |fused: bool| {
+            let stats = Arc::new(Mutex::new(QuantStats::default()));
+            let xt = x.clone().leaky_traced();
+            let (y, counts) = if fused {
+                K::linear_quantised_kernel(
+                    xt,
+                    w.retaped(),
+                    Some(b.retaped()),
+                    s,
+                    Some(fwd2),
+                    Some(bwd),
+                    Arc::clone(&stats),
+                )
+                .unwrap()
+            } else {
+                let (xq, c1) = K::quantise_kernel(xt, fwd2[0], Arc::clone(&stats)).unwrap();
+                let (wq, c2) =
+                    K::quantise_kernel(w.retaped(), fwd2[1], Arc::clone(&stats)).unwrap();
+                let y = K::linear_kernel(xq, wq, Some(b.retaped()), s).unwrap();
+                let (y, _) = K::quantise_kernel(y, bwd, Arc::clone(&stats)).unwrap();
+                let mut c = c1;
+                c.merge(c2);
+                (y, c)
+            };
+            let (out, gr) = backward(y, &r);
+            let got = vec![out, f64s(&gr.get(&x)), f64s(&gr.get(&w)), f64s(&gr.get(&b))];
+            let bstats = *stats.lock().unwrap();
+            (got, counts, bstats)
+        };
+        let (l1, l2) = (run_lin(true), run_lin(false));
+        compare::<E>("quantised linear", &l1.0, &l2.0);
+        assert_eq!((l1.1, l1.2), (l2.1, l2.2), "quantised linear counts");
+        let run_attn = |fused: bool| {
+            let stats = Arc::new(Mutex::new(QuantStats::default()));
+            let t: Vec<_> = qkv.iter().map(|t| t.clone().leaky_traced()).collect();
+            let [q, k, v]: [_; 3] = t.try_into().unwrap();
+            let (y, counts) = if fused {
+                K::attention_rows_quantised_kernel(
+                    q,
+                    k,
+                    v,
+                    shape,
+                    0.3,
+                    1.7,
+                    true,
+                    (Some(fwd3), Some(bwd), Arc::clone(&stats)),
+                )
+                .unwrap()
+            } else {
+                let mut c = QuantStats::default();
+                let mut rq = |t, q| {
+                    let (t, cc) = K::quantise_kernel(t, q, Arc::clone(&stats)).unwrap();
+                    c.merge(cc);
+                    t
+                };
+                let (q, k, v) = (rq(q, fwd3[0]), rq(k, fwd3[1]), rq(v, fwd3[2]));
+                let y = K::attention_rows_kernel(q, k, v, shape, 0.3, 1.7, true).unwrap();
+                (K::quantise_kernel(y, bwd, Arc::clone(&stats)).unwrap().0, c)
+            };
+            let (out, gr) = backward(y, &ra);
+            let mut v = vec![out];
+            v.extend(qkv.iter().map(|t| f64s(&gr.get(t))));
+            let bstats = *stats.lock().unwrap();
+            (v, counts, bstats)
+        };
+        let (a, b2) = (run_attn(true), run_attn(false));
+        compare::<E>("quantised attention", &a.0, &b2.0);
+        assert_eq!((a.1, a.2), (b2.1, b2.2), "quantised attention counts");
+    }
+}
+
 fn cross_entropy<E: Real>()
 where
     Cpu: Backend<E>,
@@ -528,6 +644,7 @@ both!(
     silu,
     softmax,
     quantise,
+    quantised_kernels,
     cross_entropy,
     embedding
 );

@@ -254,21 +254,15 @@ where
             self.attention_heads(q, k, v, (batch, seq), hp, opts, quant)?
         } else {
             // The projections' `[batch·seq, heads·d_head]` layout, attended in place.
-            let attend = |q, k, v| {
-                crate::nn::functional::multi_head_attention::<P, _, _, _, _, _>(
-                    q, k, v, seq, heads, hp, true,
-                )
-            };
             match quant {
                 Some(qz) => {
-                    let (q, k, v) = (
-                        qz.quantise_fwd(q)?,
-                        qz.quantise_fwd(k)?,
-                        qz.quantise_fwd(v)?,
-                    );
-                    qz.quantise_bwd(attend(q, k, v)?)?
+                    crate::nn::functional::multi_head_attention_quantised::<P, _, _, _, _, _>(
+                        q, k, v, seq, heads, hp, true, qz,
+                    )?
                 }
-                None => attend(q, k, v)?,
+                None => crate::nn::functional::multi_head_attention::<P, _, _, _, _, _>(
+                    q, k, v, seq, heads, hp, true,
+                )?,
             }
         };
         let y = tap(y, log, || name("sdpa"))?;

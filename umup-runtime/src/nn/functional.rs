@@ -53,6 +53,31 @@ where
     D::attention_rows_kernel(q, k, v, sh, logit, out, is_causal)
 }
 
+/// [`multi_head_attention`] with simulated precision: `q`, `k`, `v` rounded to the quantiser's
+/// forward format and the output gradient to its backward format (the same values, from the
+/// same seeds, as three `quantise_fwd` calls and one `quantise_bwd` around the plain op).
+#[allow(clippy::too_many_arguments)]
+pub fn multi_head_attention_quantised<P: Param, R: Dim, W: Dim, E: Dtype, D: Backend<E>, T>(
+    q: Tensor<(R, W), E, D, T>,
+    k: Tensor<(R, W), E, D, T>,
+    v: Tensor<(R, W), E, D, T>,
+    seq: usize,
+    heads: usize,
+    hp: &Hyper,
+    is_causal: bool,
+    quantiser: &mut ops::MatmulQuantiser,
+) -> Result<Tensor<(R, W), E, D, T>>
+where
+    T: Tape<E, D> + Merge<T>,
+{
+    let sh = ops::attention::rows_shape(&q, &k, &v, seq, heads)?;
+    let (logit, out) = attention_scales::<P>(seq, sh.d_head, hp, is_causal)?;
+    let plan = quantiser.plan::<3>(T::OWNS_TAPE);
+    let (y, counts) = D::attention_rows_quantised_kernel(q, k, v, sh, logit, out, is_causal, plan)?;
+    quantiser.count(counts);
+    Ok(y)
+}
+
 /// `(logit scale, output scale)` of [`attention`] for `seq` positions and `d_head` features:
 /// u-μP `(α/d_head, s)` with `s` from [`scales::sdpa`] (spec §4.12); μP `(α/d_head, 1)`;
 /// SP `(1/√d_head, 1)`. The output scale is a true-gradient multiply.

@@ -17,7 +17,7 @@ use dfdx::prelude::*;
 use super::cpu::{AttnShape, Real};
 use std::sync::{Arc, Mutex};
 
-use super::quantise::{self, Quantise};
+use super::quantise::{self, Plan, Quantise};
 use super::{activation, attention, embedding, linear, loss, norm, scale, sum};
 use crate::error::Result;
 use crate::formats::QuantStats;
@@ -59,6 +59,39 @@ pub trait Backend<E: Dtype>: Device<E> {
         linear::linear_generic(x, weight, bias, s)
     }
 
+    /// [`Self::linear_kernel`] with simulated precision (spec §8.1): `x` rounded by `fwd[0]` and
+    /// the weight by `fwd[1]` (values rounded, gradients straight through), the output gradient
+    /// by `bwd` before the matmuls use it (its counts added to `stats`). Returns the forward
+    /// counts. The default composes [`Self::quantise_kernel`] and [`Self::linear_kernel`].
+    #[allow(clippy::too_many_arguments)]
+    fn linear_quantised_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        weight: Tensor<(O, I), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
+        s: LinearScales,
+        fwd: Option<[Quantise; 2]>,
+        bwd: Option<Quantise>,
+        stats: Arc<Mutex<QuantStats>>,
+    ) -> Result<(Tensor<(R, O), E, Self, T>, QuantStats)> {
+        let mut counts = QuantStats::default();
+        let (x, weight) = match fwd {
+            Some([qx, qw]) => {
+                let (x, cx) = Self::quantise_kernel(x, qx, Arc::clone(&stats))?;
+                let (w, cw) = Self::quantise_kernel(weight, qw, Arc::clone(&stats))?;
+                counts.merge(cx);
+                counts.merge(cw);
+                (x, w)
+            }
+            None => (x, weight),
+        };
+        let y = Self::linear_kernel(x, weight, bias, s)?;
+        let y = match bwd {
+            Some(q) => Self::quantise_kernel(y, q, stats)?.0,
+            None => y,
+        };
+        Ok((y, counts))
+    }
+
     /// `o·left@right` with `grad left = s_l·G·rightᵀ`, `grad right = s_r·leftᵀ·G`, for
     /// `[o, s_l, s_r]` (spec §4.1). Shapes are checked by the caller.
     fn matmul_kernel<M: Dim, K: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
@@ -96,6 +129,42 @@ pub trait Backend<E: Dtype>: Device<E> {
         is_causal: bool,
     ) -> Result<Tensor<(R, W), E, Self, T>> {
         attention::attention_rows_generic(q, k, v, shape, logit_scale, out_scale, is_causal)
+    }
+
+    /// [`Self::attention_rows_kernel`] with simulated precision: `q`, `k`, `v` rounded by the
+    /// plan's three forward roundings, the output gradient by its backward rounding. Returns the
+    /// forward counts. The default composes [`Self::quantise_kernel`] and
+    /// [`Self::attention_rows_kernel`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_rows_quantised_kernel<R: Dim, W: Dim, T: Tape<E, Self> + Merge<T>>(
+        q: Tensor<(R, W), E, Self, T>,
+        k: Tensor<(R, W), E, Self, T>,
+        v: Tensor<(R, W), E, Self, T>,
+        shape: AttnShape,
+        logit_scale: f64,
+        out_scale: f64,
+        is_causal: bool,
+        (fwd, bwd, stats): Plan<3>,
+    ) -> Result<(Tensor<(R, W), E, Self, T>, QuantStats)> {
+        let mut counts = QuantStats::default();
+        let mut round = |t, spec: Option<Quantise>| -> Result<_> {
+            match spec {
+                Some(s) => {
+                    let (t, c) = Self::quantise_kernel(t, s, Arc::clone(&stats))?;
+                    counts.merge(c);
+                    Ok(t)
+                }
+                None => Ok(t),
+            }
+        };
+        let [sq, sk, sv] = fwd.map_or([None; 3], |f| f.map(Some));
+        let (q, k, v) = (round(q, sq)?, round(k, sk)?, round(v, sv)?);
+        let y = Self::attention_rows_kernel(q, k, v, shape, logit_scale, out_scale, is_causal)?;
+        let y = match bwd {
+            Some(b) => Self::quantise_kernel(y, b, Arc::clone(&stats))?.0,
+            None => y,
+        };
+        Ok((y, counts))
     }
 
     /// RMSNorm over the last dim (spec §4.7), with an optional gain whose gradient is scaled by
@@ -244,6 +313,18 @@ where
         linear::cpu::linear(x, weight, bias, s)
     }
 
+    fn linear_quantised_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        weight: Tensor<(O, I), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
+        s: LinearScales,
+        fwd: Option<[Quantise; 2]>,
+        bwd: Option<Quantise>,
+        stats: Arc<Mutex<QuantStats>>,
+    ) -> Result<(Tensor<(R, O), E, Self, T>, QuantStats)> {
+        linear::cpu::linear_quantised(x, weight, bias, s, fwd, bwd, stats)
+    }
+
     fn matmul_kernel<M: Dim, K: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
         left: Tensor<(M, K), E, Self, T>,
         right: Tensor<(K, N), E, Self, T>,
@@ -273,6 +354,19 @@ where
         is_causal: bool,
     ) -> Result<Tensor<(R, W), E, Self, T>> {
         attention::cpu::attention(q, k, v, shape, logit_scale, out_scale, is_causal)
+    }
+
+    fn attention_rows_quantised_kernel<R: Dim, W: Dim, T: Tape<E, Self> + Merge<T>>(
+        q: Tensor<(R, W), E, Self, T>,
+        k: Tensor<(R, W), E, Self, T>,
+        v: Tensor<(R, W), E, Self, T>,
+        shape: AttnShape,
+        logit_scale: f64,
+        out_scale: f64,
+        is_causal: bool,
+        plan: Plan<3>,
+    ) -> Result<(Tensor<(R, W), E, Self, T>, QuantStats)> {
+        attention::cpu::attention_quantised(q, k, v, shape, logit_scale, out_scale, is_causal, plan)
     }
 
     fn rms_norm_kernel<R: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(

@@ -5,9 +5,14 @@
 
 use dfdx::prelude::*;
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::{DeviceResultExt, Result};
+use crate::formats::QuantStats;
 use crate::ops::cpu::{attention_bwd_into, attention_fwd, AttnLayout, AttnShape, Real};
 use crate::ops::kernels::{self, accumulate, Buf};
+use crate::ops::quantise::cpu::round;
+use crate::ops::quantise::Plan;
 use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 
@@ -26,7 +31,38 @@ pub(crate) fn attention<R: Dim, W: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
         layout: AttnLayout::Rows,
         ..shape
     };
-    run(q, k, v, sh, logit_scale, out_scale, is_causal)
+    let stats = Arc::new(Mutex::new(QuantStats::default()));
+    Ok(run(
+        q,
+        k,
+        v,
+        sh,
+        [logit_scale, out_scale],
+        is_causal,
+        (None, None, stats),
+    )?
+    .0)
+}
+
+/// [`attention`] with simulated precision: the kernel's own copies of `q`, `k`, `v` rounded in
+/// place by `fwd`, the output gradient by `bwd` before the backward reads it (the same values,
+/// from the same seeds, as rounding each through `quantise_kernel`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_quantised<R: Dim, W: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
+    q: Tensor<(R, W), E, Cpu, T>,
+    k: Tensor<(R, W), E, Cpu, T>,
+    v: Tensor<(R, W), E, Cpu, T>,
+    shape: AttnShape,
+    logit_scale: f64,
+    out_scale: f64,
+    is_causal: bool,
+    quant: Plan<3>,
+) -> Result<(Tensor<(R, W), E, Cpu, T>, QuantStats)> {
+    let sh = AttnShape {
+        layout: AttnLayout::Rows,
+        ..shape
+    };
+    run(q, k, v, sh, [logit_scale, out_scale], is_causal, quant)
 }
 
 /// Attention on `[batch, heads, seq, d_head]` (inputs made contiguous first).
@@ -53,7 +89,17 @@ pub(crate) fn attention_heads<
         d_head,
         layout: AttnLayout::Heads,
     };
-    run(q, k, v, sh, logit_scale, out_scale, is_causal)
+    let stats = Arc::new(Mutex::new(QuantStats::default()));
+    Ok(run(
+        q,
+        k,
+        v,
+        sh,
+        [logit_scale, out_scale],
+        is_causal,
+        (None, None, stats),
+    )?
+    .0)
 }
 
 fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
@@ -61,17 +107,23 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     k: Tensor<S, E, Cpu, T>,
     v: Tensor<S, E, Cpu, T>,
     sh: AttnShape,
-    logit_scale: f64,
-    out_scale: f64,
+    [logit_scale, out_scale]: [f64; 2],
     causal: bool,
-) -> Result<Tensor<S, E, Cpu, T>> {
+    (fwd, bwd, stats): Plan<3>,
+) -> Result<(Tensor<S, E, Cpu, T>, QuantStats)> {
     let (q, tq) = kernels::input(q).dev()?;
     let (k, tk) = kernels::input(k).dev()?;
     let (v, tv) = kernels::input(v).dev()?;
     let mut tape = tq.merge(tk).merge(tv);
     let dev = q.device().clone();
     let shape = *q.shape();
-    let (qs, ks, vs) = (Buf::of(&q).dev()?, Buf::of(&k).dev()?, Buf::of(&v).dev()?);
+    let (mut qs, mut ks, mut vs) = (Buf::of(&q).dev()?, Buf::of(&k).dev()?, Buf::of(&v).dev()?);
+    let mut counts = QuantStats::default();
+    if let Some([a, b, c]) = fwd {
+        counts.merge(round(&mut qs, a, a.seed));
+        counts.merge(round(&mut ks, b, b.seed));
+        counts.merge(round(&mut vs, c, c.seed));
+    }
     let mut out = Buf::zeros(&dev, sh.numel()).dev()?;
     let mut probs = Buf::zeros(&dev, sh.probs_numel()).dev()?;
     let (ls, os) = (
@@ -85,9 +137,19 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     if T::OWNS_TAPE {
         let (qg, kg, vg, yg) = (q.ghost(), k.ghost(), v.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
-            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            let taken = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            // The rounded gradient feeds the backward; the kept one (if kept) stays unrounded.
+            let rounded = bwd.map(|q| {
+                let mut g = taken.clone();
+                let c = round(&mut g, q, q.seed);
+                if let Ok(mut st) = stats.lock() {
+                    st.merge(c);
+                }
+                g
+            });
+            let gy = rounded.as_deref().unwrap_or(&taken);
             let n = sh.numel();
-            let inputs = [&qs[..], &ks, &vs, &probs, &gy];
+            let inputs = [&qs[..], &ks, &vs, &probs, gy];
             // Straight into the three gradient buffers, unless two inputs are one tensor (then
             // a buffer comes out empty: put them back, last taken first, and go through temps).
             let mut gq = kernels::take::<E>(grads.get_or_alloc_mut(&qg)?);
@@ -133,9 +195,10 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                     Ok(())
                 })?;
             }
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            drop(rounded);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, taken);
             Ok(())
         });
     }
-    Ok(y.put_tape(tape))
+    Ok((y.put_tape(tape), counts))
 }

@@ -4,9 +4,14 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use std::sync::{Arc, Mutex};
+
 use crate::error::{DeviceResultExt, Result};
+use crate::formats::QuantStats;
 use crate::ops::cpu::{gemm, Real, Threads, View, ViewMut};
 use crate::ops::kernels::{self, Buf};
+use crate::ops::quantise::cpu::round;
+use crate::ops::quantise::Quantise;
 use crate::ops::scale::elem;
 use crate::profile::{time, Part};
 use crate::scales::LinearScales;
@@ -23,6 +28,22 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
     bias: Option<Tensor<(O,), E, Cpu, T>>,
     s: LinearScales,
 ) -> Result<Tensor<(R, O), E, Cpu, T>> {
+    let stats = Arc::new(Mutex::new(QuantStats::default()));
+    Ok(linear_quantised(x, weight, bias, s, None, None, stats)?.0)
+}
+
+/// [`linear`] with simulated precision: the kernel's own copies of `x` and `W` rounded in place
+/// by `fwd`, the output gradient by `bwd` before the backward matmuls read it (the same values,
+/// from the same seeds, as rounding each through `quantise_kernel` first).
+pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
+    x: Tensor<(R, I), E, Cpu, T>,
+    weight: Tensor<(O, I), E, Cpu, T>,
+    bias: Option<Tensor<(O,), E, Cpu, T>>,
+    s: LinearScales,
+    fwd: Option<[Quantise; 2]>,
+    bwd: Option<Quantise>,
+    stats: Arc<Mutex<QuantStats>>,
+) -> Result<(Tensor<(R, O), E, Cpu, T>, QuantStats)> {
     let (x, tape) = kernels::input(x).dev()?;
     let (w, wtape) = kernels::input(weight).dev()?;
     let mut tape = tape.merge(wtape);
@@ -38,8 +59,13 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
     let (rows, fi) = (x.shape().0.size(), x.shape().1.size());
     let fo = w.shape().0.size();
     let out_shape = (x.shape().0, w.shape().0);
-    let xs = Buf::of(&x).dev()?;
-    let ws = Buf::of(&w).dev()?;
+    let mut xs = Buf::of(&x).dev()?;
+    let mut ws = Buf::of(&w).dev()?;
+    let mut counts = QuantStats::default();
+    if let Some([qx, qw]) = fwd {
+        counts.merge(round(&mut xs, qx, qx.seed));
+        counts.merge(round(&mut ws, qw, qw.seed));
+    }
     let mut y = Buf::zeros(&dev, rows * fo).dev()?;
     let (o, sw, sx) = (
         elem::<E>("scale", s.output)?,
@@ -70,13 +96,23 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
     if T::OWNS_TAPE {
         let (xg, wg, bg, yg) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), y.ghost());
         tape.add_backward_op(move |grads| {
-            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            let taken = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            // The rounded gradient feeds the matmuls; the kept one (if kept) stays unrounded.
+            let rounded = bwd.map(|q| {
+                let mut g = taken.clone();
+                let c = round(&mut g, q, q.seed);
+                if let Ok(mut st) = stats.lock() {
+                    st.merge(c);
+                }
+                g
+            });
+            let gy = rounded.as_deref().unwrap_or(&taken);
             let gw = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&wg)?);
             time(Part::Matmuls, || {
                 gemm(
                     ViewMut::rows(gw, fo, fi),
                     true,
-                    View::rows(&gy, rows, fo).t(),
+                    View::rows(gy, rows, fo).t(),
                     View::rows(&xs, rows, fi),
                     sw,
                     Threads::All,
@@ -95,17 +131,18 @@ pub(crate) fn linear<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
                 gemm(
                     ViewMut::rows(gx, rows, fi),
                     true,
-                    View::rows(&gy, rows, fo),
+                    View::rows(gy, rows, fo),
                     View::rows(&ws, fo, fi),
                     sx,
                     Threads::All,
                 )
             });
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            drop(rounded);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, taken);
             Ok(())
         });
     }
-    Ok(y.put_tape(tape))
+    Ok((y.put_tape(tape), counts))
 }
 
 /// `y = o·left@right`; backward `dleft += s_l·G·rightᵀ`, `dright += s_r·leftᵀ·G`.

@@ -71,13 +71,23 @@ pub(crate) fn linear_maybe_quantised<
     match quantiser {
         None => D::linear_kernel(x, weight.retaped(), bias, s),
         Some(q) => {
-            let x = q.quantise_fwd(x)?;
-            let w = q.quantise_fwd(weight.retaped::<T>())?;
-            let y = D::linear_kernel(x, w, bias, s)?;
-            q.quantise_bwd(y)
+            // Seeds in the order of rounding x, W, then the output gradient.
+            let (fwd, bwd, stats) = q.plan::<2>(T::OWNS_TAPE);
+            let (y, counts) =
+                D::linear_quantised_kernel(x, weight.retaped(), bias, s, fwd, bwd, stats)?;
+            q.forward_stats.merge(counts);
+            Ok(y)
         }
     }
 }
+
+/// The roundings of one fused kernel call: `N` forward roundings, an optional backward rounding,
+/// and where the backward counts go.
+pub type Plan<const N: usize> = (
+    Option<[Quantise; N]>,
+    Option<Quantise>,
+    Arc<Mutex<QuantStats>>,
+);
 
 /// One rounding of [`Backend::quantise_kernel`]: the format, the rounding mode, the seed of its
 /// stochastic rounding, and the direction (`forward`: the value is rounded and the gradient
@@ -174,6 +184,36 @@ impl MatmulQuantiser {
     /// Counts over every backward (output gradient) value quantised so far.
     pub fn backward_stats(&self) -> QuantStats {
         self.backward_stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// The roundings of one fused kernel call: `N` forward roundings (seeds drawn first, in
+    /// order), then the backward rounding when `owns_tape` — the same seeds, in the same order,
+    /// as `N` calls of [`Self::quantise_fwd`] followed by one of [`Self::quantise_bwd`].
+    pub(crate) fn plan<const N: usize>(&mut self, owns_tape: bool) -> Plan<N> {
+        let fwd = self.formats.forward.map(|(format, rounding)| {
+            [(); N].map(|()| Quantise {
+                format,
+                rounding,
+                seed: self.rng.gen(),
+                forward: true,
+            })
+        });
+        let bwd = self
+            .formats
+            .backward
+            .filter(|_| owns_tape)
+            .map(|(format, rounding)| Quantise {
+                format,
+                rounding,
+                seed: self.rng.gen(),
+                forward: false,
+            });
+        (fwd, bwd, Arc::clone(&self.backward_stats))
+    }
+
+    /// Adds forward counts from a fused kernel call.
+    pub(crate) fn count(&mut self, counts: QuantStats) {
+        self.forward_stats.merge(counts);
     }
 
     /// Value rounded to the forward format; the gradient passes straight through
