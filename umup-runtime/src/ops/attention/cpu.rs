@@ -27,21 +27,8 @@ pub(crate) fn attention<R: Dim, W: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
     out_scale: f64,
     is_causal: bool,
 ) -> Result<Tensor<(R, W), E, Cpu, T>> {
-    let sh = AttnShape {
-        layout: AttnLayout::Rows,
-        ..shape
-    };
-    let stats = Arc::new(Mutex::new(QuantStats::default()));
-    Ok(run(
-        q,
-        k,
-        v,
-        sh,
-        [logit_scale, out_scale],
-        is_causal,
-        (None, None, stats),
-    )?
-    .0)
+    let plan = (None, None, Arc::new(Mutex::new(QuantStats::default())));
+    Ok(attention_quantised(q, k, v, shape, logit_scale, out_scale, is_causal, plan)?.0)
 }
 
 /// [`attention`] with simulated precision: the kernel's own copies of `q`, `k`, `v` rounded in
