@@ -49,10 +49,15 @@ pub fn keep_intermediate_gradients(keep: bool) {
     KEEP.store(keep, Ordering::Relaxed);
 }
 
+/// Whether [`keep_intermediate_gradients`] is set.
+pub(crate) fn keeping() -> bool {
+    KEEP.load(Ordering::Relaxed)
+}
+
 /// Ends an op's use of its output gradient `data` (moved out of `slot` by [`take`]): puts it
 /// back when [`keep_intermediate_gradients`] is set, frees it otherwise.
 pub(crate) fn done<E: Dtype>(slot: &mut <Cpu as Storage<E>>::Vec, data: Vec<E>) {
-    if KEEP.load(Ordering::Relaxed) {
+    if keeping() {
         put::<E>(slot, data);
     }
 }

@@ -11,7 +11,7 @@ use crate::error::{DeviceResultExt, Result};
 use crate::formats::QuantStats;
 use crate::ops::cpu::{attention_bwd_into, attention_fwd, AttnLayout, AttnShape, Real};
 use crate::ops::kernels::{self, accumulate, Buf};
-use crate::ops::quantise::cpu::round;
+use crate::ops::quantise::cpu::{round, rounded_gradient};
 use crate::ops::quantise::Plan;
 use crate::ops::scale::elem;
 use crate::profile::{time, Part};
@@ -125,16 +125,8 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
         let (qg, kg, vg, yg) = (q.ghost(), k.ghost(), v.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
             let taken = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
-            // The rounded gradient feeds the backward; the kept one (if kept) stays unrounded.
-            let rounded = bwd.map(|q| {
-                let mut g = taken.clone();
-                let c = round(&mut g, q, q.seed);
-                if let Ok(mut st) = stats.lock() {
-                    st.merge(c);
-                }
-                g
-            });
-            let gy = rounded.as_deref().unwrap_or(&taken);
+            let (rounded, kept) = rounded_gradient(taken, bwd, &stats);
+            let gy = &rounded[..];
             let n = sh.numel();
             let inputs = [&qs[..], &ks, &vs, &probs, gy];
             // Straight into the three gradient buffers, unless two inputs are one tensor (then
@@ -182,8 +174,7 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                     Ok(())
                 })?;
             }
-            drop(rounded);
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, taken);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(rounded));
             Ok(())
         });
     }

@@ -10,7 +10,7 @@ use crate::error::{DeviceResultExt, Result};
 use crate::formats::QuantStats;
 use crate::ops::cpu::{gemm, Real, Threads, View, ViewMut};
 use crate::ops::kernels::{self, Buf};
-use crate::ops::quantise::cpu::round;
+use crate::ops::quantise::cpu::{round, rounded_gradient};
 use crate::ops::quantise::Quantise;
 use crate::ops::scale::elem;
 use crate::profile::{time, Part};
@@ -97,16 +97,8 @@ pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> 
         let (xg, wg, bg, yg) = (x.ghost(), w.ghost(), b.map(|b| b.ghost()), y.ghost());
         tape.add_backward_op(move |grads| {
             let taken = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
-            // The rounded gradient feeds the matmuls; the kept one (if kept) stays unrounded.
-            let rounded = bwd.map(|q| {
-                let mut g = taken.clone();
-                let c = round(&mut g, q, q.seed);
-                if let Ok(mut st) = stats.lock() {
-                    st.merge(c);
-                }
-                g
-            });
-            let gy = rounded.as_deref().unwrap_or(&taken);
+            let (rounded, kept) = rounded_gradient(taken, bwd, &stats);
+            let gy = &rounded[..];
             let gw = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&wg)?);
             time(Part::Matmuls, || {
                 gemm(
@@ -137,8 +129,7 @@ pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> 
                     Threads::All,
                 )
             });
-            drop(rounded);
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, taken);
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(rounded));
             Ok(())
         });
     }

@@ -151,6 +151,30 @@ fn round_fp8(x: f32, f: Fp8, u: Option<f32>) -> f32 {
     Fp8 { stochastic, ..f }.round_lane(x, u.unwrap_or(0.0))
 }
 
+/// An op's output gradient `g` as its backward reads it, rounded by `bwd` (the counts added to
+/// `stats`), and the gradient to hand to [`kernels::done`]: rounded in place, unless
+/// intermediate gradients are kept — then the kept one stays unrounded and the rounding works on
+/// a copy.
+pub(crate) fn rounded_gradient<E: Real>(
+    g: Vec<E>,
+    bwd: Option<Quantise>,
+    stats: &Mutex<QuantStats>,
+) -> (Vec<E>, Option<Vec<E>>) {
+    let Some(q) = bwd else {
+        return (g, None);
+    };
+    let (mut rounded, kept) = if kernels::keeping() {
+        (g.clone(), Some(g))
+    } else {
+        (g, None)
+    };
+    let counts = round(&mut rounded, q, q.seed);
+    if let Ok(mut s) = stats.lock() {
+        s.merge(counts);
+    }
+    (rounded, kept)
+}
+
 /// `q.forward`: the value rounded, the gradient straight through; otherwise the value as is and
 /// the gradient rounded (its counts go to `stats`).
 pub(crate) fn quantise<S: Shape, E: Real, T: Tape<E, Cpu>>(
@@ -171,19 +195,11 @@ pub(crate) fn quantise<S: Shape, E: Real, T: Tape<E, Cpu>>(
     if T::OWNS_TAPE {
         let (xg, yg) = (x.ghost(), y.ghost());
         tape.add_backward_op(move |grads| {
-            let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
-            if q.forward {
-                accumulate!(grads, xg, &gy, E::one());
-            } else {
-                let mut rounded = Buf::zeros(&dev, gy.len())?;
-                rounded.copy_from_slice(&gy);
-                let st = round(&mut rounded, q, q.seed);
-                if let Ok(mut s) = stats.lock() {
-                    s.merge(st);
-                }
-                accumulate!(grads, xg, &rounded, E::one());
-            }
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            let taken = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
+            let bwd = (!q.forward).then_some(q);
+            let (gy, kept) = rounded_gradient(taken, bwd, &stats);
+            accumulate!(grads, xg, &gy, E::one());
+            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(gy));
             Ok(())
         });
     }
