@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! cargo run --release --example lr_sweep                                  # η grid × widths × {umup, sp}
+//! cargo run --release --example lr_sweep -- --model encoder --seeds 2     # the masked-byte encoder
 //! cargo run --release --example lr_sweep -- --stage all                   # then 1-D α sweeps at the best η, then combined
 //! cargo run --release --example lr_sweep -- --plan plan.txt               # one command per grid point, for a cluster
 //! parallel -j 4 < plan.txt                                                # (or a Slurm array: sed -n "${SLURM_ARRAY_TASK_ID}p" plan.txt | sh)
 //! cargo run --release --example lr_sweep -- --collect runs/lr_sweep       # merge finished points into CSV, plots, summary
 //! ```
 //!
-//! Every grid point is an independent `train_lm` run in `DIR/<point>/`; a point whose run
+//! Every grid point is an independent `train_lm` (or `train_encoder`) run in `DIR/<point>/`; a point whose run
 //! finished is never redone, so an interrupted sweep resumes where it stopped. Locally the points
 //! run `--jobs` at a time with a progress bar. Outputs: `DIR/sweep.csv`, `DIR/transfer.png`
 //! (final validation loss vs η, one curve per width, one panel per parametrization; with
@@ -29,7 +30,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use umup::data::Corpus;
 use umup::train::{self, RunOptions, TrainConfig};
 
-const SHAKESPEARE: &[u8] = include_bytes!("../data/shakespeare.txt.gz");
 const ALPHAS: [&str; 5] = [
     "alpha_ffn_act",
     "alpha_attn_softmax",
@@ -41,10 +41,13 @@ const ALPHAS: [&str; 5] = [
 #[derive(Parser, Debug, Clone)]
 #[command(about = "η transfer sweep across widths and parametrizations, then α sweeps")]
 struct Args {
+    /// The model family: lm (the transformer LM) or encoder (the masked-byte encoder).
+    #[arg(long, default_value = "lm")]
+    model: String,
     /// Output directory (one subdirectory per grid point).
     #[arg(long, default_value = "runs/lr_sweep")]
     out: PathBuf,
-    /// Widths (compiled: 64, 128, 256; 512 at depth 4).
+    /// Widths (compiled: 64, 128, 256, 512).
     #[arg(long, default_value = "64,128,256", value_delimiter = ',')]
     widths: Vec<usize>,
     /// Depth (compiled: 2, 4).
@@ -136,8 +139,8 @@ impl Point {
     fn command(&self, out: &Path) -> String {
         let c = &self.cfg;
         format!(
-            "cargo run --release --example train_lm -- --quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --out {}",
-            c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.final_lr_fraction, c.eval_every, c.eval_batches,
+            "cargo run --release --example train_{} -- --quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --out {}",
+            c.model, c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.final_lr_fraction, c.eval_every, c.eval_batches,
             c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax,
             self.dir(out).display()
         )
@@ -204,6 +207,7 @@ fn pending<'a>(args: &Args, points: &'a [Point]) -> umup::Result<Vec<&'a Point>>
 
 fn base(args: &Args, param: &str, width: usize, lr: f64) -> TrainConfig {
     TrainConfig {
+        model: args.model.clone(),
         width,
         depth: args.depth,
         heads: (width / 64).max(1),
@@ -447,7 +451,7 @@ fn run(mut args: Args) -> umup::Result<()> {
             cfg.validate()?;
         }
     }
-    let corpus = Corpus::from_gzip(SHAKESPEARE, 0.1)?;
+    let corpus = Corpus::shakespeare(0.1)?;
     let mut all = eta_points(&args);
     let mut plan = Vec::new();
     for stage in stages {

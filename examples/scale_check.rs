@@ -1,8 +1,10 @@
-//! Scale check (μP's coord check): RMS of every parameter, activation and gradient of the
-//! transformer LM at several widths, on real data, at init and over the first training steps.
+//! Scale check (μP's coord check): RMS of every parameter, activation and gradient of a model
+//! family (`--model lm`, the transformer LM, or `encoder`, the masked-byte encoder) at several
+//! widths, on real data, at init and over the first training steps.
 //!
 //! ```text
-//! cargo run --release --example scale_check                                   # u-μP, widths 64..1024
+//! cargo run --release --example scale_check                                   # u-μP LM, widths 64..1024
+//! cargo run --release --example scale_check -- --model encoder --widths 64,512 --repeats 8
 //! cargo run --release --example scale_check -- --param umup,mup,sp --widths 64,128,256,512
 //! cargo run --release --example scale_check -- --steps 5 --json runs/scale.json
 //! cargo run --release --example scale_check -- --load runs/scale.json             # re-check a saved run
@@ -26,21 +28,26 @@ use std::process::ExitCode;
 use clap::Parser;
 use umup::analysis::Kind;
 use umup::data::Corpus;
-use umup::nn::{Mup, Sp, Umup};
+use umup::models::{EncoderFamily, LmFamily};
 use umup::scale_check::{
-    by_tensor, finite_width_fit, out_of_band, scale_check, umup_violations, LossRow, Report, Row,
-    Settings,
+    by_tensor, finite_width_fit, out_of_band, scale_check_family, umup_violations, LossRow, Report,
+    Row, Settings,
 };
 
-const SHAKESPEARE: &[u8] = include_bytes!("../data/shakespeare.txt.gz");
-const DEPTH: usize = 4;
-
 #[derive(Parser, Debug)]
-#[command(about = "RMS of every parameter, activation and gradient of the LM across widths")]
+#[command(
+    about = "RMS of every parameter, activation and gradient of a model family across widths"
+)]
 struct Args {
-    /// Widths (compiled: 64, 128, 256, 512, 1024).
+    /// The model family: lm (the transformer LM) or encoder (the masked-byte encoder).
+    #[arg(long, default_value = "lm")]
+    model: String,
+    /// Widths (compiled: 64, 128, 256, 512; the LM also 1024).
     #[arg(long, default_value = "64,128,256,512,1024", value_delimiter = ',')]
     widths: Vec<usize>,
+    /// Number of layers (compiled: 2, 4; the LM at width 1024: 4).
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
     /// Parametrizations, comma-separated: umup, mup (base width 64), sp.
     #[arg(long, default_value = "umup", value_delimiter = ',')]
     param: Vec<String>,
@@ -76,26 +83,30 @@ struct Args {
     data: Option<PathBuf>,
     /// Measure nothing: read the reports from a file written by `--json`, then print the table
     /// and the checks and draw the plot as for a new measurement.
-    #[arg(long, conflicts_with_all = ["widths", "param", "steps", "seed", "repeats", "batch", "seq", "lr", "d_head", "data", "json"])]
+    #[arg(long, conflicts_with_all = ["model", "depth", "widths", "param", "steps", "seed", "repeats", "batch", "seq", "lr", "d_head", "data", "json"])]
     load: Option<PathBuf>,
 }
 
-type Check = fn(&Corpus, &Settings, &mut Vec<Row>, &mut Vec<LossRow>) -> umup::Result<()>;
-
-fn check_fn(width: usize, param: &str) -> Option<Check> {
-    macro_rules! widths {
-        ($($w:literal),*) => {
-            match (width, param) {
-                $(
-                    ($w, "umup") => Some(scale_check::<$w, { 4 * $w }, DEPTH, Umup> as Check),
-                    ($w, "mup") => Some(scale_check::<$w, { 4 * $w }, DEPTH, Mup<64>> as Check),
-                    ($w, "sp") => Some(scale_check::<$w, { 4 * $w }, DEPTH, Sp> as Check),
-                )*
-                _ => None,
-            }
-        };
+/// The scale check of the `--model` family at one width.
+fn check(
+    args: &Args,
+    width: usize,
+    param: &str,
+    corpus: &Corpus,
+    settings: &Settings,
+) -> umup::Result<(Vec<Row>, Vec<LossRow>)> {
+    let (mut rows, mut loss) = (Vec::new(), Vec::new());
+    let (d, p, c, s) = (args.depth, param, corpus, settings);
+    match args.model.as_str() {
+        "lm" => scale_check_family::<LmFamily>(width, d, p, c, s, &mut rows, &mut loss)?,
+        "encoder" => scale_check_family::<EncoderFamily>(width, d, p, c, s, &mut rows, &mut loss)?,
+        other => {
+            return Err(umup::Error::Invalid(format!(
+                "--model {other}: expected lm or encoder"
+            )))
+        }
     }
-    widths!(64, 128, 256, 512, 1024)
+    Ok((rows, loss))
 }
 
 fn main() -> ExitCode {
@@ -193,7 +204,7 @@ fn load(path: &std::path::Path) -> umup::Result<Vec<Report>> {
 fn measure(args: &Args) -> umup::Result<Vec<Report>> {
     let corpus = match &args.data {
         Some(p) => Corpus::from_path(p, 0.1)?,
-        None => Corpus::from_gzip(SHAKESPEARE, 0.1)?,
+        None => Corpus::shakespeare(0.1)?,
     };
     let mut reports = Vec::new();
     for param in &args.param {
@@ -211,19 +222,16 @@ fn measure(args: &Args) -> umup::Result<Vec<Report>> {
         };
         let (mut rows, mut loss) = (Vec::new(), Vec::new());
         for &w in &widths {
-            let f = check_fn(w, param).ok_or_else(|| {
-                umup::Error::Invalid(format!(
-                    "--widths {w} / --param {param}: compiled widths are 64, 128, 256, 512, 1024 and parametrizations umup, mup, sp"
-                ))
-            })?;
-            eprintln!("{param}: width {w} ...");
+            eprintln!("{} {param}: width {w} ...", args.model);
             let (mut r_rows, mut r_loss) = (Vec::new(), Vec::new());
             for r in 0..args.repeats {
                 let s = Settings {
                     seed: args.seed + r,
                     ..settings.clone()
                 };
-                f(&corpus, &s, &mut r_rows, &mut r_loss)?;
+                let (rows, loss) = check(args, w, param, &corpus, &s)?;
+                r_rows.extend(rows);
+                r_loss.extend(loss);
             }
             rows.extend(average(r_rows, args.repeats as usize));
             loss.extend(average_loss(r_loss, args.repeats as usize));

@@ -7,6 +7,7 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::family::Task;
 use crate::{Error, Result};
 
 /// Which part of the corpus.
@@ -25,13 +26,21 @@ pub struct Corpus {
     split: usize,
 }
 
-/// A batch of windows: `inputs[b·seq + t]` predicts `targets[b·seq + t]` (the next byte).
+/// The id of the mask token of [`Task::MaskedBytes`] (one past the bytes).
+pub const MASK: usize = 256;
+
+/// A batch of windows. For next-byte prediction `inputs[b·seq + t]` predicts
+/// `targets[b·seq + t]` (the next byte) and `positions` is empty; for masked bytes `targets[j]`
+/// is the original byte at the flat position `positions[j]` of `inputs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// Token ids, `batch × seq`, row-major.
     pub inputs: Vec<usize>,
-    /// Next-token targets, same layout.
+    /// The targets: one per position (next byte), or one per entry of `positions`.
     pub targets: Vec<usize>,
+    /// The flat positions (`b·seq + t`, ascending) that `targets` belong to; empty when every
+    /// position has a target, in order.
+    pub positions: Vec<usize>,
     /// Rows.
     pub batch: usize,
     /// Sequence length.
@@ -59,6 +68,12 @@ impl Corpus {
             .read_to_end(&mut bytes)
             .map_err(|e| Error::BadInput(format!("cannot decompress the corpus: {e}")))?;
         Self::from_bytes(bytes, val_fraction)
+    }
+
+    /// The embedded corpus: 42 works of Shakespeare (Project Gutenberg editions; attribution
+    /// in `data/README.md`), 5.1 MB of text.
+    pub fn shakespeare(val_fraction: f64) -> Result<Self> {
+        Self::from_gzip(include_bytes!("../data/shakespeare.txt.gz"), val_fraction)
     }
 
     /// A corpus from a file: gzip if it ends in `.gz`, raw bytes otherwise.
@@ -137,9 +152,68 @@ impl Corpus {
         Ok(Batch {
             inputs,
             targets,
+            positions: Vec::new(),
             batch,
             seq,
         })
+    }
+
+    /// `batch` random windows of `seq` bytes from `split` with masked bytes (BERT's recipe):
+    /// each position is chosen with probability `fraction` (at least one per batch); a chosen
+    /// byte becomes [`MASK`] with probability 0.8, a uniformly random byte with 0.1, and stays
+    /// with 0.1. The targets are the original bytes at the chosen positions.
+    pub fn masked_batch(
+        &self,
+        split: Split,
+        batch: usize,
+        seq: usize,
+        fraction: f64,
+        rng: &mut StdRng,
+    ) -> Result<Batch> {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(Error::InvalidValue {
+                what: "masked fraction",
+                value: fraction,
+                reason: "must be in (0, 1]",
+            });
+        }
+        let Batch { mut inputs, .. } = self.batch(split, batch, seq, rng)?;
+        let (mut targets, mut positions) = (Vec::new(), Vec::new());
+        for (i, id) in inputs.iter_mut().enumerate() {
+            let last_chance = positions.is_empty() && i + 1 == batch * seq;
+            if rng.gen::<f64>() < fraction || last_chance {
+                positions.push(i);
+                targets.push(*id);
+                let r: f64 = rng.gen();
+                if r < 0.8 {
+                    *id = MASK;
+                } else if r < 0.9 {
+                    *id = rng.gen_range(0..256);
+                }
+            }
+        }
+        Ok(Batch {
+            inputs,
+            targets,
+            positions,
+            batch,
+            seq,
+        })
+    }
+
+    /// A batch for `task` ([`Corpus::batch`] or [`Corpus::masked_batch`]).
+    pub fn task_batch(
+        &self,
+        task: Task,
+        split: Split,
+        batch: usize,
+        seq: usize,
+        rng: &mut StdRng,
+    ) -> Result<Batch> {
+        match task {
+            Task::NextByte => self.batch(split, batch, seq, rng),
+            Task::MaskedBytes { fraction } => self.masked_batch(split, batch, seq, fraction, rng),
+        }
     }
 }
 
@@ -178,5 +252,51 @@ mod tests {
         assert_ne!(b.inputs, other.inputs);
         assert!(c.batch(Split::Val, 1, 8, &mut step_rng(1, 0, 0)).is_err());
         assert!(Corpus::from_bytes(vec![1, 2], 1.5).is_err());
+    }
+
+    #[test]
+    fn masked_batches_follow_the_recipe() {
+        let text: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let c = Corpus::from_bytes(text, 0.1).unwrap();
+        let task = Task::MaskedBytes { fraction: 0.15 };
+        let b = c
+            .task_batch(task, Split::Train, 64, 64, &mut step_rng(3, 0, 0))
+            .unwrap();
+        let n = b.inputs.len();
+        let chosen = b.positions.len() as f64 / n as f64;
+        assert!((chosen - 0.15).abs() < 0.02, "chosen fraction {chosen}");
+        assert_eq!(b.targets.len(), b.positions.len());
+        assert!(b.positions.windows(2).all(|p| p[0] < p[1]));
+        let masked = b.positions.iter().filter(|&&p| b.inputs[p] == MASK).count();
+        let frac = masked as f64 / b.positions.len() as f64;
+        assert!((frac - 0.8).abs() < 0.06, "masked fraction {frac}");
+        // Every position that was not chosen keeps its byte and is never the mask token; the
+        // targets are the bytes of a window of the cyclic text.
+        for (j, &p) in b.positions.iter().enumerate() {
+            let row = p / 64;
+            let first = b.inputs[row * 64..(row + 1) * 64]
+                .iter()
+                .enumerate()
+                .find(|(k, _)| !b.positions.contains(&(row * 64 + k)))
+                .map(|(k, &v)| (v + 251 - k % 251) % 251)
+                .unwrap();
+            assert_eq!(b.targets[j], (first + p % 64) % 251);
+        }
+        assert_eq!(
+            b.inputs.iter().filter(|&&v| v == MASK).count(),
+            masked,
+            "the mask token only at chosen positions"
+        );
+        let again = c
+            .task_batch(task, Split::Train, 64, 64, &mut step_rng(3, 0, 0))
+            .unwrap();
+        assert_eq!(b, again);
+        assert!(c
+            .masked_batch(Split::Train, 2, 8, 0.0, &mut step_rng(0, 0, 0))
+            .is_err());
+        let one = c
+            .masked_batch(Split::Train, 1, 4, 1e-9, &mut step_rng(0, 0, 0))
+            .unwrap();
+        assert_eq!(one.positions.len(), 1, "at least one target per batch");
     }
 }

@@ -13,16 +13,18 @@ extern crate self as umup;
 
 pub mod data;
 pub mod device;
+pub mod family;
 pub mod models;
 pub mod scale_check;
 pub mod train;
 
-pub use umup_macros::umup_model;
+pub use umup_macros::{family, umup_model};
 pub use umup_runtime::*;
 
 #[doc(hidden)]
 pub mod __private {
     //! Paths used by code that `#[umup_model]` generates. Not public API.
+    pub use crate::family;
     pub use core::marker::PhantomData;
     pub use core::result::Result;
     pub use std::string::String;

@@ -1,8 +1,7 @@
-//! The scale check (μP's "coord check"): RMS of every parameter, activation and gradient of the
-//! language model on real data, per width and per training step.
-//!
-//! For any other `#[umup_model]` model, [`crate::analysis`] has the pieces: `record_params`,
-//! `record_param_grads` and `probe` (placed in the model's forward code).
+//! The scale check (μP's "coord check"): RMS of every parameter, activation and gradient of any
+//! model family on real data, per width and per training step ([`scale_check_family`]; one
+//! model: [`scale_check_model`]). A model shows its activations to the check by tapping them
+//! ([`crate::family::Step::tap`]).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{record_param_grads, record_params, Kind, ScaleLog};
 use crate::data::{step_rng, Corpus, Split};
-use crate::models::LmOptions;
+use crate::family::{Family, Instance, Step, Trainable, Visitor};
 use crate::nn::{Hyper, Param};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::train::Lm;
@@ -85,27 +84,78 @@ impl Default for Settings {
     }
 }
 
-/// Measures `Lm<D, F, L, P>`: at init and after each of `settings.steps` AdamW steps, the RMS of
-/// every parameter, every activation and gradient the model probes, and every parameter
-/// gradient, on real data.
+/// Measures `Lm<D, F, L, P>` ([`scale_check_model`] of the LM at width `D`).
 pub fn scale_check<const D: usize, const F: usize, const L: usize, P: Param>(
     corpus: &Corpus,
     settings: &Settings,
     rows: &mut Vec<Row>,
     losses: &mut Vec<LossRow>,
 ) -> Result<()> {
+    scale_check_model::<Lm<D, F, L, P>>(corpus, settings, D, rows, losses)
+}
+
+/// [`scale_check_model`] for the model of the family `F` at `width`, `depth` and `param`
+/// (`umup`, `mup` or `sp`); an error lists `F`'s compiled sizes when it has no such model.
+pub fn scale_check_family<F: Family>(
+    width: usize,
+    depth: usize,
+    param: &str,
+    corpus: &Corpus,
+    settings: &Settings,
+    rows: &mut Vec<Row>,
+    losses: &mut Vec<LossRow>,
+) -> Result<()> {
+    struct Check<'a> {
+        corpus: &'a Corpus,
+        settings: &'a Settings,
+        rows: &'a mut Vec<Row>,
+        losses: &'a mut Vec<LossRow>,
+    }
+    impl Visitor for Check<'_> {
+        type Output = ();
+        fn visit<I: Instance>(self) -> Result<()> {
+            scale_check_model::<I::Model<Cpu>>(
+                self.corpus,
+                self.settings,
+                I::WIDTH,
+                self.rows,
+                self.losses,
+            )
+        }
+    }
+    F::visit(
+        width,
+        depth,
+        param,
+        Check {
+            corpus,
+            settings,
+            rows,
+            losses,
+        },
+    )
+}
+
+/// Measures the model `M` (of width `width`, the rows' label) on `Cpu`: at init and after each
+/// of `settings.steps` AdamW steps, the RMS of every parameter, every activation and gradient
+/// the model taps ([`crate::family::Step::tap`]), and every parameter gradient, on real data
+/// drawn by `M::TASK` (the same batches at every width).
+pub fn scale_check_model<M: Trainable<Cpu>>(
+    corpus: &Corpus,
+    settings: &Settings,
+    width: usize,
+    rows: &mut Vec<Row>,
+    losses: &mut Vec<LossRow>,
+) -> Result<()> {
     let dev = Cpu::seed_from_u64(settings.seed);
-    let mut model = Lm::<D, F, L, P>::build(&dev)?;
-    let table = Lm::<D, F, L, P>::param_table()?;
+    let mut model = M::try_build(&dev).map_err(Error::device)?;
+    let table = M::param_table()?;
     let mut opt = Optimizer::for_table(OptimConfig::adamw(settings.lr), &table)?;
-    let opts = LmOptions {
-        heads: (D / settings.d_head.max(1)).max(1),
-        rope: false,
-    };
     let hp = Hyper::default();
     let mut grads = model.alloc_grads();
     for step in 0..=settings.steps {
-        let b = corpus.batch(
+        let b = corpus.task_batch(
+            M::TASK,
             Split::Train,
             settings.batch,
             settings.seq,
@@ -116,24 +166,23 @@ pub fn scale_check<const D: usize, const F: usize, const L: usize, P: Param>(
         let ids = dev
             .try_tensor_from_vec(b.inputs.clone(), (b.inputs.len(),))
             .map_err(Error::device)?;
-        let logits = model.logits_logged(
-            ids.traced(grads),
-            (b.batch, b.seq),
-            &hp,
-            &opts,
-            None,
-            Some(&log),
-        )?;
-        let loss = P::cross_entropy(logits, &b.targets, &hp)?;
+        let mut cx = Step {
+            hp: &hp,
+            heads: (width / settings.d_head.max(1)).max(1),
+            rope: false,
+            quant: None,
+            log: Some(&log),
+        };
+        let loss = model.loss(ids.traced(grads), &b, &mut cx)?;
         losses.push(LossRow {
-            width: D,
+            width,
             step,
             value: f64::from(loss.array()),
         });
         grads = loss.backward();
         record_param_grads(&model, &mut grads, &log)?;
         rows.extend(log.records().into_iter().map(|r| Row {
-            width: D,
+            width,
             step,
             kind: r.kind,
             name: r.name,
@@ -158,9 +207,11 @@ pub fn by_tensor(rows: &[Row]) -> BTreeMap<(usize, Kind, String), BTreeMap<usize
     m
 }
 
-/// The u-μP acceptance checks of a report's step-0 rows (spec §10): weights RMS 1 ± 0.02,
-/// loss ln V ± 0.05, and every activation and gradient within `[0.8, 1.25]×` of its value at the
-/// narrowest width (the logits are exempt: they fall as 1/√width). Returns the violations.
+/// The u-μP acceptance checks of a report's step-0 rows (spec §10): weights RMS 1 ± 0.02
+/// (biases, `*.bias`, start at exactly 0), loss ln V ± 0.05, and every activation and gradient
+/// within `[0.8, 1.25]×` of its value at the narrowest width (the logits are exempt: they fall as
+/// 1/√width; so are gradients that are zero up to rounding at every width, such as a key bias's,
+/// which the softmax cancels). Returns the violations.
 pub fn umup_violations(report: &Report) -> Vec<String> {
     let mut bad = Vec::new();
     for r in report
@@ -168,7 +219,14 @@ pub fn umup_violations(report: &Report) -> Vec<String> {
         .iter()
         .filter(|r| r.step == 0 && r.kind == Kind::Param)
     {
-        if (r.rms - 1.0).abs() > 0.02 {
+        if r.name.ends_with(".bias") {
+            if r.rms != 0.0 {
+                bad.push(format!(
+                    "width {}: {} has RMS {:.4} (biases start at 0)",
+                    r.width, r.name, r.rms
+                ));
+            }
+        } else if (r.rms - 1.0).abs() > 0.02 {
             bad.push(format!(
                 "width {}: {} has RMS {:.4}",
                 r.width, r.name, r.rms
@@ -200,6 +258,10 @@ pub fn umup_violations(report: &Report) -> Vec<String> {
 /// value at the narrowest width.
 pub const BAND: std::ops::RangeInclusive<f64> = 0.8..=1.25;
 
+/// Below this RMS (at every width) a tensor is zero up to rounding, and [`out_of_band`] leaves it
+/// out.
+pub const ZERO_RMS: f64 = 1e-6;
+
 /// The activations and gradients (logits exempt) whose step-0 RMS leaves [`BAND`] of their
 /// narrowest-width value at some width, with their RMS by width.
 pub fn out_of_band(report: &Report) -> Vec<((Kind, String), BTreeMap<usize, f64>)> {
@@ -209,8 +271,9 @@ pub fn out_of_band(report: &Report) -> Vec<((Kind, String), BTreeMap<usize, f64>
             let exempt = *step != 0
                 || *kind == Kind::Param
                 || (*kind == Kind::Activation && name == "logits");
+            let zero = by_width.values().all(|v| v.abs() < ZERO_RMS);
             let base = by_width.values().next().copied().unwrap_or(f64::NAN);
-            !exempt && by_width.values().any(|v| !BAND.contains(&(v / base)))
+            !exempt && !zero && by_width.values().any(|v| !BAND.contains(&(v / base)))
         })
         .map(|((_, kind, name), by_width)| ((kind, name), by_width))
         .collect()

@@ -1,4 +1,7 @@
-//! Training the shipped language model: the loop behind `examples/train_lm.rs`.
+//! The training loop of every model family: behind `examples/train_lm.rs`,
+//! `examples/train_encoder.rs` and the sweeps. [`train_family`] trains any
+//! [`Family`](crate::family::Family) at the size a [`TrainConfig`] names; [`train_compiled`]
+//! picks the shipped family by [`TrainConfig::model`] (`lm` or `encoder`).
 //!
 //! Everything a run depends on is in [`TrainConfig`]. Batches, evaluation windows and stochastic
 //! rounding are drawn from RNGs keyed by `(seed, purpose, step)`, so a run stopped at step `k`
@@ -7,7 +10,9 @@
 //! Files in the output directory: `config.json`, `metrics.csv`
 //! (`step,tokens,train_loss,val_loss,lr,seconds`; row `k` is the loss after `k` updates, row 0
 //! the loss at init), `model.safetensors` (with the u-μP metadata), `optim.safetensors` (Adam
-//! moments) and `state.json` (the step they hold). Checkpoints are written atomically.
+//! moments) and `state.json` (the step they hold, and a CRC-32 of each checkpoint file). Checkpoints
+//! are written atomically, and a resume whose files do not match their recorded checksums is
+//! refused, naming the file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,16 +29,16 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint;
 use crate::data::{step_rng, Batch, Corpus, Split};
 use crate::device::{DeviceKind, TrainDevice};
+use crate::family::{self, Family, Instance, Step, Trainable, Visitor};
 use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
-use crate::models::{LmOptions, TransformerLm};
+use crate::models::{EncoderFamily, LmFamily, TransformerLm};
 use crate::nn::{Hyper, Param};
 use crate::ops::MatmulQuantiser;
 use crate::optim::{LrSchedule, OptimConfig, Optimizer};
 use crate::params::ParamTable;
 use crate::{Error, Result};
 
-/// The vocabulary: bytes.
-pub const VOCAB: usize = 256;
+pub use crate::models::VOCAB;
 
 /// The byte-level language model at width `D`, MLP width `F`, depth `L`, parametrization `P`,
 /// on `Cpu`.
@@ -107,9 +112,13 @@ impl FromStr for Precision {
     }
 }
 
-/// Everything a training run depends on (written to `config.json`).
+/// Everything a run depends on (written to `config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// The model family: `lm` (the transformer LM) or `encoder` (the masked-byte encoder), for
+    /// [`train_compiled`]. A `config.json` without it is an `lm` run.
+    #[serde(default = "lm_name")]
+    pub model: String,
     /// Model width `D` (one of the compiled sizes).
     pub width: usize,
     /// Number of layers `L` (one of the compiled sizes).
@@ -162,9 +171,14 @@ pub struct TrainConfig {
     pub freeze: Vec<String>,
 }
 
+fn lm_name() -> String {
+    "lm".into()
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
+            model: lm_name(),
             width: 128,
             depth: 4,
             heads: 2,
@@ -289,103 +303,137 @@ pub struct RunOptions {
 struct State {
     step: usize,
     seconds: f64,
+    /// CRC-32 (hex) of each checkpoint file by name, written after the files. Absent in
+    /// checkpoints of earlier versions, which resume unchecked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    checksums: BTreeMap<String, String>,
+}
+
+/// The CRC-32 of the file at `path`, in hex (against accidental corruption: a flipped bit, a
+/// torn or truncated write; not against deliberate tampering).
+fn checksum(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    Ok(format!("{:08x}", crc32fast::hash(&bytes)))
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
     Error::BadInput(format!("{}: {e}", path.display()))
 }
 
-/// Calls `$m!(args..., <every compiled size>)`: the one list behind [`COMPILED_SIZES`] and the
-/// dispatch of [`train_compiled`] and [`param_table_compiled`].
-macro_rules! with_compiled_sizes {
-    ($m:ident!($($args:tt)*)) => {
-        $m!($($args)* 64 x 2, 64 x 4, 128 x 2, 128 x 4, 256 x 2, 256 x 4, 512 x 4)
-    };
-}
+/// The compiled model sizes `(width, depth)` of the LM ([`LmFamily`]; MLP width 4 × width).
+pub const COMPILED_SIZES: &[(usize, usize)] = LmFamily::SIZES;
 
-macro_rules! size_list {
-    ($($w:literal x $l:literal),*) => {
-        [$(($w, $l)),*]
-    };
-}
+pub use crate::family::MUP_BASE_WIDTH;
 
-/// The compiled model sizes `(width, depth)` of [`train_compiled`] (MLP width 4 × width).
-pub const COMPILED_SIZES: [(usize, usize); 7] = with_compiled_sizes!(size_list!());
-
-/// The base width of the μP baseline (`--param mup`).
-pub const MUP_BASE_WIDTH: usize = 64;
-
-type TrainFn = fn(&TrainConfig, &Corpus, &RunOptions, &mut dyn FnMut(&Progress)) -> Result<Summary>;
-type TableFn = fn() -> Result<ParamTable>;
-
-fn table_of<const D: usize, const F: usize, const L: usize, P: Param>() -> Result<ParamTable> {
-    Lm::<D, F, L, P>::param_table()
-}
-
-/// `$f::<width, 4·width, depth, P>` as a `$ty` for the size and parametrization `$cfg` names,
-/// or the error that lists the compiled ones.
-macro_rules! compiled {
-    ($cfg:expr, $f:ident, $ty:ty, $($w:literal x $l:literal),*) => {
-        match ($cfg.width, $cfg.depth, $cfg.param.as_str()) {
-            $(
-                ($w, $l, "umup") => Ok($f::<$w, { 4 * $w }, $l, crate::nn::Umup> as $ty),
-                ($w, $l, "mup") => Ok($f::<$w, { 4 * $w }, $l, crate::nn::Mup<MUP_BASE_WIDTH>> as $ty),
-                ($w, $l, "sp") => Ok($f::<$w, { 4 * $w }, $l, crate::nn::Sp> as $ty),
-            )*
-            _ => Err(unsupported($cfg)),
+/// The shipped families by name: `$body` with the type `$F` bound to the family `$name` names.
+macro_rules! with_family {
+    ($name:expr, $F:ident => $body:expr) => {
+        match $name {
+            "lm" => {
+                type $F = LmFamily;
+                $body
+            }
+            "encoder" => {
+                type $F = EncoderFamily;
+                $body
+            }
+            other => Err(Error::UnknownName {
+                kind: "model",
+                name: other.to_string(),
+                expected: "lm, encoder",
+            }),
         }
     };
 }
 
-fn unsupported(cfg: &TrainConfig) -> Error {
-    let sizes: Vec<String> = COMPILED_SIZES
-        .iter()
-        .map(|(w, d)| format!("{w}×{d}"))
-        .collect();
-    Error::Invalid(format!(
-        "--width {} --depth {} --param {} is not a compiled model: width×depth {} × umup, mup, sp",
-        cfg.width,
-        cfg.depth,
-        cfg.param,
-        sizes.join(", ")
-    ))
-}
-
-/// [`train`] for the compiled size and parametrization that `cfg` names.
+/// [`train_family`] for the shipped family that `cfg.model` names (`lm` or `encoder`).
 pub fn train_compiled(
     cfg: &TrainConfig,
     corpus: &Corpus,
     run: &RunOptions,
     observe: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
-    let f = with_compiled_sizes!(compiled!(cfg, train, TrainFn,))?;
-    f(cfg, corpus, run, observe)
+    with_family!(cfg.model.as_str(), F => train_family::<F>(cfg, corpus, run, observe))
 }
 
-/// The parameter table of the compiled model that `cfg` names.
+/// The parameter table of the shipped model that `cfg` names (family, size, parametrization).
 pub fn param_table_compiled(cfg: &TrainConfig) -> Result<ParamTable> {
-    with_compiled_sizes!(compiled!(cfg, table_of, TableFn,))?()
+    with_family!(cfg.model.as_str(), F => family::param_table::<F>(cfg.width, cfg.depth, &cfg.param))
 }
 
-/// Trains `Lm<D, F, L, P>` on `corpus` as `cfg` says, on the device `run.device` names;
-/// `observe` sees every step.
+/// Trains the model of the family `F` at the width, depth and parametrization `cfg` names, on
+/// the device `run.device` names; `observe` sees every step. An error lists `F`'s compiled sizes
+/// when `cfg` names another.
+pub fn train_family<F: Family>(
+    cfg: &TrainConfig,
+    corpus: &Corpus,
+    run: &RunOptions,
+    observe: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    struct Run<'a, 'o> {
+        cfg: &'a TrainConfig,
+        corpus: &'a Corpus,
+        run: &'a RunOptions,
+        observe: &'a mut (dyn FnMut(&Progress) + 'o),
+    }
+    impl Visitor for Run<'_, '_> {
+        type Output = Summary;
+        fn visit<I: Instance>(self) -> Result<Summary> {
+            let Run {
+                cfg,
+                corpus,
+                run,
+                observe,
+            } = self;
+            match run.device {
+                DeviceKind::Cpu => train_model::<I::Model<Cpu>, Cpu>(cfg, corpus, run, observe),
+                #[cfg(feature = "cuda")]
+                DeviceKind::Cuda => train_model::<I::Model<Cuda>, Cuda>(cfg, corpus, run, observe),
+                #[allow(unreachable_patterns)]
+                other => Err(other.not_compiled()),
+            }
+        }
+    }
+    F::visit(
+        cfg.width,
+        cfg.depth,
+        &cfg.param,
+        Run {
+            cfg,
+            corpus,
+            run,
+            observe,
+        },
+    )
+}
+
+/// Trains the language model `Lm<D, F, L, P>` (a shorthand of [`train_model`] for the LM, on
+/// the device `run.device` names); `cfg.width` and `cfg.depth` must be `D` and `L`.
 pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
     cfg: &TrainConfig,
     corpus: &Corpus,
     run: &RunOptions,
     observe: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
+    if cfg.width != D || cfg.depth != L {
+        return Err(Error::Invalid(format!(
+            "config asks for width {} depth {}, the model is width {D} depth {L}",
+            cfg.width, cfg.depth
+        )));
+    }
     match run.device {
-        DeviceKind::Cpu => train_on::<D, F, L, P, Cpu>(cfg, corpus, run, observe),
+        DeviceKind::Cpu => train_model::<LmOn<D, F, L, P, Cpu>, Cpu>(cfg, corpus, run, observe),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => train_on::<D, F, L, P, Cuda>(cfg, corpus, run, observe),
+        DeviceKind::Cuda => train_model::<LmOn<D, F, L, P, Cuda>, Cuda>(cfg, corpus, run, observe),
         #[allow(unreachable_patterns)]
         other => Err(other.not_compiled()),
     }
 }
 
-/// [`train`] on the device `Dev` (`run.device` must name it).
-pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
+/// Trains the model `M` on `corpus` as `cfg` says (batches drawn by `M::TASK`), on the device
+/// `Dev` (`run.device` must name it); `observe` sees every step. `cfg.width` and `cfg.depth` are
+/// recorded, not checked: [`train_family`] picks `M` from them.
+pub fn train_model<M: Trainable<Dev>, Dev: TrainDevice>(
     cfg: &TrainConfig,
     corpus: &Corpus,
     run: &RunOptions,
@@ -399,24 +447,14 @@ pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: T
             Dev::KIND
         )));
     }
-    if cfg.width != D || cfg.depth != L {
-        return Err(Error::Invalid(format!(
-            "config asks for width {} depth {}, the model is width {D} depth {L}",
-            cfg.width, cfg.depth
-        )));
-    }
     std::fs::create_dir_all(&run.out).map_err(|e| io(&run.out, e))?;
     let paths = Paths::new(&run.out);
     let dev = Dev::open(cfg.seed)?;
     // Reuse freed buffers: allocation churn is a large share of CPU time otherwise.
     dev.try_enable_cache().map_err(Error::device)?;
-    let table = LmOn::<D, F, L, P, Dev>::param_table()?;
-    let mut model = LmOn::<D, F, L, P, Dev>::build(&dev)?;
+    let table = M::param_table()?;
+    let mut model = M::try_build(&dev).map_err(Error::device)?;
     let hp = cfg.hyper();
-    let opts = LmOptions {
-        heads: cfg.heads,
-        rope: cfg.rope,
-    };
     let optim_cfg = OptimConfig {
         weight_decay: cfg.weight_decay,
         grad_clip: cfg.grad_clip,
@@ -437,7 +475,8 @@ pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: T
     let mut metrics = open_metrics(&paths.metrics, start)?;
     let val_batches: Vec<Batch> = (0..cfg.eval_batches as u64)
         .map(|j| {
-            corpus.batch(
+            corpus.task_batch(
+                M::TASK,
                 Split::Val,
                 cfg.batch,
                 cfg.seq,
@@ -456,7 +495,8 @@ pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: T
     let end = run.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
     let mut step = start;
     loop {
-        let batch = corpus.batch(
+        let batch = corpus.task_batch(
+            M::TASK,
             Split::Train,
             cfg.batch,
             cfg.seq,
@@ -468,24 +508,23 @@ pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: T
         let ids = dev
             .try_tensor_from_vec(batch.inputs.clone(), (batch.inputs.len(),))
             .map_err(Error::device)?;
-        let shape = (batch.batch, batch.seq);
         let updating = step < end;
         let lr = opt.current_lr();
+        let mut cx = Step {
+            hp: &hp,
+            heads: cfg.heads,
+            rope: cfg.rope,
+            quant: quant.as_mut(),
+            log: None,
+        };
         let train_loss = if updating {
-            let loss = model.loss(
-                ids.traced(grads),
-                &batch.targets,
-                shape,
-                &hp,
-                &opts,
-                quant.as_mut(),
-            )?;
+            let loss = model.loss(ids.traced(grads), &batch, &mut cx)?;
             let v = scalar(&loss);
             check_finite(v, step, &last_checkpoint)?;
             grads = loss.backward();
             v
         } else {
-            let loss = model.loss(ids, &batch.targets, shape, &hp, &opts, quant.as_mut())?;
+            let loss = model.loss(ids, &batch, &mut cx)?;
             scalar(&loss)
         };
         check_finite(train_loss, step, &last_checkpoint)?;
@@ -498,7 +537,7 @@ pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: T
         }
         let evaluate = step % cfg.eval_every == 0 || step == end;
         let val_loss = if evaluate {
-            let v = evaluate_loss(&model, &val_batches, &hp, &opts, formats, cfg.seed)?;
+            let v = evaluate_loss(&model, &dev, &val_batches, cfg)?;
             check_finite(v, step, &last_checkpoint)?;
             last_val = v;
             Some(v)
@@ -545,7 +584,7 @@ pub fn train_on<const D: usize, const F: usize, const L: usize, P: Param, Dev: T
     }
     let trained = (step - start) * tokens_per_step;
     let sample = if run.sample_len > 0 {
-        generate(&model, corpus, &opts, &hp, cfg, run.sample_len)?
+        generate(&model, corpus, &hp, cfg, run.sample_len)?
     } else {
         String::new()
     };
@@ -608,9 +647,9 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
 }
 
-fn save_checkpoint<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
+fn save_checkpoint<M: Trainable<Dev>, Dev: TrainDevice>(
     paths: &Paths,
-    model: &LmOn<D, F, L, P, Dev>,
+    model: &M,
     opt: &mut Optimizer<f32, Dev>,
     step: usize,
     seconds: f64,
@@ -618,17 +657,48 @@ fn save_checkpoint<const D: usize, const F: usize, const L: usize, P: Param, Dev
     let meta = BTreeMap::from([("step".to_string(), step.to_string())]);
     checkpoint::save(model, &paths.model, &meta)?;
     checkpoint::save_named(&paths.optim, &opt.state(model)?, &meta)?;
-    write_json(&paths.state, &State { step, seconds })
+    let mut checksums = BTreeMap::new();
+    for file in [&paths.model, &paths.optim] {
+        checksums.insert(file_name(file), checksum(file)?);
+    }
+    write_json(
+        &paths.state,
+        &State {
+            step,
+            seconds,
+            checksums,
+        },
+    )
 }
 
-fn resume<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    )
+}
+
+fn resume<M: Trainable<Dev>, Dev: TrainDevice>(
     cfg: &TrainConfig,
     paths: &Paths,
-    model: &mut LmOn<D, F, L, P, Dev>,
+    model: &mut M,
     opt: &mut Optimizer<f32, Dev>,
 ) -> Result<(usize, f64)> {
     check_same_config(paths, cfg, "--resume: ", "; resume with the same flags")?;
     let state: State = read_json(&paths.state)?;
+    for file in [&paths.model, &paths.optim] {
+        if let Some(want) = state.checksums.get(&file_name(file)) {
+            let got = checksum(file)?;
+            if got != *want {
+                return Err(Error::BadInput(format!(
+                    "--resume: {} is corrupted: its CRC-32 is {got}, {} recorded {want} when it was written (step {}); restore it or start the run again",
+                    file.display(),
+                    paths.state.display(),
+                    state.step
+                )));
+            }
+        }
+    }
     let meta = checkpoint::load(model, &paths.model)?;
     if meta.get("step") != Some(&state.step.to_string()) {
         return Err(Error::BadInput(format!(
@@ -707,59 +777,65 @@ fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
         .map_err(|e| io(path, e))
 }
 
-fn evaluate_loss<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
-    model: &LmOn<D, F, L, P, Dev>,
+fn evaluate_loss<M: Trainable<Dev>, Dev: TrainDevice>(
+    model: &M,
+    dev: &Dev,
     batches: &[Batch],
-    hp: &Hyper,
-    opts: &LmOptions,
-    formats: MatmulFormats,
-    seed: u64,
+    cfg: &TrainConfig,
 ) -> Result<f64> {
-    let dev = model.embed.weight.device().clone();
+    let formats = cfg.precision.formats();
+    let hp = cfg.hyper();
     let mut total = 0.0;
     for (j, b) in batches.iter().enumerate() {
         let mut quant =
-            (!formats.is_none()).then(|| MatmulQuantiser::new(formats, seed ^ j as u64));
+            (!formats.is_none()).then(|| MatmulQuantiser::new(formats, cfg.seed ^ j as u64));
         let ids = dev
             .try_tensor_from_vec(b.inputs.clone(), (b.inputs.len(),))
             .map_err(Error::device)?;
-        let loss = model.loss(ids, &b.targets, (b.batch, b.seq), hp, opts, quant.as_mut())?;
-        total += scalar(&loss);
+        let mut cx = Step {
+            hp: &hp,
+            heads: cfg.heads,
+            rope: cfg.rope,
+            quant: quant.as_mut(),
+            log: None,
+        };
+        total += scalar(&model.loss(ids, b, &mut cx)?);
     }
     Ok(total / batches.len() as f64)
 }
 
 /// Samples `len` bytes after a prompt taken from the start of the validation split
-/// (temperature 0.8, seeded by the config's seed).
-fn generate<const D: usize, const F: usize, const L: usize, P: Param, Dev: TrainDevice>(
-    model: &LmOn<D, F, L, P, Dev>,
+/// (temperature 0.8, seeded by the config's seed), for models that generate
+/// ([`Trainable::next_byte_logits`]); empty for the others.
+fn generate<M: Trainable<Dev>, Dev: TrainDevice>(
+    model: &M,
     corpus: &Corpus,
-    opts: &LmOptions,
     hp: &Hyper,
     cfg: &TrainConfig,
     len: usize,
 ) -> Result<String> {
-    let dev = model.embed.weight.device().clone();
     let val = corpus.split(Split::Val);
     let prompt_len = cfg.seq.min(val.len()).min(32);
     let mut text: Vec<usize> = val[..prompt_len].iter().map(|&b| b as usize).collect();
     let mut rng = step_rng(cfg.seed, 4, 0);
     for _ in 0..len {
         let ctx = &text[text.len().saturating_sub(cfg.seq)..];
-        let ids = dev
-            .try_tensor_from_vec(ctx.to_vec(), (ctx.len(),))
-            .map_err(Error::device)?;
-        let logits = model.logits(ids, (1, ctx.len()), hp, opts, None)?.as_vec();
-        let last = &logits[(ctx.len() - 1) * VOCAB..];
-        let scaled: Vec<f64> = last
-            .iter()
-            .map(|&l| f64::from(l) * hp.alpha_loss_softmax / 0.8)
-            .collect();
+        let mut cx = Step {
+            hp,
+            heads: cfg.heads,
+            rope: cfg.rope,
+            quant: None,
+            log: None,
+        };
+        let Some(logits) = model.next_byte_logits(ctx, &mut cx)? else {
+            return Ok(String::new());
+        };
+        let scaled: Vec<f64> = logits.iter().map(|l| l / 0.8).collect();
         let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let weights: Vec<f64> = scaled.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = weights.iter().sum();
         let mut u = rng.gen::<f64>() * total;
-        let mut next = VOCAB - 1;
+        let mut next = weights.len().saturating_sub(1);
         for (i, w) in weights.iter().enumerate() {
             if u < *w {
                 next = i;

@@ -217,7 +217,7 @@ fn devices_parse_and_a_device_the_build_lacks_is_an_error() {
         device: DeviceKind::Cuda,
         ..opts(&out, false, None)
     };
-    let e = train::train_on::<64, 256, 2, Umup, umup::dfdx::prelude::Cpu>(
+    let e = train::train_model::<train::Lm<64, 256, 2, Umup>, umup::dfdx::prelude::Cpu>(
         &cfg(),
         &c,
         &cuda_run,
@@ -241,7 +241,7 @@ fn devices_parse_and_a_device_the_build_lacks_is_an_error() {
 
 #[test]
 fn every_listed_compiled_size_dispatches_and_others_are_refused() {
-    for &(width, depth) in &train::COMPILED_SIZES {
+    for &(width, depth) in train::COMPILED_SIZES {
         for param in ["umup", "mup", "sp"] {
             let cfg = TrainConfig {
                 width,
@@ -255,13 +255,108 @@ fn every_listed_compiled_size_dispatches_and_others_are_refused() {
         }
     }
     let cfg = TrainConfig {
-        width: 512,
+        width: 1024,
         depth: 2,
         ..TrainConfig::default()
     };
     let err = train::param_table_compiled(&cfg).unwrap_err().to_string();
     assert!(
-        err.contains("--width 512 --depth 2") && err.contains("512×4"),
+        err.contains("--width 1024 --depth 2")
+            && err.contains("1024×4")
+            && err.contains("LmFamily"),
         "{err}"
     );
+    // The encoder family: its own sizes and table (2 embeddings, 8 layer tensors with biases
+    // and 2 norms × (gain, bias) per layer, final norm, readout).
+    let enc = TrainConfig {
+        model: "encoder".into(),
+        depth: 2,
+        ..cfg.clone()
+    };
+    let err = train::param_table_compiled(&enc).unwrap_err().to_string();
+    assert!(
+        err.contains("EncoderFamily") && err.contains("512×4"),
+        "{err}"
+    );
+    let table = train::param_table_compiled(&TrainConfig {
+        width: 64,
+        ..enc.clone()
+    })
+    .unwrap();
+    assert_eq!(table.rows.len(), 2 + 16 * 2 + 2 + 1);
+    let other = TrainConfig {
+        model: "gpt".into(),
+        ..enc
+    };
+    let err = train::param_table_compiled(&other).unwrap_err().to_string();
+    assert!(err.contains("gpt") && err.contains("lm, encoder"), "{err}");
+}
+
+/// Flips one byte in the middle of `path` (inside the tensor data of a checkpoint file).
+fn flip_middle_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_refused_on_resume_naming_the_file() {
+    let (c, cfg) = (
+        corpus(),
+        TrainConfig {
+            precision: Precision::F32,
+            ..cfg()
+        },
+    );
+    for file in ["model.safetensors", "optim.safetensors"] {
+        let out = dir(&format!("corrupt-{file}"));
+        train::train_compiled(&cfg, &c, &opts(&out, false, Some(3)), &mut |_| {}).unwrap();
+        let state = std::fs::read_to_string(out.join("state.json")).unwrap();
+        assert!(
+            state.contains(file),
+            "state.json records a checksum of {file}: {state}"
+        );
+        let pristine = std::fs::read(out.join(file)).unwrap();
+        flip_middle_byte(&out.join(file));
+        let e = train::train_compiled(&cfg, &c, &opts(&out, true, None), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(file) && e.contains("corrupted"), "{e}");
+        // Restored, the same checkpoint resumes.
+        std::fs::write(out.join(file), pristine).unwrap();
+        let s = train::train_compiled(&cfg, &c, &opts(&out, true, None), &mut |_| {}).unwrap();
+        assert_eq!(s.step, cfg.steps);
+        std::fs::remove_dir_all(out).unwrap();
+    }
+}
+
+#[test]
+fn the_encoder_trains_through_the_same_loop_and_resumes_bit_exactly() {
+    let c = corpus();
+    let cfg = TrainConfig {
+        model: "encoder".into(),
+        precision: Precision::F32,
+        steps: 8,
+        ..cfg()
+    };
+    let (a, b) = (dir("enc-a"), dir("enc-b"));
+    let s = train::train_compiled(&cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
+    // Unit scale at init: the loss is ≈ ln 256 (the 256 bytes equally likely).
+    let l0 = s.initial_loss.unwrap();
+    assert!((l0 - 256f64.ln()).abs() < 0.05, "{l0}");
+    let losses: Vec<f64> = rows(&a)[1..]
+        .iter()
+        .map(|r| r[2].parse().unwrap())
+        .collect();
+    assert!(losses.last().unwrap() < &(l0 - 0.5), "{losses:?}");
+    assert!(s.sample.is_empty(), "the encoder does not generate");
+    train::train_compiled(&cfg, &c, &opts(&b, false, Some(4)), &mut |_| {}).unwrap();
+    train::train_compiled(&cfg, &c, &opts(&b, true, None), &mut |_| {}).unwrap();
+    assert_eq!(rows(&a), rows(&b));
+    let saved = std::fs::read_to_string(a.join("config.json")).unwrap();
+    assert!(saved.contains("\"model\": \"encoder\""), "{saved}");
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }

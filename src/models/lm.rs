@@ -12,6 +12,9 @@
 use dfdx::prelude::*;
 
 use crate::analysis::{probe, ScaleLog};
+use crate::data::Batch;
+use crate::device::TrainDevice;
+use crate::family::{Step, Task, Trainable};
 use crate::nn::{functional::residual_taus, Hyper, Param, UnitLinear};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::rand_distr::{Distribution, StandardNormal};
@@ -350,4 +353,60 @@ fn check_inputs<const D: usize>(
         });
     }
     hp.validate()
+}
+
+impl<const D: usize, const F: usize, const L: usize, Dev, P> Trainable<Dev>
+    for TransformerLm<VOCAB, D, F, L, f32, Dev, P>
+where
+    Dev: TrainDevice,
+    P: Param,
+{
+    const TASK: Task = Task::NextByte;
+
+    /// [`TransformerLm::loss`], with every activation tapped for the scale check
+    /// ([`TransformerLm::logits_logged`]).
+    fn loss<T: Tape<f32, Dev> + Merge<T>>(
+        &self,
+        ids: Tensor<(usize,), usize, Dev, T>,
+        batch: &Batch,
+        step: &mut Step<'_>,
+    ) -> Result<Tensor<(), f32, Dev, T>> {
+        let opts = LmOptions {
+            heads: step.heads,
+            rope: step.rope,
+        };
+        let log = step.log;
+        let hp = step.hp;
+        let logits =
+            self.logits_logged(ids, (batch.batch, batch.seq), hp, &opts, step.quant(), log)?;
+        P::cross_entropy(logits, &batch.targets, hp)
+    }
+
+    /// The last position's logits × α_loss-softmax (the loss's softmax sees `α·logits`).
+    fn next_byte_logits(&self, context: &[usize], step: &mut Step<'_>) -> Result<Option<Vec<f64>>> {
+        let dev = self.embed.weight.device().clone();
+        let ids = dev
+            .try_tensor_from_vec(context.to_vec(), (context.len(),))
+            .map_err(Error::device)?;
+        let opts = LmOptions {
+            heads: step.heads,
+            rope: step.rope,
+        };
+        let logits = self
+            .logits(ids, (1, context.len()), step.hp, &opts, None)?
+            .as_vec();
+        let last = &logits[(context.len() - 1) * VOCAB..];
+        let alpha = step.hp.alpha_loss_softmax;
+        Ok(Some(last.iter().map(|&l| f64::from(l) * alpha).collect()))
+    }
+}
+
+/// The byte vocabulary of the shipped families.
+pub const VOCAB: usize = 256;
+
+crate::family! {
+    /// The byte-level language model [`TransformerLm`] (vocabulary 256, MLP width 4 × width) at
+    /// the sizes `train_lm`, `scale_check` and `lr_sweep` offer.
+    pub struct LmFamily = TransformerLm<VOCAB, W, {4 * W}, L>
+        for (W, L) in [(64, 2), (64, 4), (128, 2), (128, 4), (256, 2), (256, 4), (512, 2), (512, 4), (1024, 4)];
 }

@@ -1,4 +1,5 @@
-//! Procedural macros for [umup](https://docs.rs/umup): the `#[umup_model]` attribute.
+//! Procedural macros for [umup](https://docs.rs/umup): the `#[umup_model]` attribute and
+//! `family!`.
 //!
 //! The macro works in three steps, each in its own module: `parse` reads the struct and its
 //! field attributes into a small IR, `validate` checks roles against field types and shapes,
@@ -9,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod expand;
+mod family;
 mod parse;
 mod validate;
 
@@ -47,4 +49,28 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn umup_model(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::umup_model(args.into(), input.into()).into()
+}
+
+/// One `#[umup_model]` architecture at a list of widths and depths: a model family that the
+/// trainer, the scale check and the sweeps run at a size chosen at run time.
+///
+/// ```ignore
+/// umup::family! {
+///     /// My model at the sizes I sweep.
+///     pub struct MyFamily = MyModel<W, {4 * W}, L> for W in [64, 128, 256], L in [2, 4];
+/// }
+/// // or an explicit list of sizes:
+/// umup::family! {
+///     pub struct Small = MyModel<W, {4 * W}, L> for (W, L) in [(64, 2), (128, 4)];
+/// }
+/// ```
+///
+/// `W` and `L` (any two names) stand for the width and the depth; the macro writes the type out
+/// at every size, appends the dtype `f32`, the device and the parametrization to its generic
+/// arguments (the three that `#[umup_model]` adds), and implements `umup::family::Family` for
+/// the new unit struct: each size in u-μP (`umup`), μP (`mup`, base width 64) and SP (`sp`).
+/// The model type must implement `umup::family::Trainable` for every device.
+#[proc_macro]
+pub fn family(input: TokenStream) -> TokenStream {
+    family::family(input.into()).into()
 }

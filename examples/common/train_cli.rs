@@ -1,0 +1,284 @@
+//! The command line of `train_lm` and `train_encoder`: the same flags, outputs and checkpoints
+//! for every model family, over [`umup::train::train_compiled`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use umup::data::Corpus;
+use umup::device::DeviceKind;
+use umup::train::{self, Precision, RunOptions, TrainConfig};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Optimizer updates.
+    #[arg(long, default_value_t = 400)]
+    steps: usize,
+    /// Model width (compiled: 64, 128, 256, 512; the LM also 1024 at depth 4).
+    #[arg(long, default_value_t = 128)]
+    width: usize,
+    /// Number of layers (compiled: 2, 4).
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// Attention heads [default: width / 64, at least 1].
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Tokens (bytes) per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Global learning rate η [default: 1.0 for umup, 2^-7 for mup and sp].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// α_ffn-act.
+    #[arg(long, default_value_t = 1.0)]
+    alpha_ffn_act: f64,
+    /// α_attn-softmax.
+    #[arg(long, default_value_t = 1.0)]
+    alpha_attn_softmax: f64,
+    /// α_res.
+    #[arg(long, default_value_t = 1.0)]
+    alpha_res: f64,
+    /// α_res-attn-ratio.
+    #[arg(long, default_value_t = 1.0)]
+    alpha_res_attn_ratio: f64,
+    /// α_loss-softmax.
+    #[arg(long, default_value_t = 1.0)]
+    alpha_loss_softmax: f64,
+    /// Parametrization: umup, mup (base width 64) or sp.
+    #[arg(long, default_value = "umup")]
+    param: String,
+    /// Matmul number formats: f32, f16, bf16-sim, fp8-sim.
+    #[arg(long, default_value = "f32")]
+    precision: String,
+    /// Linear warm-up steps [default: steps / 10].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Final LR as a fraction of η (cosine decay).
+    #[arg(long, default_value_t = 0.1)]
+    final_lr_fraction: f64,
+    /// Independent weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Rotary position embeddings (the LM only; off by default, as the reference).
+    #[arg(long)]
+    rope: bool,
+    /// Seed of init, batches and stochastic rounding.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Validation and checkpoint interval.
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    eval_batches: usize,
+    /// Output directory [default: runs/train_lm or runs/train_encoder].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (same flags).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many updates (checkpointed; finish later with --resume).
+    #[arg(long)]
+    stop_at: Option<usize>,
+    /// Train on this file instead (text or bytes; .gz is decompressed).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Fraction of the data held out for validation (the last bytes).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Keep these parameters at their initial values (comma-separated paths of the table that
+    /// --print-table shows, e.g. layers.0.attn.q.weight,layers.0.attn.k.weight).
+    #[arg(long, value_delimiter = ',')]
+    freeze: Vec<String>,
+    /// Print the per-parameter table and exit.
+    #[arg(long)]
+    print_table: bool,
+    /// Bytes of text to generate at the end (models that generate).
+    #[arg(long, default_value_t = 300)]
+    sample_len: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Device: cpu, or cuda (GPU 0; needs `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
+}
+
+fn progress_bar(steps: usize, quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Parses the command line and trains the shipped model `model` (`lm` or `encoder`), as
+/// `about` says.
+pub fn main(model: &str, about: &'static str) -> ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().about(about).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    match main_inner(model, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_inner(model: &str, args: Args) -> umup::Result<()> {
+    let param = args.param.as_str();
+    if !["umup", "mup", "sp"].contains(&param) {
+        return Err(umup::Error::Invalid(format!(
+            "--param {param}: expected umup, mup or sp"
+        )));
+    }
+    let precision: Precision = args.precision.parse()?;
+    if args.rope && model != "lm" {
+        return Err(umup::Error::Invalid(
+            "--rope: only the LM has rotary position embeddings".into(),
+        ));
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/train_{model}")));
+    let cfg = TrainConfig {
+        model: model.into(),
+        width: args.width,
+        depth: args.depth,
+        heads: args.heads.unwrap_or((args.width / 64).max(1)),
+        rope: args.rope,
+        param: param.into(),
+        precision,
+        steps: args.steps,
+        batch: args.batch,
+        seq: args.seq,
+        lr: args
+            .lr
+            .unwrap_or(if param == "umup" { 1.0 } else { 2f64.powi(-7) }),
+        alpha_ffn_act: args.alpha_ffn_act,
+        alpha_attn_softmax: args.alpha_attn_softmax,
+        alpha_res: args.alpha_res,
+        alpha_res_attn_ratio: args.alpha_res_attn_ratio,
+        alpha_loss_softmax: args.alpha_loss_softmax,
+        warmup: args.warmup.unwrap_or(args.steps / 10),
+        final_lr_fraction: args.final_lr_fraction,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        data: args
+            .data
+            .as_ref()
+            .map_or("shakespeare (embedded)".into(), |p| p.display().to_string()),
+        freeze: args.freeze.clone(),
+    };
+    if args.print_table {
+        print!("{}", train::param_table_compiled(&cfg)?);
+        return Ok(());
+    }
+    train::param_table_compiled(&cfg)?;
+    cfg.validate()?;
+    let corpus = match &args.data {
+        Some(p) => Corpus::from_path(p, args.val_fraction)?,
+        None => Corpus::shakespeare(args.val_fraction)?,
+    };
+    println!(
+        "umup train_{model}: {} · width {} depth {} heads {} · {} · η {} · batch {}×{} · {} steps · {} bytes ({} held out) · {}",
+        cfg.param,
+        cfg.width,
+        cfg.depth,
+        cfg.heads,
+        cfg.precision.name(),
+        cfg.lr,
+        cfg.batch,
+        cfg.seq,
+        cfg.steps,
+        corpus.len(),
+        corpus.split(umup::data::Split::Val).len(),
+        args.device,
+    );
+    let opts = RunOptions {
+        out,
+        resume: args.resume,
+        stop_at: args.stop_at,
+        sample_len: args.sample_len,
+        device: args.device,
+    };
+    let bar = progress_bar(cfg.steps, args.quiet);
+    let mut last_val = None;
+    let s = train::train_compiled(&cfg, &corpus, &opts, &mut |p| {
+        if p.val_loss.is_some() {
+            last_val = p.val_loss;
+        }
+        bar.set_position(p.step as u64);
+        bar.set_message(format!(
+            "loss {:.4}  val {}  {:.0} tok/s",
+            p.train_loss,
+            last_val.map_or("-".into(), |v| format!("{v:.4}")),
+            p.tokens_per_second
+        ));
+    });
+    bar.finish();
+    let s = s?;
+    if let Some(l0) = s.initial_loss {
+        println!(
+            "loss at step 0:        {l0:.4}  (ln 256 = {:.4})",
+            256f64.ln()
+        );
+    }
+    println!(
+        "validation loss:       {:.4}  at step {}{}",
+        s.final_val_loss,
+        s.step,
+        if s.stopped {
+            " (stopped early; --resume to continue)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "byte unigram entropy:  {:.4}  (training split)",
+        corpus.unigram_entropy()
+    );
+    println!("throughput:            {:.0} tokens/s", s.tokens_per_second);
+    if precision != Precision::F32 {
+        let (f, b) = s.quant_stats;
+        println!(
+            "{} overflow/underflow: matmul inputs {:.2e}/{:.2e}, gradients {:.2e}/{:.2e}",
+            precision.name(),
+            f.overflow_fraction(),
+            f.underflow_fraction(),
+            b.overflow_fraction(),
+            b.underflow_fraction()
+        );
+    }
+    if !s.sample.is_empty() {
+        println!("sample:\n---\n{}\n---", s.sample);
+    }
+    println!(
+        "wrote {}/{{metrics.csv, model.safetensors, optim.safetensors, config.json}}",
+        opts.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! A masked-byte encoder (BERT-style) on bytes, written as a user would write their own model:
+//! `#[umup_model]`, umup's public ops, a [`Trainable`] impl and a `family!` line. Nothing here
+//! is special to the library.
+//!
+//! Token embedding (256 bytes + the mask token) + learned position embedding → `L` pre-norm
+//! layers (LayerNorm with gain and bias → non-causal multi-head attention with biased
+//! projections; LayerNorm → GELU MLP ×4 with biases), each branch added through the residual
+//! τ rule → the rows of the masked positions → LayerNorm → readout to the 256 bytes. The task
+//! ([`Task::MaskedBytes`]): 15% of the positions are chosen, and the model predicts their
+//! original bytes.
+
+use dfdx::prelude::*;
+
+use crate::data::{Batch, MASK};
+use crate::device::TrainDevice;
+use crate::family::{Step, Task, Trainable};
+use crate::nn::{functional, Param};
+use crate::{ops, umup_model, Constraint, Error, Result};
+
+/// The fraction of positions whose bytes the encoder predicts (BERT's 15%).
+pub const MASK_FRACTION: f64 = 0.15;
+
+/// One pre-norm encoder layer: attention and a GELU MLP, every linear with a bias.
+#[umup_model]
+pub struct EncoderLayer<const D: usize, const F: usize> {
+    /// Norm before attention.
+    #[norm]
+    pub ln1: LayerNorm<D>,
+    /// Query projection.
+    #[hidden(bias)]
+    pub q: Linear<D, D>,
+    /// Key projection.
+    #[hidden(bias)]
+    pub k: Linear<D, D>,
+    /// Value projection.
+    #[hidden(bias)]
+    pub v: Linear<D, D>,
+    /// Output projection.
+    #[hidden(bias)]
+    pub o: Linear<D, D>,
+    /// Norm before the MLP.
+    #[norm]
+    pub ln2: LayerNorm<D>,
+    /// MLP up-projection.
+    #[hidden(bias)]
+    pub up: Linear<D, F>,
+    /// MLP down-projection.
+    #[hidden(bias)]
+    pub down: Linear<F, D>,
+}
+
+/// The masked-byte encoder: `S` positions at most, width `D`, MLP width `F`, depth `L`.
+#[umup_model]
+pub struct MaskedEncoder<const S: usize, const D: usize, const F: usize, const L: usize> {
+    /// Byte embedding; id 256 is the mask token ([`MASK`]).
+    #[embedding]
+    pub tok: Embedding<257, D>,
+    /// Learned position embedding.
+    #[embedding]
+    pub pos: Embedding<S, D>,
+    /// The encoder layers (depth `L`).
+    #[model]
+    #[depth]
+    pub layers: [EncoderLayer<D, F>; L],
+    /// Final norm.
+    #[norm]
+    pub ln_f: LayerNorm<D>,
+    /// Readout to the 256 bytes.
+    #[output]
+    pub readout: Linear<D, 256>,
+}
+
+/// A linear layer in the step's simulated precision, if any.
+macro_rules! lin {
+    ($layer:expr, $x:expr, $step:expr) => {
+        match $step.quant() {
+            Some(q) => $layer.forward_quantised($x, q),
+            None => $layer.try_forward($x),
+        }
+    };
+}
+
+impl<const S: usize, const D: usize, const F: usize, const L: usize, Dev, P> Trainable<Dev>
+    for MaskedEncoder<S, D, F, L, f32, Dev, P>
+where
+    Dev: TrainDevice,
+    P: Param,
+{
+    const TASK: Task = Task::MaskedBytes {
+        fraction: MASK_FRACTION,
+    };
+
+    /// Mean cross entropy of the original bytes at the masked positions. Tapped activations:
+    /// `embed`, `layers.{i}.attn.{in,q,k,v,sdpa,out}`, `layers.{i}.mlp.{in,act,out}`,
+    /// `layers.{i}.residual`, `final_norm`, `logits`.
+    fn loss<T: Tape<f32, Dev> + Merge<T>>(
+        &self,
+        ids: Tensor<(usize,), usize, Dev, T>,
+        batch: &Batch,
+        step: &mut Step<'_>,
+    ) -> Result<Tensor<(), f32, Dev, T>> {
+        let (b, seq) = (batch.batch, batch.seq);
+        if seq > S || ids.shape().0 != b * seq || batch.positions.is_empty() {
+            return Err(Error::ShapeMismatch {
+                op: "MaskedEncoder::loss",
+                detail: format!(
+                    "{} ids for batch {b} × seq {seq} (at most {S} positions), {} masked positions",
+                    ids.shape().0,
+                    batch.positions.len()
+                ),
+            });
+        }
+        debug_assert!(batch.inputs.iter().all(|&i| i <= MASK));
+        let dev = ids.device().clone();
+        let (hp, heads) = (step.hp, step.heads);
+        // x = (tok(ids) + pos(positions)) / √2 (a unit-scaled add, spec §4.8).
+        let tok = self.tok.try_forward(ids)?;
+        let positions = (0..b * seq).map(|i| i % seq).collect();
+        let positions = dev
+            .try_tensor_from_vec(positions, (b * seq,))
+            .map_err(Error::device)?;
+        let (tok, tape) = tok.split_tape();
+        let pos = self.pos.try_forward(positions.put_tape(tape))?;
+        let x = ops::add(tok.retaped::<T>(), pos, Constraint::ToOutputScale)?;
+        let mut x = step.tap(x, || "embed".into())?;
+        let taus = functional::residual_taus(hp, L)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let name = |s: &str| format!("layers.{i}.{s}");
+            x = P::residual(x, taus[2 * i], |r| {
+                let h = step.tap(l.ln1.try_forward(r)?, || name("attn.in"))?;
+                let q = lin!(l.q, h.with_empty_tape(), step)?;
+                let q = step.tap(q, || name("attn.q"))?;
+                let k = lin!(l.k, h.with_empty_tape(), step)?;
+                let k = step.tap(k, || name("attn.k"))?;
+                let v = lin!(l.v, h, step)?;
+                let v = step.tap(v, || name("attn.v"))?;
+                let a = match step.quant() {
+                    Some(qz) => functional::multi_head_attention_quantised::<P, _, _, _, _, _>(
+                        q, k, v, seq, heads, hp, false, qz,
+                    )?,
+                    None => functional::multi_head_attention::<P, _, _, _, _, _>(
+                        q, k, v, seq, heads, hp, false,
+                    )?,
+                };
+                let a = step.tap(a, || name("attn.sdpa"))?;
+                let out = lin!(l.o, a, step)?;
+                step.tap(out, || name("attn.out"))
+            })?;
+            x = P::residual(x, taus[2 * i + 1], |r| {
+                let h = step.tap(l.ln2.try_forward(r)?, || name("mlp.in"))?;
+                let u = lin!(l.up, h, step)?;
+                let act = ops::gelu(u, hp.alpha_ffn_act, Constraint::ToOutputScale)?;
+                let act = step.tap(act, || name("mlp.act"))?;
+                let out = lin!(l.down, act, step)?;
+                step.tap(out, || name("mlp.out"))
+            })?;
+            x = step.tap(x, || name("residual"))?;
+        }
+        // Only the masked rows reach the readout.
+        let rows = dev
+            .try_tensor_from_vec(batch.positions.clone(), (batch.positions.len(),))
+            .map_err(Error::device)?;
+        let x: Tensor<(usize, Const<D>), f32, Dev, T> =
+            x.try_gather(rows).map_err(Error::device)?;
+        let x = step.tap(self.ln_f.try_forward(x)?, || "final_norm".into())?;
+        let logits = lin!(self.readout, x, step)?;
+        let logits = step.tap(logits, || "logits".into())?;
+        P::cross_entropy(logits, &batch.targets, hp)
+    }
+}
+
+crate::family! {
+    /// The masked-byte encoder [`MaskedEncoder`] (128 positions, MLP width 4 × width) at the sizes
+    /// `train_encoder`, `scale_check --model encoder` and `lr_sweep --model encoder` offer.
+    pub struct EncoderFamily = MaskedEncoder<128, W, {4 * W}, L>
+        for W in [64, 128, 256, 512], L in [2, 4];
+}
