@@ -168,9 +168,14 @@ fn field_type(f: &validate::Field) -> TokenStream {
             quote_spanned!(path.span()=> <#path as #model>::Built<E, Dev, P>)
         }
     };
-    match &f.depth {
-        Some(len) => quote!(#r::nn::Stack<#elem, #len>),
-        None => elem,
+    match (&f.depth, &f.layer) {
+        // A stack of models: the stack's tokens point at the element type too, so that an
+        // element that is not a model is reported at the field.
+        (Some(len), Layer::Model { path }) => {
+            quote_spanned!(path.span()=> #r::nn::Stack<#elem, #len>)
+        }
+        (Some(len), _) => quote!(#r::nn::Stack<#elem, #len>),
+        (None, _) => elem,
     }
 }
 
