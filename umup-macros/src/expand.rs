@@ -5,8 +5,9 @@
 //! the rest.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::quote;
-use syn::{GenericArgument, Ident, PathArguments};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::Ident;
 
 use crate::parse::{self, Errors, ModelIr};
 use crate::validate::{self, Layer, Model};
@@ -31,8 +32,9 @@ fn private() -> TokenStream {
     quote!(::umup::__private)
 }
 
-/// After an error: the struct with its name and generics, so that the user's other code does
-/// not fail to find it, and no fields.
+/// After an error: the struct with its name and generics, no fields, and the traits of a model
+/// (with no parameters), so that the user's other code, and a model that nests this one, add no
+/// errors of their own.
 fn fallback(ir: &ModelIr) -> TokenStream {
     let r = private();
     let (vis, ident) = (&ir.vis, &ir.ident);
@@ -40,12 +42,96 @@ fn fallback(ir: &ModelIr) -> TokenStream {
         .const_params
         .iter()
         .filter(|c| !parse::RESERVED_PARAMS.contains(&c.ident.to_string().as_str()));
+    let impl_consts = impl_params(
+        ir.const_params
+            .iter()
+            .filter(|c| !parse::RESERVED_PARAMS.contains(&c.ident.to_string().as_str())),
+    );
+    let const_idents: Vec<&Ident> = impl_consts.iter().map(|c| &c.ident).collect();
     quote! {
         #vis struct #ident<#(#consts,)* E = f32, Dev = #r::dfdx::tensor::Cpu, P = #r::nn::Umup> {
             #[doc(hidden)]
             __umup_invalid: #r::PhantomData<(E, Dev, P)>,
         }
+
+        // A model with errors is still a model, without parameters: a `#[model]` field of its
+        // type (and the rest of the user's code) reports nothing a second time.
+        #[diagnostic::do_not_recommend]
+        impl<#(#impl_consts,)* E, Dev, P> #r::nn::UmupModel for #ident<#(#const_idents,)* E, Dev, P> {
+            type Built<
+                UmupE2: #r::dfdx::shapes::Dtype,
+                UmupD2: #r::dfdx::tensor::Storage<UmupE2>,
+                UmupP2: #r::nn::Param,
+            > = #ident<#(#const_idents,)* UmupE2, UmupD2, UmupP2>;
+        }
+
+        impl<#(#impl_consts,)* E, Dev, P> ::core::clone::Clone for #ident<#(#const_idents,)* E, Dev, P> {
+            fn clone(&self) -> Self {
+                #ident { __umup_invalid: #r::PhantomData }
+            }
+        }
+
+        impl<#(#impl_consts,)* E, Dev, P> ::core::fmt::Debug for #ident<#(#const_idents,)* E, Dev, P> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.write_str(::core::stringify!(#ident))
+            }
+        }
+
+        impl<
+            #(#impl_consts,)*
+            E: #r::dfdx::shapes::Dtype,
+            Dev: #r::dfdx::tensor_ops::Device<E>,
+            P: #r::nn::Param
+        > #r::dfdx::nn::tensor_collection::TensorCollection<E, Dev> for #ident<#(#const_idents,)* E, Dev, P> {
+            type To<UmupE2: #r::dfdx::shapes::Dtype, UmupD2: #r::dfdx::tensor_ops::Device<UmupE2>> =
+                #ident<#(#const_idents,)* UmupE2, UmupD2, P>;
+
+            fn iter_tensors<UmupVisitor: #r::dfdx::nn::tensor_collection::ModuleVisitor<Self, E, Dev>>(
+                _visitor: &mut UmupVisitor,
+            ) -> #r::Result<
+                ::core::option::Option<Self::To<UmupVisitor::E2, UmupVisitor::D2>>,
+                UmupVisitor::Err,
+            > {
+                ::core::result::Result::Ok(::core::option::Option::Some(#ident {
+                    __umup_invalid: #r::PhantomData,
+                }))
+            }
+        }
+
+        impl<
+            #(#impl_consts,)*
+            E: #r::dfdx::shapes::Dtype,
+            Dev: #r::dfdx::tensor_ops::Device<E>,
+            P: #r::nn::Param
+        > #r::dfdx::nn::BuildOnDevice<Dev, E> for #ident<#(#const_idents,)* E, Dev, P> {
+            type Built = Self;
+        }
+
+        impl<#(#impl_consts,)* E, Dev, P: #r::nn::Param> #r::nn::UmupModule for #ident<#(#const_idents,)* E, Dev, P> {
+            fn parametrization() -> #r::params::Parametrization {
+                <P as #r::nn::Param>::parametrization()
+            }
+
+            fn param_rows(
+                _prefix: &str,
+                _depth: ::core::option::Option<usize>,
+                _out: &mut #r::Vec<#r::params::ParamRow>,
+            ) -> #r::Result<(), #r::Error> {
+                ::core::result::Result::Ok(())
+            }
+        }
     }
+}
+
+/// The const parameters without their defaults, for impl headers.
+fn impl_params<'a>(consts: impl Iterator<Item = &'a syn::ConstParam>) -> Vec<syn::ConstParam> {
+    consts
+        .map(|c| syn::ConstParam {
+            eq_token: None,
+            default: None,
+            ..c.clone()
+        })
+        .collect()
 }
 
 fn field_type(f: &validate::Field) -> TokenStream {
@@ -75,24 +161,21 @@ fn field_type(f: &validate::Field) -> TokenStream {
         Layer::RmsNorm { dim } => quote!(#r::nn::UnitRmsNorm<#dim, E, Dev, P>),
         Layer::LayerNorm { dim } => quote!(#r::nn::UnitLayerNorm<#dim, E, Dev, P>),
         Layer::Model { path } => {
-            let mut path = path.clone();
-            if let Some(seg) = path.path.segments.last_mut() {
-                let extra: [GenericArgument; 3] = [
-                    syn::parse_quote!(E),
-                    syn::parse_quote!(Dev),
-                    syn::parse_quote!(P),
-                ];
-                match &mut seg.arguments {
-                    PathArguments::AngleBracketed(a) => a.args.extend(extra),
-                    args => *args = PathArguments::AngleBracketed(syn::parse_quote!(<E, Dev, P>)),
-                }
-            }
-            quote!(#path)
+            // The model's type as written (its defaults fill `E`, `Dev`, `P`), re-targeted
+            // through `UmupModel`: a type that is not a `#[umup_model]` struct fails this bound
+            // at the field's type, with the trait's `on_unimplemented` message.
+            let model = quote_spanned!(path.span()=> #r::nn::UmupModel);
+            quote_spanned!(path.span()=> <#path as #model>::Built<E, Dev, P>)
         }
     };
-    match &f.depth {
-        Some(len) => quote!(#r::nn::Stack<#elem, #len>),
-        None => elem,
+    match (&f.depth, &f.layer) {
+        // A stack of models: the stack's tokens point at the element type too, so that an
+        // element that is not a model is reported at the field.
+        (Some(len), Layer::Model { path }) => {
+            quote_spanned!(path.span()=> #r::nn::Stack<#elem, #len>)
+        }
+        (Some(len), _) => quote!(#r::nn::Stack<#elem, #len>),
+        (None, _) => elem,
     }
 }
 
@@ -115,14 +198,7 @@ fn expand(m: &Model) -> TokenStream {
     let r = private();
     let (attrs, vis, ident) = (&m.attrs, &m.vis, &m.ident);
     let consts = &m.const_params;
-    let impl_consts: Vec<syn::ConstParam> = consts
-        .iter()
-        .map(|c| syn::ConstParam {
-            eq_token: None,
-            default: None,
-            ..c.clone()
-        })
-        .collect();
+    let impl_consts = impl_params(consts.iter());
     let const_idents: Vec<&Ident> = consts.iter().map(|c| &c.ident).collect();
     let names: Vec<&Ident> = m.fields.iter().map(|f| &f.ident).collect();
     let name_strs: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -186,6 +262,21 @@ fn expand(m: &Model) -> TokenStream {
             > {
                 visitor.visit_fields(#visits, |#pattern| #ident { #(#names),* })
             }
+        }
+
+        #[automatically_derived]
+        #[diagnostic::do_not_recommend]
+        impl<
+            #(#impl_consts,)*
+            E: #r::dfdx::shapes::Dtype,
+            Dev: #r::dfdx::tensor::Storage<E>,
+            P: #r::nn::Param
+        > #r::nn::UmupModel for #ident<#built_generics> {
+            type Built<
+                UmupE2: #r::dfdx::shapes::Dtype,
+                UmupD2: #r::dfdx::tensor::Storage<UmupE2>,
+                UmupP2: #r::nn::Param,
+            > = #ident<#(#const_idents,)* UmupE2, UmupD2, UmupP2>;
         }
 
         #[automatically_derived]

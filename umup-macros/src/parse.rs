@@ -84,7 +84,7 @@ pub struct RoleAttr {
 
 /// One field.
 pub struct FieldIr {
-    /// Attributes that are not ours (doc comments, lints, cfg), passed through.
+    /// Attributes that are not ours (doc comments, lints), passed through.
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,
     pub ident: Ident,
@@ -107,9 +107,7 @@ pub struct ModelIr {
 }
 
 /// Attributes that may sit on a field next to its role and are passed through unchanged.
-const PASSTHROUGH: [&str; 8] = [
-    "doc", "allow", "warn", "deny", "forbid", "expect", "cfg", "cfg_attr",
-];
+const PASSTHROUGH: [&str; 6] = ["doc", "allow", "warn", "deny", "forbid", "expect"];
 
 /// The names the macro adds as type parameters.
 pub const RESERVED_PARAMS: [&str; 3] = ["E", "Dev", "P"];
@@ -154,6 +152,10 @@ pub fn parse(args: TokenStream, input: TokenStream, errors: &mut Errors) -> Opti
             return None;
         }
     };
+
+    for attr in s.attrs.iter().filter(|a| a.path().is_ident("derive")) {
+        derive_attr(attr, errors);
+    }
 
     let mut const_params = Vec::new();
     for p in &s.generics.params {
@@ -241,6 +243,38 @@ pub fn parse(args: TokenStream, input: TokenStream, errors: &mut Errors) -> Opti
     })
 }
 
+/// `#[derive(..)]` on the struct: `Clone` and `Debug` are derived by the macro, and nothing else
+/// can be derived for a struct of dfdx layers.
+fn derive_attr(attr: &Attribute, errors: &mut Errors) {
+    let result = attr.parse_nested_meta(|meta| {
+        let name = meta
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default();
+        if name == "Clone" || name == "Debug" {
+            errors.at(
+                &meta.path,
+                format_args!(
+                    "remove `{name}` from this `#[derive]`: `#[umup_model]` derives `Clone` and `Debug` itself"
+                ),
+            );
+        } else {
+            errors.at(
+                &meta.path,
+                format_args!(
+                    "`#[derive({name})]` is not supported on a `#[umup_model]` struct: its fields become dfdx layers, which implement `Clone` and `Debug` (derived by the macro) but not `{name}`; build a model with `M::build(&dev)`"
+                ),
+            );
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        errors.push(e);
+    }
+}
+
 fn field_attr(attr: Attribute, field: &mut FieldIr, errors: &mut Errors) {
     let Some(name) = attr.path().get_ident().map(Ident::to_string) else {
         // A path attribute (`serde::rename`, ...) belongs to another macro.
@@ -249,6 +283,16 @@ fn field_attr(attr: Attribute, field: &mut FieldIr, errors: &mut Errors) {
     };
     if PASSTHROUGH.contains(&name.as_str()) {
         field.attrs.push(attr);
+        return;
+    }
+    if name == "cfg" || name == "cfg_attr" {
+        field.bad_attr = true;
+        errors.at(
+            &attr,
+            format_args!(
+                "`#[{name}]` on a field of a `#[umup_model]` struct is not supported: the generated visitor and parameter table name every field; put the `#[{name}]` on the whole struct (e.g. two versions of it) instead"
+            ),
+        );
         return;
     }
     if name == "depth" {

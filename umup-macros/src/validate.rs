@@ -247,7 +247,7 @@ fn check_layer(
             "Linear" => "; a `Linear` takes `#[hidden]` or `#[output]`",
             "Embedding" => "; an `Embedding` takes `#[embedding]`",
             "RmsNorm" | "LayerNorm" => "; a norm takes `#[norm]`",
-            _ => "; a nested model takes `#[model]`",
+            _ => "; the macro reads the field's type as written and does not see through a type alias of a layer (write the layer type here); a nested `#[umup_model]` struct takes `#[model]`",
         };
         errors.at(
             &role.attr,

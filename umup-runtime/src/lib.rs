@@ -19,6 +19,8 @@
 //!   generates code for).
 //! * [`formats`]: FP8 (OCP and the reference's simulation formats), f16 and bf16 rounding (spec §8).
 //! * [`analysis`]: scale tracking (RMS of every parameter, activation and gradient).
+//! * [`tape`]: `share`/`fork` handles of one tensor and `traced_like` for a second input, so
+//!   that skip connections, shared inputs and position ids read like the math.
 //! * [`checkpoint`]: safetensors checkpoints with the u-μP metadata.
 //! * [`conformance`]: a runner for the reference library's float64 fixture files.
 //!
@@ -43,6 +45,7 @@ pub mod optim;
 pub mod params;
 pub mod profile;
 pub mod scales;
+pub mod tape;
 
 pub use constraint::Constraint;
 pub use error::{Error, Result};

@@ -160,6 +160,23 @@ pub trait UmupModule {
     }
 }
 
+/// Implemented by every `#[umup_model]` struct: names the same model in another dtype, device
+/// and parametrization.
+///
+/// A `#[model]` field `inner: Block<D>` is generated as `<Block<D> as UmupModel>::Built<E, Dev,
+/// P>`, so a field type that is not a `#[umup_model]` struct is reported as a missing
+/// implementation of this trait, at the field, with the message below (instead of rustc's
+/// "struct takes 0 generic arguments"). Type aliases of models work the same way.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `#[umup_model]` struct, so it cannot be a `#[model]` field",
+    label = "`#[model]` needs a struct annotated with `#[umup_model]` here",
+    note = "put `#[umup_model]` on the struct that defines this type, or give the field the role of its layer: `#[hidden]`/`#[output]` for `Linear<IN, OUT>`, `#[embedding]` for `Embedding<V, D>`, `#[norm]` for `RmsNorm<D>`/`LayerNorm<D>`"
+)]
+pub trait UmupModel {
+    /// The model with dtype `E2`, device `D2` and parametrization `P2`.
+    type Built<E2: Dtype, D2: dfdx::tensor::Storage<E2>, P2: Param>;
+}
+
 /// `prefix.name`, or `name` at the top level.
 pub fn join_path(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
