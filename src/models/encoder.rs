@@ -15,6 +15,7 @@ use crate::data::{Batch, MASK};
 use crate::device::TrainDevice;
 use crate::family::{Step, Task, Trainable};
 use crate::nn::{functional, Param};
+use crate::tape::{Fork, TracedLike};
 use crate::{ops, umup_model, Constraint, Error, Result};
 
 /// The fraction of positions whose bytes the encoder predicts (BERT's 15%).
@@ -119,20 +120,20 @@ where
         let positions = dev
             .try_tensor_from_vec(positions, (b * seq,))
             .map_err(Error::device)?;
-        let (tok, tape) = tok.split_tape();
-        let pos = self.pos.try_forward(positions.put_tape(tape))?;
-        let x = ops::add(tok.retaped::<T>(), pos, Constraint::ToOutputScale)?;
+        let pos = self.pos.try_forward(positions.traced_like(&tok))?;
+        let x = ops::add(tok, pos, Constraint::ToOutputScale)?;
         let mut x = step.tap(x, || "embed".into())?;
         let taus = functional::residual_taus(hp, L)?;
         for (i, l) in self.layers.iter().enumerate() {
             let name = |s: &str| format!("layers.{i}.{s}");
             x = P::residual(x, taus[2 * i], |r| {
                 let h = step.tap(l.ln1.try_forward(r)?, || name("attn.in"))?;
-                let q = lin!(l.q, h.with_empty_tape(), step)?;
+                let [hq, hk, hv] = h.fork();
+                let q = lin!(l.q, hq, step)?;
                 let q = step.tap(q, || name("attn.q"))?;
-                let k = lin!(l.k, h.with_empty_tape(), step)?;
+                let k = lin!(l.k, hk, step)?;
                 let k = step.tap(k, || name("attn.k"))?;
-                let v = lin!(l.v, h, step)?;
+                let v = lin!(l.v, hv, step)?;
                 let v = step.tap(v, || name("attn.v"))?;
                 let a = match step.quant() {
                     Some(qz) => functional::multi_head_attention_quantised::<P, _, _, _, _, _>(
