@@ -165,7 +165,7 @@ pub(crate) fn conv1d_scales<O: Dim, IG: Dim, K: Dim, E: Dtype, D: Storage<E>>(
     let [co, ig, k] = weight.shape().concrete();
     let g = options.geometry;
     let t_out = g.output_len(len, k)?;
-    if in_channels % g.groups != 0 || co % g.groups != 0 {
+    if !in_channels.is_multiple_of(g.groups) || !co.is_multiple_of(g.groups) {
         return Err(Error::ShapeMismatch {
             op: "conv1d",
             detail: format!(
