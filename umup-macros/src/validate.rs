@@ -306,7 +306,8 @@ fn check_layer(
         return None;
     }
     let arg = |i: usize| args[i].clone();
-    if name != "Conv1d" {
+    // On `#[output]` the parser has already reported the arguments.
+    if name != "Conv1d" && kind == RoleKind::Hidden {
         if let Some(lit) = role.conv.iter().flatten().next() {
             errors.at(
                 lit,
@@ -369,6 +370,7 @@ fn check_conv(
     let mut in_per_group = quote!(#c_in);
     if groups > 1 {
         let span = role.conv[3].as_ref();
+        let mut not_literal = Vec::new();
         for (what, arg) in [("C_IN", &c_in), ("C_OUT", &c_out)] {
             match literal(arg) {
                 Some(n) if !n.is_multiple_of(u128::from(groups)) => errors.at(
@@ -381,11 +383,18 @@ fn check_conv(
                         in_per_group = quote!(#ig);
                     }
                 }
-                None => errors.at(
-                    span,
-                    format_args!("with `groups = {groups}`, write {what} as an integer literal so that the macro can check that groups divides it (the weight's second dim, C_IN/groups, must be known at compile time)"),
-                ),
+                None => not_literal.push(what),
             }
+        }
+        if !not_literal.is_empty() {
+            errors.at(
+                span,
+                format_args!(
+                    "with `groups = {groups}`, write {} as integer literal{} so that the macro can check that groups divides the channel counts (the weight's second dim, C_IN/groups, must be known at compile time)",
+                    not_literal.join(" and "),
+                    if not_literal.len() > 1 { "s" } else { "" }
+                ),
+            );
         }
     }
     if errors.count() > before {
