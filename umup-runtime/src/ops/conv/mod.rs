@@ -269,3 +269,147 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `o·(Σ W·x + b)` and its `s`-scaled gradients by direct loops over the definition.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        x: &[f64],
+        w: &[f64],
+        b: &[f64],
+        gy: &[f64],
+        [nb, ci, len]: [usize; 3],
+        [co, ig, k]: [usize; 3],
+        geo: Conv1dGeometry,
+        s: LinearScales,
+    ) -> [Vec<f64>; 4] {
+        let t_out = geo.output_len(len, k).unwrap();
+        let og = co / geo.groups;
+        let mut y = vec![0.0; nb * co * t_out];
+        let (mut gx, mut gw, mut gb) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; co]);
+        for bi in 0..nb {
+            for o in 0..co {
+                for t in 0..t_out {
+                    let yi = (bi * co + o) * t_out + t;
+                    let mut acc = b[o];
+                    for c in 0..ig {
+                        let cx = (o / og) * ig + c;
+                        for j in 0..k {
+                            let tau =
+                                (t * geo.stride + j * geo.dilation) as isize - geo.padding as isize;
+                            if tau < 0 || tau >= len as isize {
+                                continue;
+                            }
+                            let (xi, wi) =
+                                ((bi * ci + cx) * len + tau as usize, (o * ig + c) * k + j);
+                            acc += w[wi] * x[xi];
+                            gx[xi] += s.grad_input * w[wi] * gy[yi];
+                            gw[wi] += s.grad_weight * x[xi] * gy[yi];
+                        }
+                    }
+                    y[yi] = s.output * acc;
+                    gb[o] += s.grad_weight * gy[yi];
+                }
+            }
+        }
+        [y, gx, gw, gb]
+    }
+
+    #[test]
+    fn matches_the_definition_with_every_option_at_once() {
+        let dev = Cpu::default();
+        let mut seed = 1u64;
+        let mut rand = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+                })
+                .collect()
+        };
+        for (nb, ci, len, co, k, geo) in [
+            (
+                2,
+                6,
+                13,
+                9,
+                3,
+                Conv1dGeometry {
+                    stride: 2,
+                    padding: 2,
+                    dilation: 3,
+                    groups: 3,
+                },
+            ),
+            (
+                1,
+                4,
+                5,
+                2,
+                4,
+                Conv1dGeometry {
+                    stride: 3,
+                    padding: 3,
+                    dilation: 1,
+                    groups: 2,
+                },
+            ),
+            (
+                3,
+                2,
+                9,
+                4,
+                1,
+                Conv1dGeometry {
+                    stride: 1,
+                    padding: 1,
+                    dilation: 2,
+                    groups: 1,
+                },
+            ),
+        ] {
+            let ig = ci / geo.groups;
+            let options = Conv1dOptions {
+                geometry: geo,
+                constraint: Constraint::Gmean,
+                scale_power: [0.25, 0.75, 1.0],
+            };
+            let (x, w, b) = (rand(nb * ci * len), rand(co * ig * k), rand(co));
+            let xt = dev.tensor_from_vec(x.clone(), (nb, ci, len));
+            let wt = dev.tensor_from_vec(w.clone(), (co, ig, k));
+            let bt = dev.tensor_from_vec(b.clone(), (co,));
+            let s = conv1d_scales(nb, ci, len, &wt, Some(&bt), options).unwrap();
+            let y = conv1d(xt.leaky_trace(), &wt, Some(&bt), options).unwrap();
+            let gy = rand(y.shape().num_elements());
+            let want = naive(&x, &w, &b, &gy, [nb, ci, len], [co, ig, k], geo, s);
+            let got_y = y.as_vec();
+            let g = dev.tensor_from_vec(gy, *y.shape());
+            let grads = (y * g).sum::<(), _>().backward();
+            let got = [
+                got_y,
+                grads.get(&xt).as_vec(),
+                grads.get(&wt).as_vec(),
+                grads.get(&bt).as_vec(),
+            ];
+            for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.len(), e.len());
+                for (u, v) in a.iter().zip(e) {
+                    assert!((u - v).abs() < 1e-12, "tensor {i}: {u} vs {v}");
+                }
+            }
+            // Unbatched: the same as a batch of one.
+            if nb == 1 {
+                let x2 = dev.tensor_from_vec(x.clone(), (ci, len));
+                let y2 = conv1d_unbatched(x2, &wt, Some(&bt), options).unwrap();
+                for (u, v) in y2.as_vec().iter().zip(&want[0]) {
+                    assert!((u - v).abs() < 1e-12, "unbatched: {u} vs {v}");
+                }
+            }
+        }
+    }
+}
