@@ -19,6 +19,25 @@ fn every_public_case_passes_at_its_tolerance() {
 }
 
 #[test]
+fn every_conv1d_case_passes_at_its_tolerance() {
+    let file =
+        conformance::load(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/conv1d.json")).unwrap();
+    assert_eq!(file.cases.len(), 6);
+    let results = conformance::run_file(&file);
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.name, r.message.clone().unwrap_or_default()))
+        .collect();
+    assert!(failed.is_empty(), "failing cases:\n{}", failed.join("\n"));
+    // A perturbed gradient fails: the runner compares every grad, not only the output.
+    let mut case = file.cases[0].clone();
+    let g = case.expected.grads.get_mut("weight").unwrap();
+    g.data[0] += 1e-6 * (1.0 + g.data[0].abs());
+    assert!(!conformance::run_case(&case).passed);
+}
+
+#[test]
 fn every_op_of_the_schema_is_covered() {
     let ops: std::collections::BTreeSet<String> =
         public().cases.into_iter().map(|c| c.op).collect();

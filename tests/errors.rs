@@ -91,6 +91,66 @@ fn linear_with_no_rows_is_an_error() {
 }
 
 #[test]
+fn conv1d_bad_shapes_and_geometry_are_errors() {
+    use ops::{Conv1dGeometry, Conv1dOptions};
+    type T3 = Tensor<(usize, usize, usize), f32, Cpu>;
+    let dev = dev();
+    let x: T3 = randn(&dev, (2, 6, 10));
+    let opts = |stride, padding, dilation, groups| Conv1dOptions {
+        geometry: Conv1dGeometry {
+            stride,
+            padding,
+            dilation,
+            groups,
+        },
+        ..Default::default()
+    };
+    // The weight's second dim must be C_in / groups.
+    let w: T3 = randn(&dev, (4, 6, 3));
+    let e = expect_err(
+        ops::conv1d(x.leaky_trace(), &w, None, opts(1, 0, 1, 2)),
+        &["conv1d", "in_channels / groups", "expected 3, got 6"],
+    );
+    assert_shape_mismatch(&e, "conv1d");
+    // groups must divide both channel counts.
+    let w: T3 = randn(&dev, (5, 3, 3));
+    let e = expect_err(
+        ops::conv1d(x.clone(), &w, None, opts(1, 0, 1, 2)),
+        &["groups (2) must divide", "out_channels (5)"],
+    );
+    assert_shape_mismatch(&e, "conv1d");
+    // The bias length is C_out.
+    let w: T3 = randn(&dev, (4, 6, 3));
+    let b: Tensor<(usize,), f32, Cpu> = randn(&dev, (3,));
+    let e = expect_err(
+        ops::conv1d(x.clone(), &w, Some(&b), opts(1, 0, 1, 1)),
+        &["bias length"],
+    );
+    assert_shape_mismatch(&e, "conv1d");
+    // An input shorter than the dilated kernel (10 + 2·1 < 6·(3−1) + 1).
+    let e = expect_err(
+        ops::conv1d(x.clone(), &w, None, opts(1, 1, 6, 1)),
+        &["shorter than the dilated kernel (13)"],
+    );
+    assert_shape_mismatch(&e, "conv1d");
+    // Zero stride, dilation or groups.
+    for (o, what) in [
+        (opts(0, 0, 1, 1), "stride"),
+        (opts(1, 0, 0, 1), "dilation"),
+        (opts(1, 0, 1, 0), "groups"),
+    ] {
+        let e = expect_err(ops::conv1d(x.clone(), &w, None, o), &[what, "at least 1"]);
+        assert!(matches!(e, Error::InvalidValue { .. }), "{e:?}");
+    }
+    // A non-finite scale power.
+    let o = Conv1dOptions {
+        scale_power: [0.5, f64::INFINITY, 0.5],
+        ..Default::default()
+    };
+    expect_err(ops::conv1d(x, &w, None, o), &["scale_power"]);
+}
+
+#[test]
 fn matmul_inner_dims_must_match() {
     let dev = dev();
     let left: T2 = randn(&dev, (5, 3));

@@ -126,6 +126,64 @@ where
     }
 }
 
+fn conv1d<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(14);
+    // (batch, C_in, T, C_out, k, stride, padding, dilation, groups, bias)
+    for (nb, ci, len, co, k, stride, padding, dilation, groups, bias) in [
+        (2, 4, 9, 6, 3, 1, 0, 1, 1, true),
+        (3, 6, 17, 9, 4, 2, 3, 1, 3, false),
+        (1, 5, 13, 7, 2, 3, 1, 4, 1, true),
+        (2, 8, 23, 4, 5, 2, 2, 3, 4, true),
+        (3, 3, 7, 5, 1, 1, 0, 1, 1, false),
+        (2, 6, 11, 6, 3, 1, 4, 2, 6, true),
+        (1, 2, 3, 3, 4, 5, 1, 1, 1, false),
+    ] {
+        let geo = ops::Conv1dGeometry {
+            stride,
+            padding,
+            dilation,
+            groups,
+        };
+        let t_out = geo.output_len(len, k).unwrap();
+        let x = rig.randn::<_, E>((nb, ci, len));
+        let w = rig.randn::<_, E>((co, ci / groups, k));
+        let b = rig.randn::<_, E>((co,));
+        let r = rig.randn::<_, E>((nb, co, t_out));
+        let s = LinearScales {
+            output: 0.43,
+            grad_input: 1.7,
+            grad_weight: 0.29,
+        };
+        let run = |kernel: bool| {
+            let xt = x.clone().leaky_traced();
+            let bias = bias.then_some(&b);
+            let y = if kernel {
+                <Cpu as Backend<E>>::conv1d_kernel(
+                    xt,
+                    w.retaped(),
+                    bias.map(|b| b.retaped()),
+                    geo,
+                    s,
+                )
+            } else {
+                generic::conv1d(xt, w.retaped(), bias.map(|b| b.retaped()), geo, s)
+            }
+            .unwrap();
+            assert_eq!(y.shape().concrete(), [nb, co, t_out]);
+            let (out, g) = backward(y, &r);
+            let mut v = vec![out, f64s(&g.get(&x)), f64s(&g.get(&w))];
+            if bias.is_some() {
+                v.push(f64s(&g.get(&b)));
+            }
+            v
+        };
+        compare::<E>("conv1d", &run(true), &run(false));
+    }
+}
+
 fn matmul<E: Real>()
 where
     Cpu: Backend<E>,
@@ -635,6 +693,7 @@ macro_rules! both {
 }
 both!(
     linear,
+    conv1d,
     matmul,
     attention,
     norms,

@@ -340,3 +340,247 @@ fn checkpoints_round_trip_with_metadata_and_refuse_mismatches() {
     assert!(checkpoint::save(&model, dir.join("x.safetensors"), &bad).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Conv1d fields.
+
+#[umup_model]
+pub struct DeepBlock {
+    #[hidden]
+    w_deep: Linear<64, 128>,
+    #[norm]
+    gain: RmsNorm<64>,
+}
+
+#[umup_model]
+pub struct ConvBlock {
+    #[hidden(stride = 2, groups = 2)]
+    conv: Conv1d<8, 8, 3>,
+}
+
+/// Mirrors `optimizer_lr/adam/mixed/...`: the fixture's `conv [8, 4, 3]` (depth 2) is a grouped
+/// `Conv1d<8, 8, 3>` (groups 2) inside a depth-2 stack.
+#[umup_model]
+pub struct AdamMirror {
+    #[hidden]
+    w_in: Linear<32, 64>,
+    #[model]
+    #[depth]
+    deep: [DeepBlock; 4],
+    #[model]
+    #[depth]
+    convs: [ConvBlock; 2],
+    #[output]
+    out: Linear<64, 10>,
+}
+
+/// Mirrors `optimizer_lr/sgd/readout_to_output_scale/...`: `conv [6, 2, 5]` is a
+/// `Conv1d<6, 6, 5>` with groups 3.
+#[umup_model]
+pub struct SgdMirror {
+    #[embedding]
+    emb: Embedding<100, 24>,
+    #[hidden(bias)]
+    #[depth]
+    w: [Linear<24, 48>; 3],
+    #[norm]
+    gain: RmsNorm<24>,
+    #[hidden(groups = 3, dilation = 2, padding = 4)]
+    conv: Conv1d<6, 6, 5>,
+    #[output]
+    out: Linear<24, 100>,
+}
+
+/// Checks a fixture's `optimizer_lr` case against a generated table: every fixture parameter
+/// (`name → path`) has the fixture's role, shape and depth, and its LR and weight decay.
+fn lr_case_through_table(
+    prefix: &str,
+    table: &params::ParamTable,
+    paths: &[(&str, &str)],
+    rule: LrRule,
+) {
+    let file =
+        conformance::load(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/public.json")).unwrap();
+    let case = file
+        .cases
+        .iter()
+        .find(|c| c.name.starts_with(prefix))
+        .unwrap();
+    let path_of = |name: &str| {
+        paths
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("{name} not mapped"))
+    };
+    for p in case.params["parameters"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let row = table
+            .get(path_of(name))
+            .unwrap_or_else(|| panic!("{name} not generated"));
+        assert_eq!(row.spec.role.mup_type(), p["mup_type"].as_str().unwrap());
+        let shape: Vec<usize> = p["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(row.spec.shape, shape, "{name}");
+        assert_eq!(
+            row.spec.depth,
+            p["depth"].as_u64().map(|d| d as usize),
+            "{name}"
+        );
+    }
+    let groups = params::param_groups(
+        &table.specs(),
+        Parametrization::Umup,
+        rule,
+        case.params["lr"].as_f64().unwrap(),
+        case.params["weight_decay"].as_f64().unwrap(),
+        case.params["independent_weight_decay"].as_bool().unwrap(),
+    )
+    .unwrap();
+    let expected = case.expected.param_groups.as_ref().unwrap();
+    assert!(expected.iter().any(|e| e.name == "conv"));
+    for e in expected {
+        let g = groups.iter().find(|g| g.path == path_of(&e.name)).unwrap();
+        assert!(
+            close(g.lr, e.lr, case.tol.rel),
+            "{}: {} vs {}",
+            e.name,
+            g.lr,
+            e.lr
+        );
+        assert!(
+            close(g.weight_decay, e.weight_decay, case.tol.rel),
+            "{}",
+            e.name
+        );
+        // The table's own multiplier gives the same LR.
+        let row = table.get(path_of(&e.name)).unwrap();
+        let m = match rule {
+            LrRule::Adam => row.adam_lr,
+            LrRule::SgdConstrainedReadout => row.sgd_lr,
+        };
+        assert!(close(case.params["lr"].as_f64().unwrap() * m, e.lr, 1e-12));
+    }
+}
+
+#[test]
+fn conv_parameters_of_the_optimizer_lr_cases_pass_through_generated_tables() {
+    let table = <AdamMirror>::param_table().unwrap();
+    let conv = table.get("convs.1.conv.weight").unwrap();
+    assert_eq!(conv.fan_in, 12);
+    assert!(close(conv.forward_multiplier, 12f64.powf(-0.5), 1e-15));
+    lr_case_through_table(
+        "optimizer_lr/adam/mixed",
+        &table,
+        &[
+            ("w_in", "w_in.weight"),
+            ("w_deep", "deep.0.w_deep.weight"),
+            ("conv", "convs.0.conv.weight"),
+            ("gain", "deep.0.gain.weight"),
+            ("out", "out.weight"),
+        ],
+        LrRule::Adam,
+    );
+    let table = <SgdMirror>::param_table().unwrap();
+    assert_eq!(table.get("conv.weight").unwrap().fan_in, 10);
+    lr_case_through_table(
+        "optimizer_lr/sgd/readout_to_output_scale",
+        &table,
+        &[
+            ("emb", "emb.weight"),
+            ("w", "w.1.weight"),
+            ("b", "w.1.bias"),
+            ("gain", "gain.weight"),
+            ("conv", "conv.weight"),
+            ("out", "out.weight"),
+        ],
+        LrRule::for_sgd(Constraint::ToOutputScale).unwrap(),
+    );
+}
+
+#[umup_model]
+pub struct ConvNet<const C: usize> {
+    #[hidden(padding = 1, bias)]
+    conv: Conv1d<C, C, 3>,
+    #[hidden(stride = 2, dilation = 2, groups = 4, constraint = "none")]
+    down: Conv1d<64, 32, 3>,
+}
+
+fn std_of64(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n).sqrt()
+}
+
+#[test]
+fn conv_fields_run_the_op_with_their_geometry_and_are_unit_scaled() {
+    use umup::ops::{self, Conv1dGeometry, Conv1dOptions};
+    let dev = Cpu::seed_from_u64(3);
+    let net = ConvNet::<64, f64>::build(&dev).unwrap();
+    // Unit init: N(0,1) weights, zero bias.
+    assert!((std_of64(&net.conv.weight.as_vec()) - 1.0).abs() < 0.05);
+    assert!(net.conv.bias.as_vec().iter().all(|&b| b == 0.0));
+    assert_eq!(net.down.weight.shape().concrete(), [32, 16, 3]);
+    let x: Tensor<(usize, Const<64>, usize), f64, Cpu> =
+        dev.sample_normal_like(&(4, Const::<64>, 96));
+    let y = net.conv.try_forward(x.leaky_trace()).unwrap();
+    assert_eq!(y.shape().concrete(), [4, 64, 96]);
+    let want = ops::conv1d(
+        x.clone(),
+        &net.conv.weight,
+        Some(&net.conv.bias),
+        Conv1dOptions {
+            geometry: Conv1dGeometry {
+                padding: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(y.as_vec(), want.as_vec());
+    // Unit output, unit weight gradient for a unit output gradient.
+    assert!((std_of64(&y.as_vec()) - 1.0).abs() < 0.1);
+    let g = dev.sample_normal_like(y.shape());
+    let grads = (y * g).sum::<(), _>().backward();
+    assert!((std_of64(&grads.get(&net.conv.weight).as_vec()) - 1.0).abs() < 0.1);
+    assert!((std_of64(&grads.get(&x).as_vec()) - 1.0).abs() < 0.15);
+    // The grouped, strided, dilated, unconstrained layer.
+    let z = net.down.try_forward(x.clone()).unwrap();
+    let want = ops::conv1d(
+        x,
+        &net.down.weight,
+        None,
+        Conv1dOptions {
+            geometry: Conv1dGeometry {
+                stride: 2,
+                padding: 0,
+                dilation: 2,
+                groups: 4,
+            },
+            constraint: Constraint::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(z.shape().concrete(), [4, 32, 46]);
+    assert_eq!(z.as_vec(), want.as_vec());
+    // A too-short input is an error, not a panic.
+    let short: Tensor<(usize, Const<64>, usize), f64, Cpu> = dev.zeros_like(&(1, Const::<64>, 4));
+    assert!(net.down.try_forward(short).is_err());
+    // The table: fan-in C_in/groups·k; SP inits by 1/√fan_in.
+    let table = ConvNet::<64>::param_table().unwrap();
+    let paths: Vec<&str> = table.rows.iter().map(|r| r.spec.path.as_str()).collect();
+    assert_eq!(paths, ["conv.weight", "conv.bias", "down.weight"]);
+    assert_eq!(table.get("down.weight").unwrap().fan_in, 48);
+    assert_eq!(table.get("conv.weight").unwrap().fan_in, 192);
+    let sp = ConvNet::<64, f32, Cpu, Sp>::param_table().unwrap();
+    assert_eq!(
+        sp.get("down.weight").unwrap().init,
+        Init::Normal(48f64.powf(-0.5))
+    );
+}

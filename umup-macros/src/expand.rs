@@ -157,6 +157,24 @@ fn field_type(f: &validate::Field) -> TokenStream {
             };
             quote!(#r::nn::#ty<#fan_in, #fan_out, #role, E, Dev, P>)
         }
+        Layer::Conv1d {
+            c_in,
+            c_out,
+            kernel,
+            in_per_group,
+            geometry,
+            bias,
+            constraint,
+        } => {
+            let code = Literal::u8_unsuffixed(*constraint);
+            let [s, p, d, g] = geometry.map(Literal::u64_unsuffixed);
+            let ty = if *bias {
+                quote!(UnitConv1dBias)
+            } else {
+                quote!(UnitConv1d)
+            };
+            quote!(#r::nn::#ty<#c_in, #c_out, #kernel, #in_per_group, #r::nn::Conv<#s, #p, #d, #g, #code>, E, Dev, P>)
+        }
         Layer::Embedding { vocab, dim } => quote!(#r::nn::UnitEmbedding<#vocab, #dim, E, Dev, P>),
         Layer::RmsNorm { dim } => quote!(#r::nn::UnitRmsNorm<#dim, E, Dev, P>),
         Layer::LayerNorm { dim } => quote!(#r::nn::UnitLayerNorm<#dim, E, Dev, P>),

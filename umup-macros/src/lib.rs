@@ -35,9 +35,16 @@ use proc_macro::TokenStream;
 /// |---|---|---|
 /// | `#[embedding]` | `Embedding<V, D>` | table `[V, D]` |
 /// | `#[hidden]`, `#[hidden(bias, constraint = "...")]` | `Linear<IN, OUT>` | weight `[OUT, IN]` (+ bias) |
+/// | `#[hidden]`, `#[hidden(stride = 2, padding = 1, dilation = 1, groups = 2, bias, constraint = "...")]` | `Conv1d<C_IN, C_OUT, K>` | weight `[C_OUT, C_IN/groups, K]` (+ bias) |
 /// | `#[output]`, `#[output(bias, constraint = "...")]` | `Linear<IN, OUT>` | readout weight (+ bias) |
 /// | `#[norm]` | `RmsNorm<D>` or `LayerNorm<D>` | gain (+ bias) |
 /// | `#[model]` | another `#[umup_model]` struct | its parameters, under the field's path |
+///
+/// A `Conv1d` field's geometry is given by integer-literal arguments of `#[hidden(..)]` (defaults
+/// stride 1, padding 0, dilation 1, groups 1, no bias, `to_output_scale`); it becomes
+/// `UnitConv1d`, forward `ops::conv1d` on `[B, C_IN, T]`, fan-in `C_IN/groups · K`. With
+/// `groups > 1`, `C_IN` and `C_OUT` are integer literals that `groups` divides (checked at compile
+/// time).
 ///
 /// `#[depth]` next to a role turns a field of type `[T; N]`, `Repeated<T, N>` or `Stack<T, N>`
 /// into a depth container: every parameter inside gets depth `N` (LR × 1/√N).

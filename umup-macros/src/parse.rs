@@ -80,7 +80,18 @@ pub struct RoleAttr {
     pub constraint: Option<LitStr>,
     /// `tie = "..."`.
     pub tie: Option<LitStr>,
+    /// The convolution arguments `stride`, `padding`, `dilation`, `groups` (integer literals),
+    /// in the order of [`CONV_ARGS`].
+    pub conv: [Option<syn::LitInt>; 4],
 }
+
+/// The convolution arguments of `#[hidden(..)]` on a `Conv1d` field, with their defaults.
+pub const CONV_ARGS: [(&str, u64); 4] = [
+    ("stride", 1),
+    ("padding", 0),
+    ("dilation", 1),
+    ("groups", 1),
+];
 
 /// One field.
 pub struct FieldIr {
@@ -344,6 +355,7 @@ fn field_attr(attr: Attribute, field: &mut FieldIr, errors: &mut Errors) {
         bias: false,
         constraint: None,
         tie: None,
+        conv: [None, None, None, None],
     };
     if let syn::Meta::List(list) = &attr.meta {
         if !matches!(kind, RoleKind::Hidden | RoleKind::Output) {
@@ -426,6 +438,43 @@ fn role_args(attr: &Attribute, role: &mut RoleAttr, errors: &mut Errors) {
                     *slot = lit;
                 }
             }
+            k if CONV_ARGS.iter().any(|(n, _)| *n == k) => {
+                let i = CONV_ARGS.iter().position(|(n, _)| *n == k).unwrap_or(0);
+                if kind != RoleKind::Hidden {
+                    errors.at(
+                        &meta.path,
+                        format_args!("`{key}` applies to a `#[hidden]` `Conv1d<C_IN, C_OUT, K>` field only"),
+                    );
+                }
+                let lit = match meta.value() {
+                    Ok(v) => match v.parse::<syn::Expr>()? {
+                        syn::Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Int(i),
+                            ..
+                        }) => Some(i),
+                        other => {
+                            errors.at(
+                                &other,
+                                format_args!("`{key}` takes an integer literal, e.g. `{key} = 2`"),
+                            );
+                            None
+                        }
+                    },
+                    Err(_) => {
+                        errors.at(
+                            &meta.path,
+                            format_args!("`{key}` needs a value, e.g. `{key} = 2`"),
+                        );
+                        None
+                    }
+                };
+                if role.conv[i].is_some() {
+                    errors.at(&meta.path, format_args!("duplicate `{key}`"));
+                }
+                if lit.is_some() {
+                    role.conv[i] = lit;
+                }
+            }
             _ => {
                 errors.at(
                     &meta.path,
@@ -433,7 +482,10 @@ fn role_args(attr: &Attribute, role: &mut RoleAttr, errors: &mut Errors) {
                         "unknown argument `{}` of `#[{}]`; expected `bias`, `constraint = \"...\"`{}",
                         quote::ToTokens::to_token_stream(&meta.path),
                         kind.name(),
-                        if kind == RoleKind::Output { " or `tie = \"...\"`" } else { "" }
+                        match kind {
+                            RoleKind::Output => " or `tie = \"...\"`",
+                            _ => " (or, on a `Conv1d` field, `stride`, `padding`, `dilation`, `groups`)",
+                        }
                     ),
                 );
                 if meta.input.peek(syn::Token![=]) {

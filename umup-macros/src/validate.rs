@@ -4,7 +4,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::{Attribute, Expr, GenericArgument, Ident, PathArguments, Type, TypePath, Visibility};
 
-use crate::parse::{Errors, FieldIr, ModelIr, RoleAttr, RoleKind};
+use crate::parse::{Errors, FieldIr, ModelIr, RoleAttr, RoleKind, CONV_ARGS};
 
 /// The runtime layer a field becomes.
 #[allow(clippy::enum_variant_names)] // `Layer::LayerNorm` names the layer type.
@@ -13,6 +13,17 @@ pub enum Layer {
         fan_in: GenericArgument,
         fan_out: GenericArgument,
         readout: bool,
+        bias: bool,
+        constraint: u8,
+    },
+    Conv1d {
+        c_in: TokenStream,
+        c_out: TokenStream,
+        kernel: TokenStream,
+        /// `C_IN / groups`: the weight's second dim.
+        in_per_group: TokenStream,
+        /// stride, padding, dilation, groups.
+        geometry: [u64; 4],
         bias: bool,
         constraint: u8,
     },
@@ -62,8 +73,9 @@ const CONSTRAINTS: [&str; 8] = [
     "to_right_grad_scale",
 ];
 
-const LAYERS: [(&str, usize); 4] = [
+const LAYERS: [(&str, usize); 5] = [
     ("Linear", 2),
+    ("Conv1d", 3),
     ("Embedding", 2),
     ("RmsNorm", 1),
     ("LayerNorm", 1),
@@ -221,7 +233,7 @@ fn check_layer(
         other => {
             errors.at(
                 other,
-                "unsupported field type: a field is a layer (`Linear<IN, OUT>`, `Embedding<V, D>`, `RmsNorm<D>`, `LayerNorm<D>`), a nested `#[umup_model]` struct, or a stack of them",
+                "unsupported field type: a field is a layer (`Linear<IN, OUT>`, `Conv1d<C_IN, C_OUT, K>`, `Embedding<V, D>`, `RmsNorm<D>`, `LayerNorm<D>`), a nested `#[umup_model]` struct, or a stack of them",
             );
             return None;
         }
@@ -232,19 +244,22 @@ fn check_layer(
     let kind = role.kind;
     let wanted = match kind {
         RoleKind::Embedding => "a field of type `Embedding<V, D>`",
-        RoleKind::Hidden | RoleKind::Output => "a field of type `Linear<IN, OUT>`",
+        RoleKind::Hidden => "a field of type `Linear<IN, OUT>` or `Conv1d<C_IN, C_OUT, K>`",
+        RoleKind::Output => "a field of type `Linear<IN, OUT>`",
         RoleKind::Norm => "a field of type `RmsNorm<D>` or `LayerNorm<D>`",
         RoleKind::Model => "a field whose type is another `#[umup_model]` struct",
     };
     let compatible = match (kind, name.as_str()) {
         (RoleKind::Embedding, n) => n == "Embedding",
-        (RoleKind::Hidden | RoleKind::Output, n) => n == "Linear",
+        (RoleKind::Hidden, n) => n == "Linear" || n == "Conv1d",
+        (RoleKind::Output, n) => n == "Linear",
         (RoleKind::Norm, n) => n == "RmsNorm" || n == "LayerNorm",
         (RoleKind::Model, _) => layer.is_none(),
     };
     if !compatible {
         let suggestion = match name.as_str() {
             "Linear" => "; a `Linear` takes `#[hidden]` or `#[output]`",
+            "Conv1d" => "; a `Conv1d` takes `#[hidden]` (a convolution is never the readout)",
             "Embedding" => "; an `Embedding` takes `#[embedding]`",
             "RmsNorm" | "LayerNorm" => "; a norm takes `#[norm]`",
             _ => "; the macro reads the field's type as written and does not see through a type alias of a layer (write the layer type here); a nested `#[umup_model]` struct takes `#[model]`",
@@ -269,6 +284,7 @@ fn check_layer(
     if args.len() != arity {
         let form = match name.as_str() {
             "Linear" => "Linear<IN, OUT>",
+            "Conv1d" => "Conv1d<C_IN, C_OUT, KERNEL>",
             "Embedding" => "Embedding<VOCAB, DIM>",
             "RmsNorm" => "RmsNorm<DIM>",
             _ => "LayerNorm<DIM>",
@@ -290,7 +306,18 @@ fn check_layer(
         return None;
     }
     let arg = |i: usize| args[i].clone();
+    // On `#[output]` the parser has already reported the arguments.
+    if name != "Conv1d" && kind == RoleKind::Hidden {
+        if let Some(lit) = role.conv.iter().flatten().next() {
+            errors.at(
+                lit,
+                "`stride`, `padding`, `dilation` and `groups` apply to a `Conv1d<C_IN, C_OUT, K>` field only",
+            );
+            return None;
+        }
+    }
     Some(match name.as_str() {
+        "Conv1d" => check_conv(role, arg(0), arg(1), arg(2), errors)?,
         "Linear" => Layer::Linear {
             fan_in: arg(0),
             fan_out: arg(1),
@@ -305,6 +332,94 @@ fn check_layer(
         "RmsNorm" => Layer::RmsNorm { dim: arg(0) },
         _ => Layer::LayerNorm { dim: arg(0) },
     })
+}
+
+/// The geometry of a `Conv1d` field: stride, dilation and groups at least 1, and groups dividing
+/// both channel counts (which must then be integer literals, so the per-group width is known).
+fn check_conv(
+    role: &RoleAttr,
+    c_in: GenericArgument,
+    c_out: GenericArgument,
+    kernel: GenericArgument,
+    errors: &mut Errors,
+) -> Option<Layer> {
+    let before = errors.count();
+    let mut geometry = [0u64; 4];
+    for (i, (name, default)) in CONV_ARGS.iter().enumerate() {
+        geometry[i] = match &role.conv[i] {
+            None => *default,
+            Some(lit) => match lit.base10_parse::<u64>() {
+                Ok(0) if *name != "padding" => {
+                    errors.at(
+                        lit,
+                        format_args!(
+                            "`{name} = 0` is not a convolution; `{name}` must be at least 1"
+                        ),
+                    );
+                    0
+                }
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(e);
+                    0
+                }
+            },
+        };
+    }
+    let groups = geometry[3];
+    let mut in_per_group = quote!(#c_in);
+    if groups > 1 {
+        let span = role.conv[3].as_ref();
+        let mut not_literal = Vec::new();
+        for (what, arg) in [("C_IN", &c_in), ("C_OUT", &c_out)] {
+            match literal(arg) {
+                Some(n) if !n.is_multiple_of(u128::from(groups)) => errors.at(
+                    arg,
+                    format_args!("`groups = {groups}` must divide {what} ({n}): each group takes C_IN/groups inputs to C_OUT/groups outputs"),
+                ),
+                Some(n) => {
+                    if what == "C_IN" {
+                        let ig = proc_macro2::Literal::u128_unsuffixed(n / u128::from(groups));
+                        in_per_group = quote!(#ig);
+                    }
+                }
+                None => not_literal.push(what),
+            }
+        }
+        if !not_literal.is_empty() {
+            errors.at(
+                span,
+                format_args!(
+                    "with `groups = {groups}`, write {} as integer literal{} so that the macro can check that groups divides the channel counts (the weight's second dim, C_IN/groups, must be known at compile time)",
+                    not_literal.join(" and "),
+                    if not_literal.len() > 1 { "s" } else { "" }
+                ),
+            );
+        }
+    }
+    if errors.count() > before {
+        return None;
+    }
+    Some(Layer::Conv1d {
+        c_in: quote!(#c_in),
+        c_out: quote!(#c_out),
+        kernel: quote!(#kernel),
+        in_per_group,
+        geometry,
+        bias: role.bias,
+        constraint: constraint_code(role, errors)?,
+    })
+}
+
+/// The value of an integer-literal dimension.
+fn literal(arg: &GenericArgument) -> Option<u128> {
+    match arg {
+        GenericArgument::Const(Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        })) => i.base10_parse().ok(),
+        _ => None,
+    }
 }
 
 fn constraint_code(role: &RoleAttr, errors: &mut Errors) -> Option<u8> {
@@ -328,7 +443,7 @@ fn constraint_code(role: &RoleAttr, errors: &mut Errors) -> Option<u8> {
             errors.at(
                 &role.constraint,
                 format_args!(
-                    "`{name}` constrains three-scale ops (matmul); a linear layer has two scales: use none, gmean, hmean, amean, to_output_scale or to_grad_input_scale"
+                    "`{name}` constrains three-scale ops (matmul); a linear or convolution layer has two scales: use none, gmean, hmean, amean, to_output_scale or to_grad_input_scale"
                 ),
             );
             None

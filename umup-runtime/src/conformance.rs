@@ -489,6 +489,7 @@ fn compute<D: Backend<f64>>(case: &Case, dev: &D) -> Result<Computed> {
         }
         "matmul" => matmul(case, dev, &mut c)?,
         "linear" | "linear_readout" => linear(case, dev, &mut c)?,
+        "conv1d" => conv1d(case, dev, &mut c)?,
         "embedding" => {
             let (ids, table) = (input(case, "ids")?, input(case, "weight")?);
             let w = t2(dev, table, table.last_dim())?;
@@ -729,6 +730,73 @@ fn linear<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()>
     record(c, &grads, "weight", &wt, &w.shape);
     if let Some(b) = &bt {
         record(c, &grads, "bias", b, &[fan_out]);
+    }
+    Ok(())
+}
+
+fn conv1d<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result<()> {
+    let (x, w) = (input(case, "x")?, input(case, "weight")?);
+    let has_bias = bool_param(case, "has_bias", case.inputs.contains_key("bias"))?;
+    let scale_power = match param(case, "scale_power").and_then(Value::as_array) {
+        None => [0.5; 3],
+        Some(p) => match p.iter().map(Value::as_f64).collect::<Option<Vec<_>>>() {
+            Some(v) if v.len() == 3 => [v[0], v[1], v[2]],
+            _ => return Err(Error::BadInput("scale_power must be three numbers".into())),
+        },
+    };
+    let geo = |key: &str, default: usize| -> Result<usize> {
+        match param(case, key) {
+            None => Ok(default),
+            Some(_) => usize_param(case, key),
+        }
+    };
+    let options = ops::Conv1dOptions {
+        geometry: ops::Conv1dGeometry {
+            stride: geo("stride", 1)?,
+            padding: geo("padding", 0)?,
+            dilation: geo("dilation", 1)?,
+            groups: geo("groups", 1)?,
+        },
+        constraint: constraint_param(case, Constraint::ToOutputScale)?,
+        scale_power,
+    };
+    let [co, ig, k] = match w.shape[..] {
+        [o, i, k] => [o, i, k],
+        _ => {
+            return Err(Error::BadInput(format!(
+                "conv1d weight shape {:?} is not 3-D",
+                w.shape
+            )))
+        }
+    };
+    let (lead, ci, len) = match x.shape[..] {
+        [ci, len] => (None, ci, len),
+        [b, ci, len] => (Some(b), ci, len),
+        _ => {
+            return Err(Error::BadInput(format!(
+                "conv1d input shape {:?} is not [C_in, T] or [B, C_in, T]",
+                x.shape
+            )))
+        }
+    };
+    let xt = dev
+        .try_tensor_from_vec(x.data.clone(), (lead.unwrap_or(1), ci, len))
+        .dev()?;
+    let wt = dev.try_tensor_from_vec(w.data.clone(), (co, ig, k)).dev()?;
+    let bt = if has_bias {
+        Some(t1(dev, input(case, "bias")?)?)
+    } else {
+        None
+    };
+    let y = ops::conv1d(xt.leaky_trace(), &wt, bt.as_ref(), options)?;
+    let t_out = y.shape().2;
+    let mut shape: Vec<usize> = lead.into_iter().collect();
+    shape.extend([co, t_out]);
+    let grads = finish_single(case, c, y, shape)?;
+    record(c, &grads, "x", &xt, &x.shape);
+    record(c, &grads, "weight", &wt, &w.shape);
+    if let Some(b) = &bt {
+        record(c, &grads, "bias", b, &[co]);
     }
     Ok(())
 }

@@ -102,6 +102,44 @@ fn linear_with_power(
     })
 }
 
+/// `conv1d` (spec §4.4): `o = (C_in/groups · k)^-p_o` (the weight's second dim times the kernel
+/// size), `s_x = (stride·groups / (C_out·k))^p_x`, `(o, s_x) = constraint(o, s_x)`, and
+/// `s_w = B_tok^-p_w` with `B_tok = T_out · batch` for the weight and the bias (never
+/// constrained). The reference defaults are `scale_power = [½, ½, ½]`, `to_output_scale`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv1d(
+    in_per_group: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    tokens: usize,
+    constraint: Constraint,
+    scale_power: [f64; 3],
+) -> Result<LinearScales> {
+    let [po, px, pw] = scale_power;
+    for p in scale_power {
+        check_finite("conv1d scale_power", p)?;
+    }
+    let (ig, co, k) = (
+        count("in_channels / groups", in_per_group)?,
+        count("out_channels", out_channels)?,
+        count("kernel_size", kernel)?,
+    );
+    let (st, g) = (count("stride", stride)?, count("groups", groups)?);
+    let b = count("B_tok (T_out · batch)", tokens)?;
+    let s = OpScales {
+        output: (ig * k).powf(-po),
+        grad_input: (st * g / (co * k)).powf(px),
+    }
+    .constrained(constraint)?;
+    Ok(LinearScales {
+        output: s.output,
+        grad_input: s.grad_input,
+        grad_weight: b.powf(-pw),
+    })
+}
+
 /// `matmul(left[M,K], right[K,N])` (spec §4.1): `(o, s_left, s_right) = constraint(K^-½, N^-½, M^-½)`.
 pub fn matmul(m: usize, k: usize, n: usize, constraint: Constraint) -> Result<[f64; 3]> {
     let (m, k, n) = (count("M", m)?, count("K", k)?, count("N", n)?);
@@ -381,5 +419,18 @@ mod tests {
         assert!(close(cross_entropy_grad(32000).unwrap(), 178.888, 1e-5));
         assert_eq!(add(12, 12, 12, Constraint::None).unwrap()[0], 0.5f64.sqrt());
         assert_eq!(add(12, 12, 1, Constraint::None).unwrap()[0], 1.0);
+    }
+
+    // Spec §4.4: fan-in is the weight's second dim (C_in/groups) times k.
+    #[test]
+    fn conv1d_rule() {
+        let s = conv1d(4, 8, 3, 2, 2, 25, Constraint::None, [0.5; 3]).unwrap();
+        assert!(close(s.output, 12f64.powf(-0.5), 1e-15));
+        assert!(close(s.grad_input, (4.0f64 / 24.0).sqrt(), 1e-15));
+        assert!(close(s.grad_weight, 0.2, 1e-15));
+        let s = conv1d(4, 8, 3, 1, 1, 4, Constraint::ToOutputScale, [1.0, 0.5, 0.5]).unwrap();
+        assert_eq!((s.output, s.grad_input), (1.0 / 12.0, 1.0 / 12.0));
+        assert!(conv1d(4, 8, 3, 0, 1, 4, Constraint::None, [0.5; 3]).is_err());
+        assert!(conv1d(4, 8, 3, 1, 1, 4, Constraint::None, [f64::NAN, 0.5, 0.5]).is_err());
     }
 }

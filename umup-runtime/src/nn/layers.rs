@@ -7,7 +7,7 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{join_path, LinearRole, Param, UmupModule};
+use super::{join_path, ConvSpec, LinearRole, Param, UmupModule};
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::params::{Init, ParamRow, ParamSpec, Parametrization, Role};
@@ -651,6 +651,334 @@ impl<T: UmupModule, const N: usize> UmupModule for Stack<T, N> {
         for i in 0..N {
             T::param_rows(&join_path(prefix, &i.to_string()), Some(N), out)?;
         }
+        Ok(())
+    }
+}
+
+/// The output scale of a convolution layer (`B_tok`-independent): u-μP's constrained
+/// [`scales::conv1d`] output scale, or the baseline's multiplier.
+fn conv_output_scale<C: ConvSpec, P: Param>(
+    in_per_group: usize,
+    out: usize,
+    kernel: usize,
+) -> Result<f64> {
+    Ok(conv_layer_scales::<C, P>(1, in_per_group, out, kernel)?.output)
+}
+
+/// The scales `(output, grad_input, grad_weight)` of a convolution layer with spec `C` under `P`
+/// for `tokens = T_out·B` output positions: u-μP's [`scales::conv1d`] with the reference's
+/// scale powers `[½, ½, ½]` and the spec's constraint; for μP and SP one multiplier (the
+/// parametrization's forward multiplier of a hidden weight, 1) for all three.
+pub fn conv_layer_scales<C: ConvSpec, P: Param>(
+    tokens: usize,
+    in_per_group: usize,
+    out: usize,
+    kernel: usize,
+) -> Result<LinearScales> {
+    match P::parametrization() {
+        Parametrization::Umup => scales::conv1d(
+            in_per_group,
+            out,
+            kernel,
+            C::STRIDE,
+            C::GROUPS,
+            tokens,
+            C::CONSTRAINT,
+            [0.5; 3],
+        ),
+        p => {
+            let m = p.forward_multiplier(&ParamSpec::new(
+                "",
+                Role::Weight,
+                &[out, in_per_group, kernel],
+            ))?;
+            Ok(LinearScales {
+                output: m,
+                grad_input: m,
+                grad_weight: m,
+            })
+        }
+    }
+}
+
+/// Checks the channel counts of a convolution layer against its groups: `IG·G = I`, `G | O`.
+fn check_conv_channels<C: ConvSpec>(i: usize, o: usize, ig: usize) -> Result<()> {
+    let g = C::GROUPS;
+    if g == 0 || ig * g != i || !o.is_multiple_of(g) {
+        return Err(Error::ShapeMismatch {
+            op: "conv1d",
+            detail: format!(
+                "groups ({g}) must divide in_channels ({i}) and out_channels ({o}), and the weight's second dim ({ig}) must be in_channels / groups"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn conv_forward<
+    C: ConvSpec,
+    P: Param,
+    B: Dim,
+    L: Dim,
+    const I: usize,
+    const O: usize,
+    const K: usize,
+    const IG: usize,
+    E,
+    D,
+    T,
+>(
+    x: Tensor<(B, Const<I>, L), E, D, T>,
+    weight: &Tensor<Rank3<O, IG, K>, E, D>,
+    bias: Option<&Tensor<Rank1<O>, E, D>>,
+) -> Result<Tensor<(B, Const<O>, usize), E, D, T>>
+where
+    E: Dtype,
+    D: Backend<E>,
+    T: Tape<E, D> + Merge<T>,
+{
+    check_conv_channels::<C>(I, O, IG)?;
+    let geometry = C::geometry();
+    let [b, _, len] = x.shape().concrete();
+    // Shapes, groups and the input length are checked by `conv1d_scales`.
+    ops::conv::conv1d_scales(
+        b,
+        I,
+        len,
+        weight,
+        bias,
+        ops::Conv1dOptions {
+            geometry,
+            ..Default::default()
+        },
+    )?;
+    let t_out = geometry.output_len(len, K)?;
+    let s = conv_layer_scales::<C, P>(b * t_out, IG, O, K)?;
+    D::conv1d_kernel(x, weight.retaped(), bias.map(|b| b.retaped()), geometry, s)
+}
+
+/// A 1-D convolution without bias (`#[hidden(..)] conv: Conv1d<I, O, K>`): weight
+/// `W[O, IG, K]` (torch layout, `IG = I/groups`), N(0,1) under u-μP, forward
+/// [`crate::ops::conv1d`] with the geometry and constraint of `C` ([`super::Conv`]) and the
+/// reference's scale powers. Its fan-in is `IG·K` (spec §2.1: 3-D weights).
+#[derive(Debug, Clone)]
+pub struct UnitConv1d<
+    const I: usize,
+    const O: usize,
+    const K: usize,
+    const IG: usize,
+    C,
+    E: Dtype,
+    D: Storage<E>,
+    P,
+> {
+    /// `W[out_channels, in_channels / groups, kernel]`.
+    pub weight: Tensor<Rank3<O, IG, K>, E, D>,
+    marker: PhantomData<(C, P)>,
+}
+
+/// [`UnitConv1d`] with a bias `b[O]` (zeros; added before the output scale, as in the
+/// reference).
+#[derive(Debug, Clone)]
+pub struct UnitConv1dBias<
+    const I: usize,
+    const O: usize,
+    const K: usize,
+    const IG: usize,
+    C,
+    E: Dtype,
+    D: Storage<E>,
+    P,
+> {
+    /// `W[out_channels, in_channels / groups, kernel]`.
+    pub weight: Tensor<Rank3<O, IG, K>, E, D>,
+    /// `b[out_channels]`, zero-initialised.
+    pub bias: Tensor<Rank1<O>, E, D>,
+    marker: PhantomData<(C, P)>,
+}
+
+impl<
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Device<E>,
+        P: Param,
+    > TensorCollection<E, D> for UnitConv1d<I, O, K, IG, C, E, D, P>
+where
+    StandardNormal: Distribution<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = UnitConv1d<I, O, K, IG, C, E2, D2, P>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            Self::tensor(
+                "weight",
+                |s| &s.weight,
+                |s| &mut s.weight,
+                TensorOptions::reset_with(|t| {
+                    init_tensor(t, init_of::<P>(Role::Weight, &[O, IG, K]))
+                }),
+            ),
+            |weight| UnitConv1d {
+                weight,
+                marker: PhantomData,
+            },
+        )
+    }
+}
+
+impl<
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Device<E>,
+        P: Param,
+    > TensorCollection<E, D> for UnitConv1dBias<I, O, K, IG, C, E, D, P>
+where
+    StandardNormal: Distribution<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = UnitConv1dBias<I, O, K, IG, C, E2, D2, P>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> std::result::Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "weight",
+                    |s| &s.weight,
+                    |s| &mut s.weight,
+                    TensorOptions::reset_with(|t| {
+                        init_tensor(t, init_of::<P>(Role::Weight, &[O, IG, K]))
+                    }),
+                ),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    TensorOptions::reset_with(|t| init_tensor(t, init_of::<P>(Role::Bias, &[O]))),
+                ),
+            ),
+            |(weight, bias)| UnitConv1dBias {
+                weight,
+                bias,
+                marker: PhantomData,
+            },
+        )
+    }
+}
+
+impl<
+        B: Dim,
+        L: Dim,
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Backend<E>,
+        P: Param,
+        T: Tape<E, D> + Merge<T>,
+    > Module<Tensor<(B, Const<I>, L), E, D, T>> for UnitConv1d<I, O, K, IG, C, E, D, P>
+{
+    type Output = Tensor<(B, Const<O>, usize), E, D, T>;
+    type Error = Error;
+
+    /// `[B, C_in, T] → [B, C_out, T_out]` (spec §4.4).
+    fn try_forward(&self, x: Tensor<(B, Const<I>, L), E, D, T>) -> Result<Self::Output> {
+        conv_forward::<C, P, B, L, I, O, K, IG, E, D, T>(x, &self.weight, None)
+    }
+}
+
+impl<
+        B: Dim,
+        L: Dim,
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Backend<E>,
+        P: Param,
+        T: Tape<E, D> + Merge<T>,
+    > Module<Tensor<(B, Const<I>, L), E, D, T>> for UnitConv1dBias<I, O, K, IG, C, E, D, P>
+{
+    type Output = Tensor<(B, Const<O>, usize), E, D, T>;
+    type Error = Error;
+
+    /// `[B, C_in, T] → [B, C_out, T_out]` (spec §4.4).
+    fn try_forward(&self, x: Tensor<(B, Const<I>, L), E, D, T>) -> Result<Self::Output> {
+        conv_forward::<C, P, B, L, I, O, K, IG, E, D, T>(x, &self.weight, Some(&self.bias))
+    }
+}
+
+impl<
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Storage<E>,
+        P: Param,
+    > UmupModule for UnitConv1d<I, O, K, IG, C, E, D, P>
+{
+    fn parametrization() -> Parametrization {
+        P::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        check_conv_channels::<C>(I, O, IG)?;
+        let m = conv_output_scale::<C, P>(IG, O, K)?;
+        out.push(row::<P>(
+            prefix,
+            "weight",
+            Role::Weight,
+            &[O, IG, K],
+            depth,
+            Some(m),
+        )?);
+        Ok(())
+    }
+}
+
+impl<
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Storage<E>,
+        P: Param,
+    > UmupModule for UnitConv1dBias<I, O, K, IG, C, E, D, P>
+{
+    fn parametrization() -> Parametrization {
+        P::parametrization()
+    }
+
+    fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
+        check_conv_channels::<C>(I, O, IG)?;
+        let m = conv_output_scale::<C, P>(IG, O, K)?;
+        out.push(row::<P>(
+            prefix,
+            "weight",
+            Role::Weight,
+            &[O, IG, K],
+            depth,
+            Some(m),
+        )?);
+        out.push(row::<P>(prefix, "bias", Role::Bias, &[O], depth, Some(m))?);
         Ok(())
     }
 }

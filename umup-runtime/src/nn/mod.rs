@@ -1,7 +1,7 @@
 //! Model building blocks that `#[umup_model]` generates code for.
 //!
 //! * Layer types ([`UnitLinear`], [`UnitLinearBias`], [`UnitEmbedding`], [`UnitRmsNorm`],
-//!   [`UnitLayerNorm`]) carry their role and their parametrization in their type, initialise
+//!   [`UnitLayerNorm`], [`UnitConv1d`], [`UnitConv1dBias`]) carry their role and their parametrization in their type, initialise
 //!   themselves by the parametrization's rule at build and at `reset_params`, apply the role's
 //!   scales in `Module::try_forward`, and report their rows of the parameter table.
 //! * [`Stack`] is a depth container (`DepthSequential`, spec §3.3): every parameter inside gets
@@ -17,15 +17,15 @@ mod layers;
 use std::fmt::Debug;
 
 pub use layers::{
-    embedding_grad_scale, linear_layer_scales, Stack, UnitEmbedding, UnitLayerNorm, UnitLinear,
-    UnitLinearBias, UnitRmsNorm,
+    conv_layer_scales, embedding_grad_scale, linear_layer_scales, Stack, UnitConv1d,
+    UnitConv1dBias, UnitEmbedding, UnitLayerNorm, UnitLinear, UnitLinearBias, UnitRmsNorm,
 };
 
 use dfdx::prelude::{Dim, Dtype, Merge, Shape, Tape, Tensor};
 
 use crate::constraint::Constraint;
 use crate::error::{check_positive, Error, Result};
-use crate::ops::Backend;
+use crate::ops::{Backend, Conv1dGeometry};
 use crate::params::{ParamRow, ParamTable, Parametrization, Role};
 
 /// A parametrization as a type (see [`Parametrization`] for the rules).
@@ -136,6 +136,52 @@ impl<const C: u8> LinearRole for Hidden<C> {
 
 impl<const C: u8> LinearRole for Readout<C> {
     const ROLE: Role = Role::Output;
+    const CONSTRAINT: Constraint = Constraint::from_code(C);
+}
+
+/// The geometry and constraint of a convolution layer, as a type.
+pub trait ConvSpec: 'static + Copy + Clone + Default + Debug + Send + Sync {
+    /// Step between output positions.
+    const STRIDE: usize;
+    /// Zeros added at both ends of the time axis.
+    const PADDING: usize;
+    /// Spacing of the kernel taps.
+    const DILATION: usize;
+    /// Channel groups.
+    const GROUPS: usize;
+    /// The constraint on `(output, grad_input)` scales.
+    const CONSTRAINT: Constraint;
+
+    /// The geometry as the op takes it.
+    fn geometry() -> Conv1dGeometry {
+        Conv1dGeometry {
+            stride: Self::STRIDE,
+            padding: Self::PADDING,
+            dilation: Self::DILATION,
+            groups: Self::GROUPS,
+        }
+    }
+}
+
+/// A hidden convolution layer (`#[hidden(stride = .., padding = .., dilation = .., groups = ..)]`
+/// on a `Conv1d<C_IN, C_OUT, K>` field): stride `S`, padding `PAD`, dilation `DIL`, groups `G`
+/// and a [`Constraint::code`] `C` (`to_output_scale` by default, the reference module's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Conv<
+    const S: usize = 1,
+    const PAD: usize = 0,
+    const DIL: usize = 1,
+    const G: usize = 1,
+    const C: u8 = 4,
+>;
+
+impl<const S: usize, const PAD: usize, const DIL: usize, const G: usize, const C: u8> ConvSpec
+    for Conv<S, PAD, DIL, G, C>
+{
+    const STRIDE: usize = S;
+    const PADDING: usize = PAD;
+    const DILATION: usize = DIL;
+    const GROUPS: usize = G;
     const CONSTRAINT: Constraint = Constraint::from_code(C);
 }
 

@@ -17,6 +17,7 @@ use dfdx::prelude::*;
 use super::cpu::{AttnShape, Real};
 use std::sync::{Arc, Mutex};
 
+use super::conv::{self, Conv1dGeometry};
 use super::quantise::{self, Plan, Quantise};
 use super::{activation, attention, embedding, linear, loss, norm, scale, sum};
 use crate::error::Result;
@@ -90,6 +91,23 @@ pub trait Backend<E: Dtype>: Device<E> {
             None => y,
         };
         Ok((y, counts))
+    }
+
+    /// `s.output·(conv1d(x, W) + b)` over `x[B, C_in, T]`, `W[C_out, C_in/groups, k]`, with
+    /// `grad x = s.grad_input ×` the true gradient, `grad W` and `grad b` `= s.grad_weight ×` the
+    /// true gradient (spec §4.4). The weight and bias come with the tape type of `x`. Shapes are
+    /// checked by the caller.
+    fn conv1d_kernel<B: Dim, CI: Dim, L: Dim, O: Dim, IG: Dim, K: Dim, T>(
+        x: Tensor<(B, CI, L), E, Self, T>,
+        weight: Tensor<(O, IG, K), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
+        geometry: Conv1dGeometry,
+        s: LinearScales,
+    ) -> Result<Tensor<(B, O, usize), E, Self, T>>
+    where
+        T: Tape<E, Self> + Merge<T>,
+    {
+        conv::conv1d_generic(x, weight, bias, geometry, s)
     }
 
     /// `o·left@right` with `grad left = s_l·G·rightᵀ`, `grad right = s_r·leftᵀ·G`, for
@@ -331,6 +349,19 @@ where
         scales: [f64; 3],
     ) -> Result<Tensor<(M, N), E, Self, T>> {
         linear::cpu::matmul(left, right, scales)
+    }
+
+    fn conv1d_kernel<B: Dim, CI: Dim, L: Dim, O: Dim, IG: Dim, K: Dim, T>(
+        x: Tensor<(B, CI, L), E, Self, T>,
+        weight: Tensor<(O, IG, K), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
+        geometry: Conv1dGeometry,
+        s: LinearScales,
+    ) -> Result<Tensor<(B, O, usize), E, Self, T>>
+    where
+        T: Tape<E, Self> + Merge<T>,
+    {
+        conv::cpu::conv1d(x, weight, bias, geometry, s)
     }
 
     fn attention_kernel<B: Dim, H: Dim, S: Dim, K: Dim, T: Tape<E, Self> + Merge<T>>(

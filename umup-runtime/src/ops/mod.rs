@@ -18,6 +18,7 @@
 pub(crate) mod activation;
 pub(crate) mod attention;
 mod backend;
+pub(crate) mod conv;
 pub mod cpu;
 pub(crate) mod embedding;
 mod kernels;
@@ -31,6 +32,7 @@ mod sum;
 
 pub use activation::{dropout, gelu, silu, silu_glu, softmax};
 pub use attention::{multi_head_attention, scaled_dot_product_attention};
+pub use conv::{conv1d, conv1d_unbatched, Conv1dGeometry, Conv1dOptions};
 pub use embedding::{check_ids, embedding};
 pub use kernels::keep_intermediate_gradients;
 pub use linear::{linear, linear_readout, matmul, matmul_batched};
@@ -51,6 +53,7 @@ pub mod generic {
     pub use super::activation::softmax_generic as softmax;
     pub use super::attention::attention_generic as attention;
     pub use super::attention::attention_rows_generic as attention_rows;
+    pub use super::conv::conv1d_generic as conv1d;
     pub use super::embedding::embedding_generic as embedding;
     pub use super::linear::linear_generic as linear;
     pub use super::linear::matmul_generic as matmul;
