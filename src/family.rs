@@ -32,11 +32,9 @@ use dfdx::prelude::*;
 use crate::analysis::{probe, ScaleLog};
 pub use crate::data::Batch;
 pub use crate::device::TrainDevice;
-use crate::nn::{Hyper, UmupModule};
-pub use crate::nn::{Mup, Param, Sp, Umup};
+use crate::nn::{Hyper, Param, UmupModule};
 use crate::ops::MatmulQuantiser;
-pub use crate::Error;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The base width of the μP baseline (`--param mup`): μP's multipliers are 1 at this width.
 pub const MUP_BASE_WIDTH: usize = 64;
@@ -96,6 +94,11 @@ impl Step<'_> {
 /// A model the library's workflow runs: the trainer ([`crate::train`]), the scale check
 /// ([`crate::scale_check`]) and the sweeps. Implement it for the `#[umup_model]` type generically
 /// over its sizes, the device and the parametrization (`f32` is the training dtype).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `Trainable`, so the trainer, the scale check and `family!` cannot run it",
+    label = "this model has no `Trainable<{Dev}>` impl",
+    note = "implement `umup::family::Trainable<Dev>` for the model, generically over `Dev: TrainDevice` and `P: Param`: its `TASK` and its `loss` on a batch (see the `umup::family` docs)"
+)]
 pub trait Trainable<Dev: TrainDevice>:
     TensorCollection<f32, Dev, To<f32, Dev> = Self> + UmupModule + Sized
 {

@@ -24,7 +24,12 @@ pub use umup_runtime::*;
 #[doc(hidden)]
 pub mod __private {
     //! Paths used by code that `#[umup_model]` generates. Not public API.
-    pub use crate::family;
+    /// What `family!` generates refers to.
+    pub mod family {
+        pub use crate::family::*;
+        pub use crate::nn::{Mup, Param, Sp, Umup};
+        pub use crate::Error;
+    }
     pub use core::marker::PhantomData;
     pub use core::result::Result;
     pub use std::string::String;

@@ -81,6 +81,8 @@ macro_rules! lin {
     };
 }
 
+// Not listed as a suggestion in the error for a model without `Trainable`.
+#[diagnostic::do_not_recommend]
 impl<const S: usize, const D: usize, const F: usize, const L: usize, Dev, P> Trainable<Dev>
     for MaskedEncoder<S, D, F, L, f32, Dev, P>
 where

@@ -355,6 +355,8 @@ fn check_inputs<const D: usize>(
     hp.validate()
 }
 
+// Not listed as a suggestion in the error for a model without `Trainable`.
+#[diagnostic::do_not_recommend]
 impl<const D: usize, const F: usize, const L: usize, Dev, P> Trainable<Dev>
     for TransformerLm<VOCAB, D, F, L, f32, Dev, P>
 where
