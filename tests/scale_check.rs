@@ -91,6 +91,25 @@ fn the_umup_checks_flag_drift_and_exempt_the_logits() {
     assert_eq!(o.len(), 1, "{o:?}");
     assert_eq!(o[0].0, (Kind::Grad, "h".to_string()));
     assert_eq!(o[0].1.get(&256), Some(&3.0));
+    // Biases start at 0: 0 passes, anything else is flagged. A gradient that is zero up to
+    // rounding at every width (a key bias's) has no meaningful ratio and is left out.
+    let mut r = Report {
+        rows: vec![
+            row(64, Kind::Param, "q.bias", 0.0),
+            row(256, Kind::Param, "q.bias", 0.0),
+            row(64, Kind::Grad, "k.bias", 2e-9),
+            row(256, Kind::Grad, "k.bias", 9e-9),
+        ],
+        loss: vec![],
+        ..r
+    };
+    assert!(umup_violations(&r).is_empty(), "{:?}", umup_violations(&r));
+    r.rows.push(row(256, Kind::Param, "o.bias", 0.5));
+    r.rows.push(row(64, Kind::Grad, "v.bias", 2e-9));
+    r.rows.push(row(256, Kind::Grad, "v.bias", 1e-3));
+    let v = umup_violations(&r);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v[0].contains("o.bias") && v[1].contains("v.bias"), "{v:?}");
 }
 
 #[test]
