@@ -15,7 +15,9 @@ pub mod data;
 pub mod device;
 pub mod family;
 pub mod models;
+pub mod plot;
 pub mod scale_check;
+pub mod sweep;
 pub mod train;
 
 pub use umup_macros::{family, umup_model};

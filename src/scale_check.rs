@@ -1,9 +1,11 @@
 //! The scale check (μP's "coord check"): RMS of every parameter, activation and gradient of any
 //! model family on real data, per width and per training step ([`scale_check_family`]; one
 //! model: [`scale_check_model`]). A model shows its activations to the check by tapping them
-//! ([`crate::family::Step::tap`]).
+//! ([`crate::family::Step::tap`]). Across widths, seeds and parametrizations: [`measure`], then
+//! [`render`], [`write_json`] / [`load_json`] and [`plot_reports`].
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
@@ -333,4 +335,266 @@ pub fn finite_width_fit(by_width: &BTreeMap<usize, f64>) -> Option<FiniteWidthFi
             max_residual,
         }
     })
+}
+
+/// A scale check across widths and parametrizations ([`measure`]): what the `scale_check`
+/// example's flags set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// Widths to measure (in any order; the reports list them ascending).
+    pub widths: Vec<usize>,
+    /// Number of layers.
+    pub depth: usize,
+    /// Parametrizations (`umup`, `mup`, `sp`): one [`Report`] each, in this order.
+    pub params: Vec<String>,
+    /// Seeds per width (`settings.seed`, `settings.seed + 1`, ...); their RMS are combined as
+    /// √(mean of squares) and their losses averaged.
+    pub repeats: u64,
+    /// Batch, steps, seed and head dimension of every check. Its `lr` is replaced by `lr`.
+    pub settings: Settings,
+    /// η of the training steps; `None`: [`default_lr`] of each parametrization.
+    pub lr: Option<f64>,
+}
+
+impl Default for Measurement {
+    /// The `scale_check` example's defaults: u-μP at widths 64 to 1024, depth 4, one seed, at
+    /// init only.
+    fn default() -> Self {
+        Measurement {
+            widths: vec![64, 128, 256, 512, 1024],
+            depth: 4,
+            params: vec!["umup".into()],
+            repeats: 1,
+            settings: Settings::default(),
+            lr: None,
+        }
+    }
+}
+
+/// The η of a scale check's training steps when none is given: 1 for u-μP, 2⁻⁷ for μP and SP.
+pub fn default_lr(param: &str) -> f64 {
+    if param == "umup" {
+        1.0
+    } else {
+        2f64.powi(-7)
+    }
+}
+
+/// Runs the scale check ([`scale_check_family`]) of the family `F` in every parametrization of
+/// `m` at every width, `m.repeats` seeds each, and returns one [`Report`] per parametrization
+/// (rows by ascending width, each the repeats' √(mean of squares); losses their mean).
+/// `progress(param, width)` is called before each width.
+pub fn measure<F: Family>(
+    corpus: &Corpus,
+    m: &Measurement,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<Vec<Report>> {
+    let repeats = m.repeats.max(1);
+    let mut widths = m.widths.clone();
+    widths.sort_unstable();
+    let mut reports = Vec::new();
+    for param in &m.params {
+        let settings = Settings {
+            lr: m.lr.unwrap_or_else(|| default_lr(param)),
+            ..m.settings.clone()
+        };
+        let (mut rows, mut loss) = (Vec::new(), Vec::new());
+        for &w in &widths {
+            progress(param, w);
+            let (mut r_rows, mut r_loss) = (Vec::new(), Vec::new());
+            for r in 0..repeats {
+                let s = Settings {
+                    seed: settings.seed + r,
+                    ..settings.clone()
+                };
+                scale_check_family::<F>(w, m.depth, param, corpus, &s, &mut r_rows, &mut r_loss)?;
+            }
+            rows.extend(average(r_rows, repeats as usize));
+            loss.extend(average_loss(r_loss, repeats as usize));
+        }
+        reports.push(Report {
+            parametrization: param.clone(),
+            rows,
+            loss,
+        });
+    }
+    Ok(reports)
+}
+
+/// √(mean of squares) of the repeats of each (width, step, kind, name), in first-seen order.
+fn average(rows: Vec<Row>, repeats: usize) -> Vec<Row> {
+    let n = rows.len() / repeats;
+    let mut out: Vec<Row> = rows[..n].to_vec();
+    for (i, o) in out.iter_mut().enumerate() {
+        let ss: f64 = (0..repeats).map(|r| rows[r * n + i].rms.powi(2)).sum();
+        o.rms = (ss / repeats as f64).sqrt();
+    }
+    out
+}
+
+/// The mean over the repeats of each (width, step) loss, in first-seen order.
+fn average_loss(loss: Vec<LossRow>, repeats: usize) -> Vec<LossRow> {
+    let n = loss.len() / repeats;
+    let mut out: Vec<LossRow> = loss[..n].to_vec();
+    for (i, o) in out.iter_mut().enumerate() {
+        o.value = (0..repeats).map(|r| loss[r * n + i].value).sum::<f64>() / repeats as f64;
+    }
+    out
+}
+
+/// A report as text: a header line `== param ==`, then at init (and after the last step, if
+/// any) an aligned table with one row per tensor (kind, name), one column per width, the spread
+/// max/min across widths and a loss row; for u-μP, the checks of [`umup_violations`] and the
+/// [`finite_width_fit`] of every tensor [`out_of_band`]. Starts with a blank line.
+pub fn render(report: &Report) -> String {
+    use std::fmt::Write;
+    let widths: Vec<usize> = report
+        .rows
+        .iter()
+        .map(|r| r.width)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let steps = report.rows.iter().map(|r| r.step).max().unwrap_or(0);
+    let mut o = String::new();
+    writeln!(o, "\n== {} ==", report.parametrization).ok();
+    let table = by_tensor(&report.rows);
+    let name_w = table
+        .keys()
+        .map(|(_, _, n)| n.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    for step in [0, steps]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        writeln!(o, "step {step}").ok();
+        write!(o, "{:<10} {:<name_w$}", "kind", "name").ok();
+        for w in &widths {
+            write!(o, " {:>9}", format!("w={w}")).ok();
+        }
+        writeln!(o, " {:>8}", "spread").ok();
+        for ((s, kind, name), by_w) in &table {
+            if *s != step {
+                continue;
+            }
+            write!(o, "{:<10} {:<name_w$}", kind.to_string(), name).ok();
+            for w in &widths {
+                match by_w.get(w) {
+                    Some(v) => write!(o, " {v:>9.4}"),
+                    None => write!(o, " {:>9}", "-"),
+                }
+                .ok();
+            }
+            let (lo, hi) = by_w
+                .values()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            writeln!(o, " {:>8.3}", hi / lo).ok();
+        }
+        write!(o, "{:<10} {:<name_w$}", "loss", "").ok();
+        for w in &widths {
+            let l = report
+                .loss
+                .iter()
+                .find(|l| l.width == *w && l.step == step)
+                .map_or(f64::NAN, |l| l.value);
+            write!(o, " {l:>9.4}").ok();
+        }
+        writeln!(o).ok();
+    }
+    if report.parametrization == "umup" {
+        let bad = umup_violations(report);
+        if bad.is_empty() {
+            writeln!(o, "u-μP checks (spec §10): every weight RMS 1 ± 0.02, loss ln 256 ± 0.05, every activation and gradient within [0.8, 1.25]× of its narrowest-width value (logits exempt): all pass").ok();
+        } else {
+            writeln!(o, "u-μP checks (spec §10): {} violations", bad.len()).ok();
+            for b in bad {
+                writeln!(o, "  {b}").ok();
+            }
+            writeln!(o, "fits of RMS² = a + b/width to the tensors out of the band (a 1/width finite-width term fits with small residuals; a scaling-rule error is a power law and does not):").ok();
+            for ((kind, name), by_w) in out_of_band(report) {
+                match finite_width_fit(&by_w) {
+                    Some(f) => writeln!(
+                        o,
+                        "  {kind} {name}: limit {:.4}, narrowest width {:.3}× the limit, largest residual {:.1}%",
+                        f.limit,
+                        f.narrowest_over_limit,
+                        100.0 * f.max_residual
+                    ),
+                    None => writeln!(o, "  {kind} {name}: fewer than 3 widths, no fit"),
+                }
+                .ok();
+            }
+            writeln!(o, "note: at width 64 a tensor's RMS varies from seed to seed by about as much as the band, and the q/k weight gradients sit near its 0.8 edge (docs/results.md §1c); average more seeds with --repeats").ok();
+        }
+    }
+    o
+}
+
+/// Writes `reports` to `path` as pretty JSON: the one [`Report`] object when there is one, an
+/// array of them otherwise (what [`load_json`] reads back).
+pub fn write_json(path: &Path, reports: &[Report]) -> Result<()> {
+    let text = if reports.len() == 1 {
+        serde_json::to_string_pretty(&reports[0])
+    } else {
+        serde_json::to_string_pretty(reports)
+    }
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// The reports of a file written by [`write_json`]: one object, or an array of them.
+pub fn load_json(path: &Path) -> Result<Vec<Report>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    serde_json::from_str::<Vec<Report>>(&text)
+        .or_else(|_| serde_json::from_str::<Report>(&text).map(|r| vec![r]))
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "{}: not a scale-check report (as written by --json): {e}",
+                path.display()
+            ))
+        })
+}
+
+/// Draws `reports` into a PNG at `path` (creating its directory): RMS vs width, log-log, one
+/// series per tensor; for each report one row of panels (param, activation, grad) at init and,
+/// when it measured training steps, one after the last step.
+pub fn plot_reports(path: &Path, reports: &[Report]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    }
+    let mut panels = Vec::new();
+    for r in reports {
+        let last = r.rows.iter().map(|row| row.step).max().unwrap_or(0);
+        let steps: std::collections::BTreeSet<usize> = [0, last].into();
+        let table = by_tensor(&r.rows);
+        for at in steps {
+            for kind in [Kind::Param, Kind::Activation, Kind::Grad] {
+                let series = table
+                    .iter()
+                    .filter(|((step, k, _), _)| *step == at && *k == kind)
+                    .map(|((_, _, name), by_w)| {
+                        let pts = by_w.iter().map(|(&w, &v)| (w as f64, v)).collect();
+                        (name.clone(), pts)
+                    })
+                    .collect();
+                let when = match at {
+                    0 => "at init".to_string(),
+                    n => format!("after {n} steps"),
+                };
+                panels.push(crate::plot::Panel {
+                    title: format!("{}: {kind} RMS {when}", r.parametrization),
+                    x_label: "width".into(),
+                    y_label: "RMS".into(),
+                    series,
+                    log_y: true,
+                    legend: false,
+                });
+            }
+        }
+    }
+    crate::plot::draw(path, &panels, 3)
 }

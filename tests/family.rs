@@ -1,11 +1,12 @@
 //! A user's own model through the whole workflow: `#[umup_model]` + `Trainable` + `family!`,
-//! then the library's trainer and scale check at a size chosen at run time.
+//! then the library's trainer, scale check and η sweep at sizes chosen at run time.
 
 use umup::data::{Batch, Corpus};
 use umup::dfdx::prelude::*;
 use umup::family::{self, Family, Step, Task, TrainDevice, Trainable};
 use umup::nn::Param;
 use umup::scale_check::{scale_check_family, Settings};
+use umup::sweep::{train_flags, Event, Stage, Sweep};
 use umup::train::{self, RunOptions, TrainConfig};
 use umup::{ops, umup_model, Constraint};
 
@@ -185,4 +186,151 @@ fn the_trainer_and_the_scale_check_run_a_users_family() {
         .map(|r| r.rms)
         .collect();
     assert!(embed.iter().all(|v| (v - 1.0).abs() < 0.1), "{embed:?}");
+}
+
+#[test]
+fn a_sweep_of_a_users_family_runs_each_point_once_and_names_the_best_eta_per_width() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    let c = corpus();
+    let out = std::env::temp_dir().join(format!("umup-family-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let sweep = Sweep {
+        model: "bigram".into(),
+        out: out.clone(),
+        widths: vec![32, 64],
+        depth: 1,
+        params: vec!["umup".into()],
+        umup_lr_exps: vec![-3, 1],
+        steps: 20,
+        batch: 4,
+        seq: 16,
+        eval_batches: 2,
+        jobs: 2,
+        ..Sweep::default()
+    };
+    sweep.validate().unwrap();
+    sweep.check_family::<Bigram>().unwrap();
+    let e = Sweep {
+        widths: vec![32, 48],
+        ..sweep.clone()
+    }
+    .check_family::<Bigram>()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("48"), "{e}");
+
+    let points = sweep.eta_points();
+    let labels: Vec<&str> = points.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "eta/umup/w32/log2lr-3",
+            "eta/umup/w32/log2lr1",
+            "eta/umup/w64/log2lr-3",
+            "eta/umup/w64/log2lr1"
+        ]
+    );
+    for (p, (w, lr)) in points
+        .iter()
+        .zip([(32, 0.125), (32, 2.0), (64, 0.125), (64, 2.0)])
+    {
+        assert_eq!(
+            (p.cfg.model.as_str(), p.cfg.width, p.cfg.depth, p.cfg.lr),
+            ("bigram", w, 1, lr)
+        );
+        assert_eq!((p.cfg.steps, p.cfg.warmup, p.cfg.eval_every), (20, 2, 20));
+    }
+
+    let plan = |s: &Sweep| {
+        s.plan(&[Stage::Eta], |p, dir| {
+            format!("my_trainer {}", train_flags(&p.cfg, dir))
+        })
+    };
+    let before = plan(&sweep).unwrap();
+    assert_eq!(before.len(), 4);
+    assert!(
+        before[1].starts_with(
+            "my_trainer --quiet --sample-len 0 --param umup --width 32 --depth 1 --steps 20 "
+        ) && before[1].contains(" --lr 2 ")
+            && before[1].ends_with(&format!(
+                "--out {}",
+                out.join("eta/umup/w32/log2lr1").display()
+            )),
+        "{}",
+        before[1]
+    );
+
+    let runs = AtomicUsize::new(0);
+    let train = |cfg: &TrainConfig, run: &RunOptions| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        train::train_family::<Bigram>(cfg, &c, run, &mut |_| {})
+    };
+    // One point first: the plan then lists the three others.
+    sweep.run_points(&points[..1], train, |_| {}).unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(plan(&sweep).unwrap(), before[1..].to_vec());
+
+    let finished = Mutex::new(Vec::new());
+    let summary = sweep
+        .run(&[Stage::Eta], train, |e| {
+            if let Event::Finished { point, loss } = e {
+                finished.lock().unwrap().push((point.label.clone(), loss));
+            }
+        })
+        .unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    let mut finished = finished.into_inner().unwrap();
+    finished.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        finished.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        labels[1..].to_vec()
+    );
+
+    // Everything finished: a second sweep trains nothing and rewrites no run.
+    let metrics = out.join("eta/umup/w64/log2lr1/metrics.csv");
+    let mtime = std::fs::metadata(&metrics).unwrap().modified().unwrap();
+    let again = sweep.run(&[Stage::Eta], train, |_| {}).unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        std::fs::metadata(&metrics).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert_eq!(again, summary);
+    assert!(plan(&sweep).unwrap().is_empty());
+    assert_eq!(sweep.collect(&[Stage::Eta]).unwrap(), summary);
+    // Other settings in the same directory are refused, not reused.
+    let e = plan(&Sweep {
+        steps: 21,
+        ..sweep.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("settings differ"), "{e}");
+
+    // The summary names, per width, the η of the lower final loss.
+    let results = sweep.results(&points).unwrap();
+    let loss: Vec<f64> = results.iter().map(|(_, l)| l.unwrap()).collect();
+    for (i, w) in [32, 64].into_iter().enumerate() {
+        let (lo, hi) = (loss[2 * i], loss[2 * i + 1]);
+        assert!(lo.is_finite() && hi.is_finite(), "{lo} {hi}");
+        let (e, best) = if hi < lo { (1, hi) } else { (-3, lo) };
+        let row = format!("| umup | {w} | 2^{e} | {best:.4} |");
+        assert!(summary.contains(&row), "{row} in\n{summary}");
+        // 20 steps learn the 45-byte cycle well below the 256-way guess (ln 256 = 5.55).
+        assert!(best < 4.0, "{best}");
+    }
+    assert!(summary.contains("| umup | drift | "), "{summary}");
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5);
+    assert!(csv
+        .lines()
+        .nth(2)
+        .unwrap()
+        .starts_with("eta/umup/w32/log2lr1,umup,32,2,0,1,1,1,1,1,"));
+    for f in ["summary.md", "transfer.png"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -1,15 +1,25 @@
-//! Log-log line charts for the evidence examples (plotters, bitmap backend, embedded font).
+//! Line charts with a log2 x axis (plotters, bitmap backend, embedded font): the PNG plots of
+//! the scale check ([`crate::scale_check::plot_reports`]) and of the sweeps
+//! ([`crate::sweep::Sweep::report`]).
 
 use plotters::prelude::*;
 
+use crate::{Error, Result};
+
 /// DejaVu Sans (Bitstream Vera licence, see assets/DejaVuSans.LICENSE).
-const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// One panel: a title, axis labels and named series of `(x, y)` points.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Panel {
+    /// The caption above the chart.
     pub title: String,
+    /// The x axis' description.
     pub x_label: String,
+    /// The y axis' description.
     pub y_label: String,
+    /// Named series of `(x, y)` points (points with x ≤ 0 or a non-finite y, or y ≤ 0 on a log
+    /// axis, are left out).
     pub series: Vec<(String, Vec<(f64, f64)>)>,
     /// Log scale on the y axis (the x axis is always log2).
     pub log_y: bool,
@@ -17,12 +27,13 @@ pub struct Panel {
     pub legend: bool,
 }
 
-fn err(e: impl std::fmt::Display) -> umup::Error {
-    umup::Error::Invalid(format!("plot: {e}"))
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("plot: {e}"))
 }
 
-/// Draws `panels` into a PNG at `path`, `cols` panels per row.
-pub fn draw(path: &std::path::Path, panels: &[Panel], cols: usize) -> umup::Result<()> {
+/// Draws `panels` into a PNG at `path`, `cols` panels per row (each panel 520 × 420 pixels; a
+/// panel without a drawable point stays blank).
+pub fn draw(path: &std::path::Path, panels: &[Panel], cols: usize) -> Result<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| err("cannot load the embedded font"))?;
     let cols = cols.clamp(1, panels.len().max(1));
