@@ -1,14 +1,16 @@
 //! The u-μP workflow on your own model: declare it, say what it computes, name its sizes, then
-//! print its parameter table, train it, check its scales across widths and sweep η across widths.
+//! print its parameter table, train it, check its scales across widths and sweep η across widths
+//! (the README's "Use it on your own model").
 //!
 //! ```text
-//! cargo run --release --example own_model      # about a minute; writes runs/own_model/
+//! cargo run --release --example own_model      # about 10 s on 2 cores; writes runs/own_model/
 //! ```
 
 use umup::data::{Batch, Corpus};
 use umup::dfdx::prelude::*;
-use umup::family::{self, Param, Step, Task, TrainDevice, Trainable};
-use umup::scale_check::{self, Measurement, Settings};
+use umup::family::{self, Step, Task, TrainDevice, Trainable};
+use umup::nn::Param;
+use umup::scale_check::{self, Measurement};
 use umup::sweep::{Stage, Sweep};
 use umup::train::{train_family, RunOptions, TrainConfig};
 use umup::{ops, umup_model, Constraint};
@@ -38,23 +40,18 @@ impl<const D: usize, const L: usize, Dev: TrainDevice, P: Param> Trainable<Dev>
         batch: &Batch,
         step: &mut Step<'_>,
     ) -> umup::Result<Tensor<(), f32, Dev, T>> {
-        let hp = step.hp;
         let mut x = step.tap(self.embed.try_forward(ids)?, || "embed".into())?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for l in self.layers.iter() {
             x = P::residual(x, 0.5, |h| {
-                let h = ops::gelu(
-                    layer.try_forward(h)?,
-                    hp.alpha_ffn_act,
-                    Constraint::ToOutputScale,
-                )?;
-                step.tap(h, || format!("layers.{i}.act"))
+                ops::gelu(l.try_forward(h)?, 1.0, Constraint::ToOutputScale)
             })?;
         }
-        let logits = step.tap(
-            self.readout.try_forward(ops::rms_norm(x, None, 1e-5)?)?,
-            || "logits".into(),
-        )?;
-        P::cross_entropy(logits, &batch.targets, hp)
+        let logits = self.readout.try_forward(ops::rms_norm(x, None, 1e-5)?)?;
+        P::cross_entropy(
+            step.tap(logits, || "logits".into())?,
+            &batch.targets,
+            step.hp,
+        )
     }
 }
 
@@ -74,56 +71,39 @@ fn main() -> umup::Result<()> {
         model: "bytes".into(),
         width: 64,
         depth: 2,
-        heads: 1,
-        steps: 200,
-        batch: 16,
-        seq: 64,
-        warmup: 20,
-        eval_every: 50,
         ..TrainConfig::default()
     };
-    let run = RunOptions {
-        out: "runs/own_model/train".into(),
-        resume: false,
-        stop_at: None,
-        sample_len: 0,
-        device: Default::default(),
-    };
-    let s = train_family::<Bytes>(&cfg, &corpus, &run, &mut |_| {})?;
-    let l0 = s.initial_loss.unwrap_or(f64::NAN);
+    let s = train_family::<Bytes>(
+        &cfg,
+        &corpus,
+        &RunOptions::to("runs/own_model/train"),
+        &mut |_| {},
+    )?;
     println!(
-        "width 64: loss {l0:.3} at init, validation loss {:.3} after {} steps",
-        s.final_val_loss, s.step
+        "width 64: loss {:.4} at init, validation loss {:.4} after {} steps\n",
+        s.initial_loss.unwrap_or(f64::NAN),
+        s.final_val_loss,
+        s.step
     );
 
-    // 3. The scale check at init and after 2 steps: every tensor's RMS across widths.
-    let settings = Settings {
-        batch: 8,
-        seq: 64,
-        steps: 2,
-        ..Settings::default()
-    };
+    // 3. The scale check at init: every tensor's RMS across widths, and the u-μP checks.
     let m = Measurement {
         widths: vec![32, 64, 128],
         depth: 2,
-        settings,
         ..Measurement::default()
     };
-    for report in scale_check::measure::<Bytes>(&corpus, &m, &mut |_, _| {})? {
-        print!("{}", scale_check::render(&report));
+    for r in scale_check::measure::<Bytes>(&corpus, &m, &mut |_, _| {})? {
+        print!("{}", scale_check::render(&r));
     }
 
     // 4. η transfer: the best η at width 32 should be the best at width 128.
     let sweep = Sweep {
         model: "bytes".into(),
-        out: "runs/own_model/sweep".into(),
         widths: vec![32, 128],
         depth: 2,
         params: vec!["umup".into()],
         umup_lr_exps: vec![-2, 0, 2],
-        steps: 150,
-        batch: 16,
-        jobs: 2,
+        out: "runs/own_model/sweep".into(),
         ..Sweep::default()
     };
     let train =

@@ -299,6 +299,19 @@ pub struct RunOptions {
     pub device: DeviceKind,
 }
 
+impl RunOptions {
+    /// A fresh run into `out`: no resume, no early stop, no sample, on `Cpu`.
+    pub fn to(out: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            out: out.into(),
+            resume: false,
+            stop_at: None,
+            sample_len: 0,
+            device: DeviceKind::default(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct State {
     step: usize,
