@@ -29,7 +29,7 @@
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
 
-use crate::analysis::{probe, ScaleLog};
+use crate::analysis::{tap, ScaleLog};
 pub use crate::data::Batch;
 pub use crate::device::TrainDevice;
 use crate::nn::{Hyper, Param, UmupModule};
@@ -71,17 +71,14 @@ pub struct Step<'a> {
 
 impl Step<'_> {
     /// Records the RMS of `x` (and, in the backward pass, of its gradient) under `name` when a
-    /// scale check is running ([`probe`]); the identity otherwise. `name` is only built when
+    /// scale check is running ([`crate::analysis::probe`]); the identity otherwise. `name` is only built when
     /// recording.
     pub fn tap<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
         &self,
         x: Tensor<S, E, D, T>,
         name: impl FnOnce() -> String,
     ) -> Result<Tensor<S, E, D, T>> {
-        match self.log {
-            Some(l) => probe(x, &name(), l),
-            None => Ok(x),
-        }
+        tap(x, self.log, name)
     }
 
     /// The quantiser of this step, if any, for [`crate::nn::UnitLinear::forward_quantised`]

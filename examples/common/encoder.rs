@@ -4,33 +4,16 @@
 //! learned position embedding, and a mean-pooled readout to 16 classes. The same model from
 //! stock dfdx modules is [`PlainEncoder`].
 
+use umup::device::TrainDevice;
 use umup::dfdx::nn::builders as nnb;
 use umup::dfdx::prelude::*;
+use umup::family::Step;
+// The layer of the shipped masked-byte encoder: LayerNorm, biased q/k/v/o, GELU MLP.
+use umup::models::EncoderLayer;
 use umup::nn::{functional, Hyper, Param};
 use umup::{ops, umup_model, Constraint};
 
 pub const CLASSES: usize = 16;
-
-/// One pre-norm encoder layer.
-#[umup_model]
-pub struct EncoderLayer<const D: usize, const F: usize> {
-    #[norm]
-    pub ln1: LayerNorm<D>,
-    #[hidden(bias)]
-    pub q: Linear<D, D>,
-    #[hidden(bias)]
-    pub k: Linear<D, D>,
-    #[hidden(bias)]
-    pub v: Linear<D, D>,
-    #[hidden(bias)]
-    pub o: Linear<D, D>,
-    #[norm]
-    pub ln2: LayerNorm<D>,
-    #[hidden(bias)]
-    pub up: Linear<D, F>,
-    #[hidden(bias)]
-    pub down: Linear<F, D>,
-}
 
 /// Token + learned position embeddings → `L` layers → LayerNorm → mean over positions →
 /// readout to `C` classes.
@@ -63,24 +46,18 @@ impl<
         const F: usize,
         const L: usize,
         const C: usize,
-        E,
-        Dev,
-        P,
-    > Encoder<V, S, D, F, L, C, E, Dev, P>
-where
-    E: Dtype,
-    Dev: umup::Backend<E> + Storage<usize>,
-    P: Param,
-    umup::rand_distr::StandardNormal: umup::rand_distr::Distribution<E>,
+        Dev: TrainDevice,
+        P: Param,
+    > Encoder<V, S, D, F, L, C, f32, Dev, P>
 {
     /// Mean cross entropy of the class `labels` of `batch` sequences of `S` ids.
-    pub fn loss<T: Tape<E, Dev> + Merge<T>>(
+    pub fn loss<T: Tape<f32, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         labels: &[usize],
         heads: usize,
         hp: &Hyper,
-    ) -> umup::Result<Tensor<(), E, Dev, T>> {
+    ) -> umup::Result<Tensor<(), f32, Dev, T>> {
         let err = umup::Error::device;
         let batch = ids.shape().0 / S;
         let x = self.tok.try_forward(ids)?;
@@ -95,23 +72,15 @@ where
         )?;
         let mut x = x.try_reshape_like(&(batch * S, Const::<D>)).map_err(err)?;
         let taus = functional::residual_taus(hp, L)?;
+        let mut step = Step {
+            hp,
+            heads,
+            rope: false,
+            quant: None,
+            log: None,
+        };
         for (i, l) in self.layers.iter().enumerate() {
-            x = P::residual(x, taus[2 * i], |r| {
-                let h = l.ln1.try_forward(r)?;
-                let q = l.q.try_forward(h.with_empty_tape())?;
-                let k = l.k.try_forward(h.with_empty_tape())?;
-                let v = l.v.try_forward(h)?;
-                let a = functional::multi_head_attention::<P, _, _, _, _, _>(
-                    q, k, v, S, heads, hp, false,
-                )?;
-                l.o.try_forward(a)
-            })?;
-            x = P::residual(x, taus[2 * i + 1], |r| {
-                let h = l.ln2.try_forward(r)?;
-                let u = l.up.try_forward(h)?;
-                l.down
-                    .try_forward(ops::gelu(u, hp.alpha_ffn_act, Constraint::ToOutputScale)?)
-            })?;
+            x = l.forward(x, S, [taus[2 * i], taus[2 * i + 1]], i, &mut step)?;
         }
         let x = self.ln_f.try_forward(x)?;
         let pooled = x

@@ -71,6 +71,9 @@ pub struct MaskedEncoder<const S: usize, const D: usize, const F: usize, const L
     pub readout: Linear<D, 256>,
 }
 
+/// Rows `[batch·seq, D]`: one row per position.
+pub type Rows<const D: usize, Dev, T> = Tensor<(usize, Const<D>), f32, Dev, T>;
+
 /// A linear layer in the step's simulated precision, if any.
 macro_rules! lin {
     ($layer:expr, $x:expr, $step:expr) => {
@@ -79,6 +82,55 @@ macro_rules! lin {
             None => $layer.try_forward($x),
         }
     };
+}
+
+impl<const D: usize, const F: usize, Dev: TrainDevice, P: Param> EncoderLayer<D, F, f32, Dev, P> {
+    /// One pre-norm layer on the rows of sequences of `seq` positions: `x + attn(ln1(x))`, then
+    /// `x + mlp(ln2(x))`, each through the residual τ rule (`taus`: this layer's two entries of
+    /// `functional::residual_taus`), the attention non-causal with `step.heads` heads, the MLP
+    /// `down(gelu(up(h)))` with α_ffn-act. Tapped as `layers.{index}.attn.{in,q,k,v,sdpa,out}`,
+    /// `layers.{index}.mlp.{in,act,out}` and `layers.{index}.residual`.
+    pub fn forward<T: Tape<f32, Dev> + Merge<T>>(
+        &self,
+        x: Rows<D, Dev, T>,
+        seq: usize,
+        taus: [f64; 2],
+        index: usize,
+        step: &mut Step<'_>,
+    ) -> Result<Rows<D, Dev, T>> {
+        let (hp, heads) = (step.hp, step.heads);
+        let name = |s: &str| format!("layers.{index}.{s}");
+        let x = P::residual(x, taus[0], |r| {
+            let h = step.tap(self.ln1.try_forward(r)?, || name("attn.in"))?;
+            let [hq, hk, hv] = h.fork();
+            let q = lin!(self.q, hq, step)?;
+            let q = step.tap(q, || name("attn.q"))?;
+            let k = lin!(self.k, hk, step)?;
+            let k = step.tap(k, || name("attn.k"))?;
+            let v = lin!(self.v, hv, step)?;
+            let v = step.tap(v, || name("attn.v"))?;
+            let a = match step.quant() {
+                Some(qz) => functional::multi_head_attention_quantised::<P, _, _, _, _, _>(
+                    q, k, v, seq, heads, hp, false, qz,
+                )?,
+                None => functional::multi_head_attention::<P, _, _, _, _, _>(
+                    q, k, v, seq, heads, hp, false,
+                )?,
+            };
+            let a = step.tap(a, || name("attn.sdpa"))?;
+            let out = lin!(self.o, a, step)?;
+            step.tap(out, || name("attn.out"))
+        })?;
+        let x = P::residual(x, taus[1], |r| {
+            let h = step.tap(self.ln2.try_forward(r)?, || name("mlp.in"))?;
+            let u = lin!(self.up, h, step)?;
+            let act = ops::gelu(u, hp.alpha_ffn_act, Constraint::ToOutputScale)?;
+            let act = step.tap(act, || name("mlp.act"))?;
+            let out = lin!(self.down, act, step)?;
+            step.tap(out, || name("mlp.out"))
+        })?;
+        step.tap(x, || name("residual"))
+    }
 }
 
 // Not listed as a suggestion in the error for a model without `Trainable`.
@@ -115,7 +167,7 @@ where
         }
         debug_assert!(batch.inputs.iter().all(|&i| i <= MASK));
         let dev = ids.device().clone();
-        let (hp, heads) = (step.hp, step.heads);
+        let hp = step.hp;
         // x = (tok(ids) + pos(positions)) / √2 (a unit-scaled add, spec §4.8).
         let tok = self.tok.try_forward(ids)?;
         let positions = (0..b * seq).map(|i| i % seq).collect();
@@ -127,44 +179,13 @@ where
         let mut x = step.tap(x, || "embed".into())?;
         let taus = functional::residual_taus(hp, L)?;
         for (i, l) in self.layers.iter().enumerate() {
-            let name = |s: &str| format!("layers.{i}.{s}");
-            x = P::residual(x, taus[2 * i], |r| {
-                let h = step.tap(l.ln1.try_forward(r)?, || name("attn.in"))?;
-                let [hq, hk, hv] = h.fork();
-                let q = lin!(l.q, hq, step)?;
-                let q = step.tap(q, || name("attn.q"))?;
-                let k = lin!(l.k, hk, step)?;
-                let k = step.tap(k, || name("attn.k"))?;
-                let v = lin!(l.v, hv, step)?;
-                let v = step.tap(v, || name("attn.v"))?;
-                let a = match step.quant() {
-                    Some(qz) => functional::multi_head_attention_quantised::<P, _, _, _, _, _>(
-                        q, k, v, seq, heads, hp, false, qz,
-                    )?,
-                    None => functional::multi_head_attention::<P, _, _, _, _, _>(
-                        q, k, v, seq, heads, hp, false,
-                    )?,
-                };
-                let a = step.tap(a, || name("attn.sdpa"))?;
-                let out = lin!(l.o, a, step)?;
-                step.tap(out, || name("attn.out"))
-            })?;
-            x = P::residual(x, taus[2 * i + 1], |r| {
-                let h = step.tap(l.ln2.try_forward(r)?, || name("mlp.in"))?;
-                let u = lin!(l.up, h, step)?;
-                let act = ops::gelu(u, hp.alpha_ffn_act, Constraint::ToOutputScale)?;
-                let act = step.tap(act, || name("mlp.act"))?;
-                let out = lin!(l.down, act, step)?;
-                step.tap(out, || name("mlp.out"))
-            })?;
-            x = step.tap(x, || name("residual"))?;
+            x = l.forward(x, seq, [taus[2 * i], taus[2 * i + 1]], i, step)?;
         }
         // Only the masked rows reach the readout.
         let rows = dev
             .try_tensor_from_vec(batch.positions.clone(), (batch.positions.len(),))
             .map_err(Error::device)?;
-        let x: Tensor<(usize, Const<D>), f32, Dev, T> =
-            x.try_gather(rows).map_err(Error::device)?;
+        let x: Rows<D, Dev, T> = x.try_gather(rows).map_err(Error::device)?;
         let x = step.tap(self.ln_f.try_forward(x)?, || "final_norm".into())?;
         let logits = lin!(self.readout, x, step)?;
         let logits = step.tap(logits, || "logits".into())?;

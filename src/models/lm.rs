@@ -11,7 +11,7 @@
 
 use dfdx::prelude::*;
 
-use crate::analysis::{probe, ScaleLog};
+use crate::analysis::{tap, ScaleLog};
 use crate::data::Batch;
 use crate::device::TrainDevice;
 use crate::family::{Step, Task, Trainable};
@@ -107,18 +107,6 @@ where
     match quant {
         Some(q) => layer.forward_quantised(x, q),
         None => layer.try_forward(x),
-    }
-}
-
-/// [`probe`] when a log is given, the identity otherwise.
-fn tap<S: Shape, E: Dtype, Dev: Backend<E>, T: Tape<E, Dev>>(
-    x: Tensor<S, E, Dev, T>,
-    log: Option<&ScaleLog>,
-    name: impl FnOnce() -> String,
-) -> Result<Tensor<S, E, Dev, T>> {
-    match log {
-        Some(l) => probe(x, &name(), l),
-        None => Ok(x),
     }
 }
 

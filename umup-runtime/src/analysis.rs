@@ -116,6 +116,19 @@ pub fn probe<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
     Ok(y.put_tape(tape))
 }
 
+/// [`probe`] under `name` when a log is given, the identity otherwise; `name` is only built
+/// when recording.
+pub fn tap<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+    log: Option<&ScaleLog>,
+    name: impl FnOnce() -> String,
+) -> Result<Tensor<S, E, D, T>> {
+    match log {
+        Some(l) => probe(x, &name(), l),
+        None => Ok(x),
+    }
+}
+
 struct ParamVisitor<'a, E: Dtype, D: Device<E>> {
     log: &'a ScaleLog,
     grads: Option<&'a mut Gradients<E, D>>,

@@ -967,17 +967,10 @@ impl<
         P::parametrization()
     }
 
+    /// The weight row of [`UnitConv1d`], then the bias, with the same output scale.
     fn param_rows(prefix: &str, depth: Option<usize>, out: &mut Vec<ParamRow>) -> Result<()> {
-        check_conv_channels::<C>(I, O, IG)?;
+        UnitConv1d::<I, O, K, IG, C, E, D, P>::param_rows(prefix, depth, out)?;
         let m = conv_output_scale::<C, P>(IG, O, K)?;
-        out.push(row::<P>(
-            prefix,
-            "weight",
-            Role::Weight,
-            &[O, IG, K],
-            depth,
-            Some(m),
-        )?);
         out.push(row::<P>(prefix, "bias", Role::Bias, &[O], depth, Some(m))?);
         Ok(())
     }
