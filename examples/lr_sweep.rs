@@ -4,6 +4,8 @@
 //! cargo run --release --example lr_sweep                                  # η grid × widths × {umup, sp}
 //! cargo run --release --example lr_sweep -- --model encoder --seeds 2     # the masked-byte encoder
 //! cargo run --release --example lr_sweep -- --stage all                   # then 1-D α sweeps at the best η, then combined
+//! cargo run --release --example lr_sweep -- --widths 128 --depth 4 --vary depth=2,4,8,16   # η transfer across depth (or batch=, steps=)
+//! cargo run --release --example lr_sweep -- --widths 64 --param umup,mup,sp --equal-budget 512 --alpha-exps=-2,-1,1,2 --seeds 3   # u-μP vs μP vs SP at equal sweep budget
 //! cargo run --release --example lr_sweep -- --plan plan.txt               # one command per grid point, for a cluster
 //! parallel -j 4 < plan.txt                                                # (or a Slurm array: sed -n "${SLURM_ARRAY_TASK_ID}p" plan.txt | sh)
 //! cargo run --release --example lr_sweep -- --collect runs/lr_sweep       # merge finished points into CSV, plots, summary
@@ -17,14 +19,14 @@
 //! `DIR/alphas.png`, and `DIR/summary.md` (best η per width and its drift, loss vs width at each
 //! fixed η, α optima).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use umup::data::Corpus;
-use umup::sweep::{train_flags, Event, Stage, Sweep};
+use umup::sweep::{train_flags, Axis, AxisSweep, EqualBudget, Event, Point, Stage, Sweep};
 use umup::train;
 
 #[derive(Parser, Debug, Clone)]
@@ -39,7 +41,7 @@ struct Args {
     /// Widths (compiled: 64, 128, 256, 512).
     #[arg(long, default_value = "64,128,256", value_delimiter = ',')]
     widths: Vec<usize>,
-    /// Depth (compiled: 2, 4).
+    /// Depth (compiled: 2, 4; the LM also 8 and 16 at width 128).
     #[arg(long, default_value_t = 2)]
     depth: usize,
     /// Parametrizations.
@@ -111,6 +113,20 @@ struct Args {
     /// Only merge the finished points under this directory.
     #[arg(long)]
     collect: Option<PathBuf>,
+    /// η transfer along another axis instead of width: `depth=2,4,8,16`, `batch=4,8,16` or
+    /// `steps=150,300,600` (one width; the η stage at each value, in `DIR/<axis><value>/`;
+    /// reports `DIR/summary.md`, `DIR/axis.csv`, `DIR/transfer_<axis>.png`).
+    #[arg(long)]
+    vary: Option<String>,
+    /// u-μP against μP and SP at an equal sweep budget, the winners trained at this width:
+    /// `--widths` is the one proxy width, u-μP's budget is its η grid + each α on
+    /// `--alpha-exps` (without 0) + the combined run, μP and SP random-search as many runs,
+    /// and `--seeds` seeds the target runs (`umup::sweep::EqualBudget`).
+    #[arg(long)]
+    equal_budget: Option<usize>,
+    /// With `--equal-budget`: μP's and SP's untuned η (their defaults at the target).
+    #[arg(long, default_value_t = 1e-3)]
+    baseline_lr: f64,
 }
 
 fn main() -> ExitCode {
@@ -146,24 +162,37 @@ fn run(args: Args) -> umup::Result<()> {
         ..Sweep::default()
     };
     let stages = Stage::parse_list(&args.stage)?;
-    sweep.validate()?;
-    for p in &sweep.params {
-        for &w in &sweep.widths {
-            train::param_table_compiled(&sweep.base(p, w, 1.0))?;
+    if let Some(target_width) = args.equal_budget {
+        let budget = EqualBudget {
+            target_width,
+            target_seeds: sweep.seeds,
+            baseline_lr: args.baseline_lr,
+            proxy: Sweep { seeds: 1, ..sweep },
+        };
+        budget.validate()?;
+        check_compiled(&budget.proxy)?;
+        for p in &budget.proxy.params {
+            train::param_table_compiled(&budget.default_config(p, 0))?;
         }
+        return run_budget(&budget, args.plan.as_deref(), args.collect.is_some());
     }
+    if let Some(spec) = &args.vary {
+        if stages != [Stage::Eta] {
+            return Err(umup::Error::Invalid(
+                "--vary runs the η stage only (leave --stage at eta)".into(),
+            ));
+        }
+        let (axis, values) = Axis::parse(spec)?;
+        let axis = AxisSweep::new(axis, values, sweep)?;
+        for (_, s) in axis.sweeps() {
+            check_compiled(&s)?;
+        }
+        return run_axis(&axis, args.plan.as_deref(), args.collect.is_some());
+    }
+    sweep.validate()?;
+    check_compiled(&sweep)?;
     if let Some(path) = &args.plan {
-        let plan = sweep.plan(&stages, |p, dir| {
-            let flags = train_flags(&p.cfg, dir);
-            format!(
-                "cargo run --release --example train_{} -- {flags}",
-                p.cfg.model
-            )
-        })?;
-        std::fs::write(path, plan.join("\n") + "\n")
-            .map_err(|e| umup::Error::Invalid(format!("{}: {e}", path.display())))?;
-        println!("wrote {} commands to {}", plan.len(), path.display());
-        return Ok(());
+        return write_plan(path, sweep.plan(&stages, command)?);
     }
     let summary = if args.collect.is_some() {
         sweep.collect(&stages)?
@@ -185,6 +214,83 @@ fn run(args: Args) -> umup::Result<()> {
         "\nwrote {}/{{sweep.csv, transfer.png, summary.md}}",
         sweep.out.display()
     );
+    Ok(())
+}
+
+/// Errors unless the trainer was compiled at every size of `sweep`.
+fn check_compiled(sweep: &Sweep) -> umup::Result<()> {
+    for p in &sweep.params {
+        for &w in &sweep.widths {
+            train::param_table_compiled(&sweep.base(p, w, 1.0))?;
+        }
+    }
+    Ok(())
+}
+
+/// The shell command that trains `point` into `dir`.
+fn command(point: &Point, dir: &Path) -> String {
+    let flags = train_flags(&point.cfg, dir);
+    format!(
+        "cargo run --release --example train_{} -- {flags}",
+        point.cfg.model
+    )
+}
+
+fn write_plan(path: &Path, plan: Vec<String>) -> umup::Result<()> {
+    std::fs::write(path, plan.join("\n") + "\n")
+        .map_err(|e| umup::Error::Invalid(format!("{}: {e}", path.display())))?;
+    println!("wrote {} commands to {}", plan.len(), path.display());
+    Ok(())
+}
+
+/// `--vary`: plan, collect or run the η stage at every value of the axis.
+fn run_axis(axis: &AxisSweep, plan: Option<&Path>, collect: bool) -> umup::Result<()> {
+    if let Some(path) = plan {
+        return write_plan(path, axis.plan(command)?);
+    }
+    let summary = if collect {
+        axis.collect()?
+    } else {
+        let corpus = Corpus::shakespeare(0.1)?;
+        let bar = Mutex::new(None);
+        let summary = axis.run(
+            |cfg, run| train::train_compiled(cfg, &corpus, run, &mut |_| {}),
+            |event| progress(&bar, event),
+        );
+        if let Some(bar) = bar.lock().ok().and_then(|mut b| b.take()) {
+            bar.finish();
+        }
+        summary?
+    };
+    print!("{summary}");
+    let out = axis.base.out.display();
+    let name = axis.axis.name();
+    println!("\nwrote {out}/{{axis.csv, transfer_{name}.png, summary.md}}");
+    Ok(())
+}
+
+/// `--equal-budget`: plan the next phase, collect, or run every phase.
+fn run_budget(budget: &EqualBudget, plan: Option<&Path>, collect: bool) -> umup::Result<()> {
+    if let Some(path) = plan {
+        return write_plan(path, budget.plan(command)?);
+    }
+    let summary = if collect {
+        budget.report()?
+    } else {
+        let corpus = Corpus::shakespeare(0.1)?;
+        let bar = Mutex::new(None);
+        let summary = budget.run(
+            |cfg, run| train::train_compiled(cfg, &corpus, run, &mut |_| {}),
+            |event| progress(&bar, event),
+        );
+        if let Some(bar) = bar.lock().ok().and_then(|mut b| b.take()) {
+            bar.finish();
+        }
+        summary?
+    };
+    print!("{summary}");
+    let out = budget.proxy.out.display();
+    println!("\nwrote {out}/{{budget.csv, budget.png, summary.md}}");
     Ok(())
 }
 

@@ -35,7 +35,7 @@ use crate::models::{EncoderFamily, LmFamily, TransformerLm};
 use crate::nn::{Hyper, Param};
 use crate::ops::MatmulQuantiser;
 use crate::optim::{LrSchedule, OptimConfig, Optimizer};
-use crate::params::ParamTable;
+use crate::params::{Multipliers, ParamTable, Parametrization};
 use crate::{Error, Result};
 
 pub use crate::models::VOCAB;
@@ -147,8 +147,16 @@ pub struct TrainConfig {
     pub alpha_res: f64,
     /// α_res-attn-ratio.
     pub alpha_res_attn_ratio: f64,
-    /// α_loss-softmax.
+    /// α_loss-softmax (also μP's and SP's output multiplier: it multiplies the logits).
     pub alpha_loss_softmax: f64,
+    /// μP's and SP's input multiplier α_in ([`Multipliers::input`]; u-μP: 1). Absent from
+    /// `config.json` when 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub alpha_input: f64,
+    /// μP's and SP's init σ as a multiple of the rule's ([`Multipliers::init`]; u-μP: 1).
+    /// Absent from `config.json` when 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub sigma_init: f64,
     /// Linear warm-up steps.
     pub warmup: usize,
     /// Final LR as a fraction of η (cosine decay).
@@ -175,6 +183,14 @@ fn lm_name() -> String {
     "lm".into()
 }
 
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -194,6 +210,8 @@ impl Default for TrainConfig {
             alpha_res: 1.0,
             alpha_res_attn_ratio: 1.0,
             alpha_loss_softmax: 1.0,
+            alpha_input: 1.0,
+            sigma_init: 1.0,
             warmup: 40,
             final_lr_fraction: 0.1,
             weight_decay: 0.0,
@@ -220,9 +238,62 @@ impl TrainConfig {
         }
     }
 
+    /// The names [`TrainConfig::set_hyper`] takes: [`Hyper::NAMES`] (`eta` is `lr`) and μP's and
+    /// SP's `alpha_input` and `sigma_init`.
+    pub const HYPER_NAMES: [&'static str; 8] = [
+        "eta",
+        "alpha_ffn_act",
+        "alpha_attn_softmax",
+        "alpha_res",
+        "alpha_res_attn_ratio",
+        "alpha_loss_softmax",
+        "alpha_input",
+        "sigma_init",
+    ];
+
+    /// Sets a hyperparameter by name ([`TrainConfig::HYPER_NAMES`]; finite and > 0).
+    pub fn set_hyper(&mut self, name: &str, value: f64) -> Result<()> {
+        let slot = match name {
+            "alpha_input" => &mut self.alpha_input,
+            "sigma_init" => &mut self.sigma_init,
+            _ => {
+                let mut hp = self.hyper();
+                hp.set(name, value)?;
+                self.lr = hp.eta;
+                self.alpha_ffn_act = hp.alpha_ffn_act;
+                self.alpha_attn_softmax = hp.alpha_attn_softmax;
+                self.alpha_res = hp.alpha_res;
+                self.alpha_res_attn_ratio = hp.alpha_res_attn_ratio;
+                self.alpha_loss_softmax = hp.alpha_loss_softmax;
+                return Ok(());
+            }
+        };
+        *slot = crate::error::check_positive("hyperparameter", value)?;
+        Ok(())
+    }
+
+    /// Reads a hyperparameter by name ([`TrainConfig::HYPER_NAMES`]).
+    pub fn get_hyper(&self, name: &str) -> Result<f64> {
+        match name {
+            "alpha_input" => Ok(self.alpha_input),
+            "sigma_init" => Ok(self.sigma_init),
+            _ => self.hyper().get(name),
+        }
+    }
+
+    /// μP's and SP's own multipliers ([`Multipliers`]).
+    pub fn multipliers(&self) -> Multipliers {
+        Multipliers {
+            input: self.alpha_input,
+            init: self.sigma_init,
+        }
+    }
+
     /// Checks the settings that do not depend on the model type.
     pub fn validate(&self) -> Result<()> {
         self.hyper().validate()?;
+        self.multipliers()
+            .validate(self.param.parse::<Parametrization>()?)?;
         let positive = [
             ("steps", self.steps),
             ("batch", self.batch),
@@ -475,6 +546,7 @@ pub fn train_model<M: Trainable<Dev>, Dev: TrainDevice>(
         ..OptimConfig::adamw(cfg.lr)
     };
     let mut opt = Optimizer::<f32, Dev>::for_table(optim_cfg, &table)?;
+    opt.apply_multipliers(&cfg.multipliers(), &table, &mut model)?;
     for path in &cfg.freeze {
         opt.freeze(path)?;
     }

@@ -6,7 +6,7 @@ use umup::dfdx::prelude::*;
 use umup::family::{self, Family, Step, Task, TrainDevice, Trainable};
 use umup::nn::Param;
 use umup::scale_check::{scale_check_family, Settings};
-use umup::sweep::{train_flags, Event, Stage, Sweep};
+use umup::sweep::{train_flags, Axis, AxisSweep, EqualBudget, Event, Stage, Sweep};
 use umup::train::{self, RunOptions, TrainConfig};
 use umup::{ops, umup_model, Constraint};
 
@@ -333,4 +333,182 @@ fn a_sweep_of_a_users_family_runs_each_point_once_and_names_the_best_eta_per_wid
         assert!(out.join(f).exists(), "{f}");
     }
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn an_axis_sweep_runs_the_eta_stage_at_each_depth_and_reports_the_drift() {
+    let c = corpus();
+    let out = std::env::temp_dir().join(format!("umup-family-axis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let base = Sweep {
+        model: "bigram".into(),
+        out: out.clone(),
+        widths: vec![32],
+        params: vec!["umup".into(), "sp".into()],
+        umup_lr_exps: vec![-3, 1],
+        sp_lr_exps: vec![-9, -4],
+        steps: 20,
+        batch: 4,
+        seq: 16,
+        eval_batches: 2,
+        jobs: 2,
+        ..Sweep::default()
+    };
+    let axis = AxisSweep::new(Axis::Depth, vec![1, 2], base.clone()).unwrap();
+    axis.check_family::<Bigram>().unwrap();
+    let e = AxisSweep::new(Axis::Depth, vec![1, 3], base)
+        .unwrap()
+        .check_family::<Bigram>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--width 32 --depth 3"), "{e}");
+    assert_eq!(axis.plan(|p, _| p.label.clone()).unwrap().len(), 8);
+
+    let train = |cfg: &TrainConfig, run: &RunOptions| {
+        train::train_family::<Bigram>(cfg, &c, run, &mut |_| {})
+    };
+    let summary = axis.run(train, |_| {}).unwrap();
+    assert!(axis.plan(|p, _| p.label.clone()).unwrap().is_empty());
+    assert_eq!(axis.collect().unwrap(), summary);
+
+    // Each depth's best η, read from its own sweep directory, is the summary's.
+    let mut best = Vec::new();
+    for (depth, dir) in [(1, "depth1"), (2, "depth2")] {
+        let csv = std::fs::read_to_string(out.join(dir).join("sweep.csv")).unwrap();
+        let mut cells = format!("| {depth} |");
+        for param in ["umup", "sp"] {
+            let (lr, loss) = csv
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').collect::<Vec<_>>())
+                .filter(|f| f[1] == param)
+                .map(|f| (f[3].parse::<f64>().unwrap(), f[10].parse::<f64>().unwrap()))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            cells += &format!(" 2^{} ({loss:.4}) |", lr.log2().round());
+            if param == "umup" {
+                best.push(lr.log2().round() as i32);
+            }
+        }
+        assert!(summary.contains(&cells), "{cells} in\n{summary}");
+    }
+    let row = format!("| drift | {:+} grid steps first → last;", best[1] - best[0]);
+    assert!(summary.contains(&row), "{row} in\n{summary}");
+    let csv = std::fs::read_to_string(out.join("axis.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 4);
+    assert!(
+        csv.lines().any(|l| l.starts_with("depth,2,sp,-4,")),
+        "{csv}"
+    );
+    assert!(out.join("transfer_depth.png").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn an_equal_budget_spends_the_same_runs_per_scheme_and_trains_each_winner_at_the_target() {
+    use umup::sweep::budget::baseline_space;
+    let c = corpus();
+    let out = std::env::temp_dir().join(format!("umup-family-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let budget = EqualBudget {
+        proxy: Sweep {
+            model: "bigram".into(),
+            out: out.clone(),
+            widths: vec![32],
+            depth: 1,
+            params: vec!["umup".into(), "mup".into(), "sp".into()],
+            umup_lr_exps: vec![-1, 0],
+            alpha_exps: vec![1],
+            steps: 10,
+            batch: 4,
+            seq: 16,
+            eval_batches: 2,
+            jobs: 2,
+            ..Sweep::default()
+        },
+        target_width: 64,
+        target_seeds: 2,
+        baseline_lr: 1e-3,
+    };
+    budget.validate().unwrap();
+    // u-μP: 2 η + 5 α × 1 value + the combined run.
+    assert_eq!(budget.budget(), 8);
+    let bad = EqualBudget {
+        proxy: Sweep {
+            alpha_exps: vec![0, 1],
+            ..budget.proxy.clone()
+        },
+        ..budget.clone()
+    };
+    assert!(bad.validate().is_err());
+
+    // The random search: as many runs, inside the scheme's ranges, the same on every call.
+    for param in ["mup", "sp"] {
+        let pts = budget.random_points(param);
+        assert_eq!(pts.len(), 8);
+        assert_eq!(pts, budget.random_points(param));
+        for p in &pts {
+            for r in baseline_space(param) {
+                let e = p.cfg.get_hyper(&r.name).unwrap().log2();
+                let quarter = (e * 4.0).round() / 4.0;
+                assert!((e - quarter).abs() < 1e-9, "{e}");
+                assert!(quarter >= r.lo && quarter <= r.hi, "{e}");
+            }
+        }
+    }
+
+    // The phases, as a cluster runs them: η grid + random searches, α grid, combined, target.
+    let train = |cfg: &TrainConfig, run: &RunOptions| {
+        train::train_family::<Bigram>(cfg, &c, run, &mut |_| {})
+    };
+    let mut sizes = Vec::new();
+    loop {
+        let plan = budget.plan(|p, _| p.label.clone()).unwrap();
+        if plan.is_empty() {
+            break;
+        }
+        sizes.push(plan.len());
+        let todo = budget.pending().unwrap();
+        let labels: Vec<String> = todo.iter().map(|p| p.label.clone()).collect();
+        assert_eq!(labels, plan);
+        budget.proxy.run_points(&todo, train, |_| {}).unwrap();
+    }
+    assert_eq!(sizes, [2 + 8 + 8, 5, 1, 3 * 2 * 2]);
+    let summary = budget.report().unwrap();
+    // Everything finished: a run trains nothing and reports the same.
+    assert_eq!(budget.run(train, |_| {}).unwrap(), summary);
+    let csv = std::fs::read_to_string(out.join("budget.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * 8 + 12);
+    for param in ["umup", "mup", "sp"] {
+        let proxy = budget.proxy_results(param).unwrap();
+        assert_eq!(proxy.len(), 8, "{param}");
+        let (win, loss) = budget.winner(param, &proxy).unwrap();
+        let min = proxy
+            .iter()
+            .map(|(_, l)| l.unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(loss, min);
+        assert!(
+            summary.contains(&format!("| {param} | {loss:.4} |")),
+            "{summary}"
+        );
+        // The target runs the winner's hyperparameters at the target width.
+        let tuned: Vec<_> = budget
+            .target_points()
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.label.starts_with(&format!("target/{param}/tuned/")))
+            .collect();
+        assert_eq!(tuned.len(), 2);
+        for (s, t) in tuned.iter().enumerate() {
+            let want = TrainConfig {
+                width: 64,
+                heads: 1,
+                seed: s as u64,
+                ..win.cfg.clone()
+            };
+            assert_eq!(t.cfg, want);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -360,3 +360,74 @@ fn the_encoder_trains_through_the_same_loop_and_resumes_bit_exactly() {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+#[test]
+fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umup() {
+    use umup::dfdx::prelude::*;
+    use umup::nn::Mup;
+    use umup::optim::{OptimConfig, Optimizer};
+    use umup::params::Multipliers;
+    type M = train::Lm<64, 256, 2, Mup<64>>;
+    let table = M::param_table().unwrap();
+    let build = || M::build(&Cpu::seed_from_u64(3)).unwrap();
+    let (plain, mut scaled) = (build(), build());
+    let mult = Multipliers {
+        input: 0.25,
+        init: 2.0,
+    };
+    let opt = || Optimizer::<f32, Cpu>::for_table(OptimConfig::adamw(0.01), &table).unwrap();
+    let (base, mut opt) = (opt(), opt());
+    opt.apply_multipliers(&mult, &table, &mut scaled).unwrap();
+    let same = |a: Vec<f32>, b: Vec<f32>, f: f32| {
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(&b).all(|(x, y)| *y == *x * f));
+    };
+    same(
+        plain.embed.weight.as_vec(),
+        scaled.embed.weight.as_vec(),
+        0.25,
+    );
+    same(
+        plain.layers[1].mlp.up.weight.as_vec(),
+        scaled.layers[1].mlp.up.weight.as_vec(),
+        2.0,
+    );
+    same(
+        plain.readout.weight.as_vec(),
+        scaled.readout.weight.as_vec(),
+        2.0,
+    );
+    for (g, b) in opt.groups().iter().zip(base.groups()) {
+        let f = if g.path == "embed.weight" { 0.25 } else { 1.0 };
+        assert_eq!(g.lr, b.lr * f, "{}", g.path);
+    }
+
+    // Through the trainer: recorded in config.json only when not 1, refused under u-μP.
+    let cfg = TrainConfig {
+        param: "sp".into(),
+        alpha_input: 2.0,
+        sigma_init: 0.5,
+        ..TrainConfig::default()
+    };
+    cfg.validate().unwrap();
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(json.contains("\"alpha_input\":2.0") && json.contains("\"sigma_init\":0.5"));
+    assert!(!serde_json::to_string(&TrainConfig::default())
+        .unwrap()
+        .contains("alpha_input"));
+    let e = TrainConfig {
+        param: "umup".into(),
+        ..cfg.clone()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("u-μP"), "{e}");
+    let mut c = TrainConfig::default();
+    for (i, name) in TrainConfig::HYPER_NAMES.iter().enumerate() {
+        c.set_hyper(name, (i + 2) as f64).unwrap();
+        assert_eq!(c.get_hyper(name).unwrap(), (i + 2) as f64, "{name}");
+    }
+    assert_eq!((c.lr, c.alpha_input, c.sigma_init), (2.0, 8.0, 9.0));
+    assert!(c.set_hyper("beta", 1.0).is_err() && c.set_hyper("sigma_init", -1.0).is_err());
+}

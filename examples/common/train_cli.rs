@@ -18,7 +18,7 @@ struct Args {
     /// Model width (compiled: 64, 128, 256, 512; the LM also 1024 at depth 4).
     #[arg(long, default_value_t = 128)]
     width: usize,
-    /// Number of layers (compiled: 2, 4).
+    /// Number of layers (compiled: 2, 4; the LM also 8 and 16 at width 128).
     #[arg(long, default_value_t = 4)]
     depth: usize,
     /// Attention heads [default: width / 64, at least 1].
@@ -45,9 +45,15 @@ struct Args {
     /// α_res-attn-ratio.
     #[arg(long, default_value_t = 1.0)]
     alpha_res_attn_ratio: f64,
-    /// α_loss-softmax.
+    /// α_loss-softmax (for μP and SP also their output multiplier).
     #[arg(long, default_value_t = 1.0)]
     alpha_loss_softmax: f64,
+    /// μP's and SP's input multiplier α_in (u-μP: must be 1).
+    #[arg(long, default_value_t = 1.0)]
+    alpha_input: f64,
+    /// μP's and SP's init σ, as a multiple of the rule's (u-μP: must be 1).
+    #[arg(long, default_value_t = 1.0)]
+    sigma_init: f64,
     /// Parametrization: umup, mup (base width 64) or sp.
     #[arg(long, default_value = "umup")]
     param: String,
@@ -180,6 +186,8 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
         alpha_res: args.alpha_res,
         alpha_res_attn_ratio: args.alpha_res_attn_ratio,
         alpha_loss_softmax: args.alpha_loss_softmax,
+        alpha_input: args.alpha_input,
+        sigma_init: args.sigma_init,
         warmup: args.warmup.unwrap_or(args.steps / 10),
         final_lr_fraction: args.final_lr_fraction,
         weight_decay: args.weight_decay,

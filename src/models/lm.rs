@@ -396,7 +396,8 @@ pub const VOCAB: usize = 256;
 
 crate::family! {
     /// The byte-level language model [`TransformerLm`] (vocabulary 256, MLP width 4 × width) at
-    /// the sizes `train_lm`, `scale_check` and `lr_sweep` offer.
+    /// the sizes `train_lm`, `scale_check` and `lr_sweep` offer (depths 8 and 16 at width 128, for
+    /// `lr_sweep --vary depth=...`).
     pub struct LmFamily = TransformerLm<VOCAB, W, {4 * W}, L>
-        for (W, L) in [(64, 2), (64, 4), (128, 2), (128, 4), (256, 2), (256, 4), (512, 2), (512, 4), (1024, 4)];
+        for (W, L) in [(64, 2), (64, 4), (128, 2), (128, 4), (128, 8), (128, 16), (256, 2), (256, 4), (512, 2), (512, 4), (1024, 4)];
 }

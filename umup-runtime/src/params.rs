@@ -413,6 +413,75 @@ impl FromStr for Parametrization {
     }
 }
 
+/// μP's and SP's own multipliers besides η (Tensor Programs V, Yang et al. 2022, §5 and App.
+/// F.4: "input/output multipliers and initialization std"), for sweeping them as μP practice
+/// does. u-μP has none: its init is unit and the embedding's share of the residual stream is
+/// α_res (spec §6), so any value but 1 is refused there ([`Multipliers::validate`]). μP's
+/// output multiplier is α_loss-softmax, which multiplies the logits in every parametrization.
+///
+/// Both act through Adam's symmetry (TP-V App. F; Adam ignores a gradient's scale up to ε): a
+/// forward multiplier `α` on a tensor initialised `N(0, σ²)` trained at LR `η` is the same
+/// model as the tensor `αW`, initialised `N(0, (ασ)²)` and trained at `αη`. So
+/// * `input` (α_in, the embedding's output multiplier) multiplies the embedding's init std and
+///   its LR ([`Self::init_factor`], [`Self::lr_factor`]);
+/// * `init` (σ_init) multiplies the init std of every hidden and readout weight, relative to the
+///   parametrization's own (`1/√fan_in` for hidden weights; μP's readout `1/√base`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Multipliers {
+    /// α_in: the embedding's output multiplier.
+    pub input: f64,
+    /// σ_init: the init std of hidden and readout weights, as a multiple of the rule's.
+    pub init: f64,
+}
+
+impl Default for Multipliers {
+    fn default() -> Self {
+        Multipliers {
+            input: 1.0,
+            init: 1.0,
+        }
+    }
+}
+
+impl Multipliers {
+    /// Whether both are 1 (nothing to apply).
+    pub fn is_identity(&self) -> bool {
+        *self == Multipliers::default()
+    }
+
+    /// Both finite and > 0, and both 1 under u-μP.
+    pub fn validate(&self, parametrization: Parametrization) -> Result<()> {
+        crate::error::check_positive("input multiplier", self.input)?;
+        crate::error::check_positive("init multiplier", self.init)?;
+        if parametrization == Parametrization::Umup && !self.is_identity() {
+            return Err(Error::InvalidValue {
+                what: "input multiplier or init σ under u-μP",
+                value: if self.input != 1.0 { self.input } else { self.init },
+                reason: "u-μP has neither: its init is unit and the embedding's share of the residual stream is α_res (spec §6); they are μP's and SP's",
+            });
+        }
+        Ok(())
+    }
+
+    /// The factor on `p`'s init std: α_in for the embedding, σ_init for hidden and readout
+    /// weights, 1 for biases and gains (their init is not random).
+    pub fn init_factor(&self, p: &ParamSpec) -> f64 {
+        match p.role {
+            Role::Embedding => self.input,
+            Role::Weight | Role::Output => self.init,
+            Role::Bias | Role::Norm => 1.0,
+        }
+    }
+
+    /// The factor on `p`'s LR: α_in for the embedding, 1 otherwise.
+    pub fn lr_factor(&self, p: &ParamSpec) -> f64 {
+        match p.role {
+            Role::Embedding => self.input,
+            _ => 1.0,
+        }
+    }
+}
+
 /// One row of a model's parameter table: what the rules say about one tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamRow {
@@ -555,6 +624,38 @@ mod tests {
             ParamSpec::new("stack.0.bias", Role::Bias, &[16]).with_depth(3),
             ParamSpec::new("readout.weight", Role::Output, &[1024, 16]),
         ]
+    }
+
+    #[test]
+    fn multipliers_act_on_the_roles_tp5_names_and_not_under_umup() {
+        let m = Multipliers {
+            input: 4.0,
+            init: 0.5,
+        };
+        let [emb, hidden, bias, readout] = <[ParamSpec; 4]>::try_from(test_model()).unwrap();
+        let norm = ParamSpec::new("norm.weight", Role::Norm, &[16]);
+        let init: Vec<f64> = [&emb, &hidden, &bias, &readout, &norm]
+            .iter()
+            .map(|p| m.init_factor(p))
+            .collect();
+        assert_eq!(init, [4.0, 0.5, 1.0, 0.5, 1.0]);
+        let lr: Vec<f64> = [&emb, &hidden, &bias, &readout, &norm]
+            .iter()
+            .map(|p| m.lr_factor(p))
+            .collect();
+        assert_eq!(lr, [4.0, 1.0, 1.0, 1.0, 1.0]);
+        assert!(m.validate(Parametrization::Sp).is_ok());
+        assert!(m.validate(Parametrization::Mup { base_width: 64 }).is_ok());
+        let e = m.validate(Parametrization::Umup).unwrap_err().to_string();
+        assert!(e.contains("α_res"), "{e}");
+        assert!(Multipliers::default()
+            .validate(Parametrization::Umup)
+            .is_ok());
+        let bad = Multipliers {
+            input: 0.0,
+            init: 1.0,
+        };
+        assert!(bad.validate(Parametrization::Sp).is_err());
     }
 
     #[test]

@@ -23,6 +23,12 @@
 //! let summary = sweep.run(&[Stage::Eta], train, |_| {})?;
 //! ```
 
+pub mod axis;
+pub mod budget;
+
+pub use axis::{Axis, AxisSweep};
+pub use budget::EqualBudget;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -734,7 +740,7 @@ impl Sweep {
                 for l in &losses {
                     t += &l.map_or(" - |".into(), |l| format!(" {l:.4} |"));
                 }
-                let verdict = if losses.iter().any(Option::is_none) {
+                let verdict = if losses.len() < 2 || losses.iter().any(Option::is_none) {
                     "-"
                 } else if losses.windows(2).all(|p| p[1] < p[0]) {
                     "yes"
@@ -762,9 +768,9 @@ fn set_alphas(cfg: &mut TrainConfig, hp: &crate::nn::Hyper) {
 pub fn train_flags(cfg: &TrainConfig, dir: &Path) -> String {
     let c = cfg;
     format!(
-        "--quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --out {}",
+        "--quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --alpha-input {} --sigma-init {} --out {}",
         c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.final_lr_fraction, c.eval_every, c.eval_batches,
-        c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax,
+        c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax, c.alpha_input, c.sigma_init,
         dir.display()
     )
 }
