@@ -27,7 +27,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use umup::data::Corpus;
 use umup::sweep::{train_flags, Axis, AxisSweep, EqualBudget, Event, Point, Stage, Sweep};
-use umup::train;
+use umup::train::{self, RunOptions, Summary, TrainConfig};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "η transfer sweep across widths and parametrizations, then α sweeps")]
@@ -174,7 +174,17 @@ fn run(args: Args) -> umup::Result<()> {
         for p in &budget.proxy.params {
             train::param_table_compiled(&budget.default_config(p, 0))?;
         }
-        return run_budget(&budget, args.plan.as_deref(), args.collect.is_some());
+        return finish(
+            args.plan.as_deref(),
+            args.collect.is_some(),
+            || budget.plan(command),
+            || budget.report(),
+            |t, o| budget.run(t, o),
+            format!(
+                "{}/{{budget.csv, budget.png, summary.md}}",
+                budget.proxy.out.display()
+            ),
+        );
     }
     if let Some(spec) = &args.vary {
         if stages != [Stage::Eta] {
@@ -187,33 +197,73 @@ fn run(args: Args) -> umup::Result<()> {
         for (_, s) in axis.sweeps() {
             check_compiled(&s)?;
         }
-        return run_axis(&axis, args.plan.as_deref(), args.collect.is_some());
+        let name = axis.axis.name();
+        return finish(
+            args.plan.as_deref(),
+            args.collect.is_some(),
+            || axis.plan(command),
+            || axis.collect(),
+            |t, o| axis.run(t, o),
+            format!(
+                "{}/{{axis.csv, transfer_{name}.png, summary.md}}",
+                axis.base.out.display()
+            ),
+        );
     }
     sweep.validate()?;
     check_compiled(&sweep)?;
-    if let Some(path) = &args.plan {
-        return write_plan(path, sweep.plan(&stages, command)?);
+    finish(
+        args.plan.as_deref(),
+        args.collect.is_some(),
+        || sweep.plan(&stages, command),
+        || sweep.collect(&stages),
+        |t, o| sweep.run(&stages, t, o),
+        format!(
+            "{}/{{sweep.csv, transfer.png, summary.md}}",
+            sweep.out.display()
+        ),
+    )
+}
+
+/// The shipped trainer, for [`finish`].
+type Train<'a> = &'a (dyn Fn(&TrainConfig, &RunOptions) -> umup::Result<Summary> + Sync);
+/// The progress display, for [`finish`].
+type Observe<'a> = &'a (dyn Fn(Event<'_>) + Sync);
+
+/// Writes the commands of `commands` to `plan`, or prints `report` (`collect`), or trains with
+/// `run` (the shipped trainer on the embedded corpus, with a progress bar) and prints its
+/// summary and where the reports are (`wrote`).
+fn finish(
+    plan: Option<&Path>,
+    collect: bool,
+    commands: impl FnOnce() -> umup::Result<Vec<String>>,
+    report: impl FnOnce() -> umup::Result<String>,
+    run: impl FnOnce(Train<'_>, Observe<'_>) -> umup::Result<String>,
+    wrote: String,
+) -> umup::Result<()> {
+    if let Some(path) = plan {
+        let plan = commands()?;
+        std::fs::write(path, plan.join("\n") + "\n")
+            .map_err(|e| umup::Error::Invalid(format!("{}: {e}", path.display())))?;
+        println!("wrote {} commands to {}", plan.len(), path.display());
+        return Ok(());
     }
-    let summary = if args.collect.is_some() {
-        sweep.collect(&stages)?
+    let summary = if collect {
+        report()?
     } else {
         let corpus = Corpus::shakespeare(0.1)?;
         let bar = Mutex::new(None);
-        let summary = sweep.run(
-            &stages,
-            |cfg, run| train::train_compiled(cfg, &corpus, run, &mut |_| {}),
-            |event| progress(&bar, event),
-        );
+        let train =
+            |cfg: &TrainConfig, r: &RunOptions| train::train_compiled(cfg, &corpus, r, &mut |_| {});
+        let observe = |event: Event<'_>| progress(&bar, event);
+        let summary = run(&train, &observe);
         if let Some(bar) = bar.lock().ok().and_then(|mut b| b.take()) {
             bar.finish();
         }
         summary?
     };
     print!("{summary}");
-    println!(
-        "\nwrote {}/{{sweep.csv, transfer.png, summary.md}}",
-        sweep.out.display()
-    );
+    println!("\nwrote {wrote}");
     Ok(())
 }
 
@@ -234,64 +284,6 @@ fn command(point: &Point, dir: &Path) -> String {
         "cargo run --release --example train_{} -- {flags}",
         point.cfg.model
     )
-}
-
-fn write_plan(path: &Path, plan: Vec<String>) -> umup::Result<()> {
-    std::fs::write(path, plan.join("\n") + "\n")
-        .map_err(|e| umup::Error::Invalid(format!("{}: {e}", path.display())))?;
-    println!("wrote {} commands to {}", plan.len(), path.display());
-    Ok(())
-}
-
-/// `--vary`: plan, collect or run the η stage at every value of the axis.
-fn run_axis(axis: &AxisSweep, plan: Option<&Path>, collect: bool) -> umup::Result<()> {
-    if let Some(path) = plan {
-        return write_plan(path, axis.plan(command)?);
-    }
-    let summary = if collect {
-        axis.collect()?
-    } else {
-        let corpus = Corpus::shakespeare(0.1)?;
-        let bar = Mutex::new(None);
-        let summary = axis.run(
-            |cfg, run| train::train_compiled(cfg, &corpus, run, &mut |_| {}),
-            |event| progress(&bar, event),
-        );
-        if let Some(bar) = bar.lock().ok().and_then(|mut b| b.take()) {
-            bar.finish();
-        }
-        summary?
-    };
-    print!("{summary}");
-    let out = axis.base.out.display();
-    let name = axis.axis.name();
-    println!("\nwrote {out}/{{axis.csv, transfer_{name}.png, summary.md}}");
-    Ok(())
-}
-
-/// `--equal-budget`: plan the next phase, collect, or run every phase.
-fn run_budget(budget: &EqualBudget, plan: Option<&Path>, collect: bool) -> umup::Result<()> {
-    if let Some(path) = plan {
-        return write_plan(path, budget.plan(command)?);
-    }
-    let summary = if collect {
-        budget.report()?
-    } else {
-        let corpus = Corpus::shakespeare(0.1)?;
-        let bar = Mutex::new(None);
-        let summary = budget.run(
-            |cfg, run| train::train_compiled(cfg, &corpus, run, &mut |_| {}),
-            |event| progress(&bar, event),
-        );
-        if let Some(bar) = bar.lock().ok().and_then(|mut b| b.take()) {
-            bar.finish();
-        }
-        summary?
-    };
-    print!("{summary}");
-    let out = budget.proxy.out.display();
-    println!("\nwrote {out}/{{budget.csv, budget.png, summary.md}}");
-    Ok(())
 }
 
 /// Shows the sweep's progress: the stages on stderr, the points of each stage as a progress bar.
