@@ -238,20 +238,26 @@ impl TrainConfig {
         }
     }
 
-    /// The names [`TrainConfig::set_hyper`] takes: [`Hyper::NAMES`] (`eta` is `lr`) and μP's and
-    /// SP's `alpha_input` and `sigma_init`.
-    pub const HYPER_NAMES: [&'static str; 8] = [
-        "eta",
-        "alpha_ffn_act",
-        "alpha_attn_softmax",
-        "alpha_res",
-        "alpha_res_attn_ratio",
-        "alpha_loss_softmax",
-        "alpha_input",
-        "sigma_init",
-    ];
+    /// μP's and SP's own multipliers by name ([`Multipliers`]), besides [`Hyper::NAMES`].
+    pub const MULTIPLIER_NAMES: [&'static str; 2] = ["alpha_input", "sigma_init"];
 
-    /// Sets a hyperparameter by name ([`TrainConfig::HYPER_NAMES`]; finite and > 0).
+    /// Every name [`TrainConfig::set_hyper`] and [`TrainConfig::get_hyper`] take:
+    /// [`Hyper::NAMES`] (`eta` is `lr`), then [`TrainConfig::MULTIPLIER_NAMES`].
+    pub fn hyper_names() -> impl Iterator<Item = &'static str> {
+        Hyper::NAMES.into_iter().chain(Self::MULTIPLIER_NAMES)
+    }
+
+    /// Sets η and the five α's from `hp`.
+    pub fn set_hyperparams(&mut self, hp: &Hyper) {
+        self.lr = hp.eta;
+        self.alpha_ffn_act = hp.alpha_ffn_act;
+        self.alpha_attn_softmax = hp.alpha_attn_softmax;
+        self.alpha_res = hp.alpha_res;
+        self.alpha_res_attn_ratio = hp.alpha_res_attn_ratio;
+        self.alpha_loss_softmax = hp.alpha_loss_softmax;
+    }
+
+    /// Sets a hyperparameter by name ([`TrainConfig::hyper_names`]; finite and > 0).
     pub fn set_hyper(&mut self, name: &str, value: f64) -> Result<()> {
         let slot = match name {
             "alpha_input" => &mut self.alpha_input,
@@ -259,12 +265,7 @@ impl TrainConfig {
             _ => {
                 let mut hp = self.hyper();
                 hp.set(name, value)?;
-                self.lr = hp.eta;
-                self.alpha_ffn_act = hp.alpha_ffn_act;
-                self.alpha_attn_softmax = hp.alpha_attn_softmax;
-                self.alpha_res = hp.alpha_res;
-                self.alpha_res_attn_ratio = hp.alpha_res_attn_ratio;
-                self.alpha_loss_softmax = hp.alpha_loss_softmax;
+                self.set_hyperparams(&hp);
                 return Ok(());
             }
         };
@@ -272,7 +273,7 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Reads a hyperparameter by name ([`TrainConfig::HYPER_NAMES`]).
+    /// Reads a hyperparameter by name ([`TrainConfig::hyper_names`]).
     pub fn get_hyper(&self, name: &str) -> Result<f64> {
         match name {
             "alpha_input" => Ok(self.alpha_input),

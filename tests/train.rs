@@ -424,7 +424,7 @@ fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umu
     .to_string();
     assert!(e.contains("u-μP"), "{e}");
     let mut c = TrainConfig::default();
-    for (i, name) in TrainConfig::HYPER_NAMES.iter().enumerate() {
+    for (i, name) in TrainConfig::hyper_names().enumerate() {
         c.set_hyper(name, (i + 2) as f64).unwrap();
         assert_eq!(c.get_hyper(name).unwrap(), (i + 2) as f64, "{name}");
     }

@@ -414,9 +414,8 @@ impl EqualBudget {
 
 /// `η = 2^e` and every hyperparameter that is not 1, as `name = 2^e`.
 fn describe(cfg: &TrainConfig) -> String {
-    TrainConfig::HYPER_NAMES
-        .iter()
-        .map(|&n| (n, cfg.get_hyper(n).unwrap_or(1.0)))
+    TrainConfig::hyper_names()
+        .map(|n| (n, cfg.get_hyper(n).unwrap_or(1.0)))
         .filter(|&(n, v)| n == "eta" || v != 1.0)
         .map(|(n, v)| format!("{n} 2^{}", fmt_exp(v.log2())))
         .collect::<Vec<_>>()

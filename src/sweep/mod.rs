@@ -326,7 +326,7 @@ impl Sweep {
                 let mut cfg = self.base("umup", w, eta);
                 let mut hp = cfg.hyper();
                 if hp.set(a, 2f64.powi(e)).is_ok() {
-                    set_alphas(&mut cfg, &hp);
+                    cfg.set_hyperparams(&hp);
                 }
                 v.push(Point {
                     cfg,
@@ -345,7 +345,7 @@ impl Sweep {
         for (a, (v, _)) in &self.best_alphas(results) {
             hp.set(a, *v)?;
         }
-        set_alphas(&mut cfg, &hp);
+        cfg.set_hyperparams(&hp);
         Ok(Point {
             cfg,
             label: "combined".into(),
@@ -752,14 +752,6 @@ impl Sweep {
         }
         t
     }
-}
-
-fn set_alphas(cfg: &mut TrainConfig, hp: &crate::nn::Hyper) {
-    cfg.alpha_ffn_act = hp.alpha_ffn_act;
-    cfg.alpha_attn_softmax = hp.alpha_attn_softmax;
-    cfg.alpha_res = hp.alpha_res;
-    cfg.alpha_res_attn_ratio = hp.alpha_res_attn_ratio;
-    cfg.alpha_loss_softmax = hp.alpha_loss_softmax;
 }
 
 /// The flags of the shipped trainers (`train_lm`, `train_encoder`, and any binary with their
