@@ -676,9 +676,16 @@ impl Sweep {
         let best = self.best_alphas(results);
         if !best.is_empty() {
             let first = self.alphas.first().map_or("", String::as_str);
+            // α = 1 is the α grid's 0 point, or else the η stage's run at the best η.
+            let at_best_eta = |p: &Point| {
+                p.label.starts_with("eta/umup/")
+                    && p.cfg.width == self.alpha_width()
+                    && Some(p.cfg.lr) == self.best_eta(results)
+            };
             let default = results
                 .iter()
                 .find(|(p, _)| p.label == format!("alpha/{first}/log20"))
+                .or_else(|| results.iter().find(|(p, _)| at_best_eta(p)))
                 .and_then(|(_, l)| *l);
             summary += "\n## α sweeps (u-μP, at the best η)\n\n| α | best value | loss at best | loss at α = 1 |\n|---|---:|---:|---:|\n";
             let mut apanels = Vec::new();
