@@ -423,6 +423,48 @@ fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umu
     .unwrap_err()
     .to_string();
     assert!(e.contains("u-μP"), "{e}");
+    // A run with multipliers resumes bit-exactly: the checkpoint holds the scaled tensors, the
+    // LRs keep their factor; the multipliers are part of the run's settings.
+    let (corpus, run) = (
+        corpus(),
+        TrainConfig {
+            param: "sp".into(),
+            lr: 0.003,
+            alpha_input: 4.0,
+            sigma_init: 0.5,
+            precision: Precision::F32,
+            ..self::cfg()
+        },
+    );
+    let (a, b) = (dir("mult-a"), dir("mult-b"));
+    let t = |out: &Path, resume, stop| {
+        train::train::<64, 256, 2, Sp>(&run, &corpus, &opts(out, resume, stop), &mut |_| {})
+            .unwrap()
+    };
+    t(&a, false, None);
+    t(&b, false, Some(3));
+    t(&b, true, None);
+    assert_eq!(rows(&a), rows(&b));
+    let plain = dir("mult-plain");
+    let unscaled = TrainConfig {
+        alpha_input: 1.0,
+        sigma_init: 1.0,
+        ..run.clone()
+    };
+    train::train::<64, 256, 2, Sp>(&unscaled, &corpus, &opts(&plain, false, None), &mut |_| {})
+        .unwrap();
+    assert_ne!(
+        rows(&a)[1],
+        rows(&plain)[1],
+        "the multipliers change the run"
+    );
+    let e = train::train::<64, 256, 2, Sp>(&unscaled, &corpus, &opts(&a, true, None), &mut |_| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("settings differ"), "{e}");
+    for d in [a, b, plain] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
     let mut c = TrainConfig::default();
     for (i, name) in TrainConfig::hyper_names().enumerate() {
         c.set_hyper(name, (i + 2) as f64).unwrap();
