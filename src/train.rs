@@ -544,10 +544,11 @@ pub fn train_model<M: Trainable<Dev>, Dev: TrainDevice>(
         weight_decay: cfg.weight_decay,
         grad_clip: cfg.grad_clip,
         schedule: LrSchedule::warmup_cosine(cfg.warmup, cfg.steps, cfg.final_lr_fraction)?,
+        multipliers: cfg.multipliers(),
         ..OptimConfig::adamw(cfg.lr)
     };
     let mut opt = Optimizer::<f32, Dev>::for_table(optim_cfg, &table)?;
-    opt.apply_multipliers(&cfg.multipliers(), &table, &mut model)?;
+    crate::nn::apply_init_multipliers(&mut model, &table, &cfg.multipliers())?;
     for path in &cfg.freeze {
         opt.freeze(path)?;
     }

@@ -148,6 +148,7 @@ fn the_conformance_optimizer_lr_case_passes_through_a_generated_table() {
         case.params["lr"].as_f64().unwrap(),
         case.params["weight_decay"].as_f64().unwrap(),
         case.params["independent_weight_decay"].as_bool().unwrap(),
+        &params::Multipliers::default(),
     )
     .unwrap();
     let expected = case.expected.param_groups.as_ref().unwrap();
@@ -439,6 +440,7 @@ fn lr_case_through_table(
         case.params["lr"].as_f64().unwrap(),
         case.params["weight_decay"].as_f64().unwrap(),
         case.params["independent_weight_decay"].as_bool().unwrap(),
+        &params::Multipliers::default(),
     )
     .unwrap();
     let expected = case.expected.param_groups.as_ref().unwrap();

@@ -375,9 +375,15 @@ fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umu
         input: 0.25,
         init: 2.0,
     };
-    let opt = || Optimizer::<f32, Cpu>::for_table(OptimConfig::adamw(0.01), &table).unwrap();
-    let (base, mut opt) = (opt(), opt());
-    opt.apply_multipliers(&mult, &table, &mut scaled).unwrap();
+    let opt = |multipliers| {
+        let cfg = OptimConfig {
+            multipliers,
+            ..OptimConfig::adamw(0.01)
+        };
+        Optimizer::<f32, Cpu>::for_table(cfg, &table).unwrap()
+    };
+    let (base, opt) = (opt(Multipliers::default()), opt(mult));
+    umup::nn::apply_init_multipliers(&mut scaled, &table, &mult).unwrap();
     let same = |a: Vec<f32>, b: Vec<f32>, f: f32| {
         assert_eq!(a.len(), b.len());
         assert!(a.iter().zip(&b).all(|(x, y)| *y == *x * f));

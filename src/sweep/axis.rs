@@ -171,31 +171,24 @@ impl AxisSweep {
         self.report()
     }
 
-    /// The mean final loss (over the seeds) of every finished η point, by parametrization,
-    /// axis value and log2 η.
-    pub fn means(&self) -> Result<BTreeMap<(String, usize, i32), f64>> {
-        let mut out = BTreeMap::new();
-        for (v, s) in self.sweeps() {
-            let width = s.widths[0];
-            for ((param, w, e), l) in s.eta_means(&s.results(&s.eta_points())?) {
-                if let (true, Some(l)) = (w == width, l) {
-                    out.insert((param, v, e), l);
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Writes `<out>/axis.csv` (`axis,value,param,log2_lr,mean_final_val_loss`),
     /// `<out>/transfer_<axis>.png` (loss vs η, one curve per value, one panel per
     /// parametrization) and `<out>/summary.md`: the best η of each parametrization at each value,
     /// and its drift in grid steps from the first value to the last and over all values
     /// ([`drift`]). Each value's own reports are in its directory ([`Sweep::report`]).
     pub fn report(&self) -> Result<String> {
-        let means = self.means()?;
-        for (_, s) in self.sweeps() {
+        // The mean final loss (over the seeds) of every finished η point, by parametrization,
+        // axis value and log2 η; each value's own reports on the way.
+        let mut means = BTreeMap::new();
+        for (v, s) in self.sweeps() {
+            let results = s.results(&s.eta_points())?;
             if s.out.exists() {
-                s.report(&s.results(&s.eta_points())?)?;
+                s.report(&results)?;
+            }
+            for ((param, w, e), l) in s.eta_means(&results) {
+                if let (true, Some(l)) = (w == s.widths[0], l) {
+                    means.insert((param, v, e), l);
+                }
             }
         }
         let out = &self.base.out;

@@ -171,7 +171,7 @@ impl EqualBudget {
     /// far as the finished runs allow (α after η, combined after α), or the random search.
     pub fn proxy_results(&self, param: &str) -> Result<Results> {
         if param != "umup" {
-            return self.runner().results(&self.random_points(param));
+            return self.proxy.results(&self.random_points(param));
         }
         let s = self.umup_sweep();
         let mut all = s.eta_points();
@@ -254,7 +254,7 @@ impl EqualBudget {
             if pending.is_empty() {
                 break;
             }
-            self.runner().run_points(&pending, &train, &observe)?;
+            self.proxy.run_points(&pending, &train, &observe)?;
         }
         self.report()
     }
@@ -270,7 +270,7 @@ impl EqualBudget {
         }
         if v.is_empty() {
             v = self
-                .runner()
+                .proxy
                 .pending(&self.target_points()?)?
                 .into_iter()
                 .cloned()
@@ -303,7 +303,7 @@ impl EqualBudget {
             self.umup_sweep()
                 .collect(&[Stage::Eta, Stage::Alpha, Stage::Combined])?;
         }
-        let target = self.runner().results(&self.target_points()?)?;
+        let target = self.proxy.results(&self.target_points()?)?;
         let mut csv = String::from("label,param,width,seed,lr,alpha_ffn_act,alpha_attn_softmax,alpha_res,alpha_res_attn_ratio,alpha_loss_softmax,alpha_input,sigma_init,final_val_loss\n");
         let mut summary = format!(
             "## Equal sweep budget: {} runs per scheme at width {}, winners at width {} ({} seeds)\n\n\
@@ -403,12 +403,6 @@ impl EqualBudget {
         )?;
         std::fs::write(out.join("summary.md"), &summary).map_err(|e| io(out, e))?;
         Ok(summary)
-    }
-
-    /// A sweep that runs points under `out` (for [`Sweep::run_points`] and
-    /// [`Sweep::pending`]).
-    fn runner(&self) -> Sweep {
-        self.proxy.clone()
     }
 }
 

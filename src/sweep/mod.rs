@@ -677,10 +677,11 @@ impl Sweep {
         if !best.is_empty() {
             let first = self.alphas.first().map_or("", String::as_str);
             // α = 1 is the α grid's 0 point, or else the η stage's run at the best η.
+            let best_eta = self.best_eta(results);
             let at_best_eta = |p: &Point| {
                 p.label.starts_with("eta/umup/")
                     && p.cfg.width == self.alpha_width()
-                    && Some(p.cfg.lr) == self.best_eta(results)
+                    && Some(p.cfg.lr) == best_eta
             };
             let default = results
                 .iter()

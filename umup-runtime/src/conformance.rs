@@ -628,6 +628,7 @@ fn compute<D: Backend<f64>>(case: &Case, dev: &D) -> Result<Computed> {
                 f64_param(case, "lr", None)?,
                 f64_param(case, "weight_decay", Some(0.0))?,
                 bool_param(case, "independent_weight_decay", true)?,
+                &params::Multipliers::default(),
             )?);
         }
         "adamw_step" => adamw_step(case, dev, &mut c)?,

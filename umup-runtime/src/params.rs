@@ -243,7 +243,8 @@ pub struct ParamGroup {
 }
 
 /// Resolves every parameter's LR and weight decay (`scaled_parameters`, spec §7.3) under a
-/// parametrization (the reference's rules are [`Parametrization::Umup`]).
+/// parametrization (the reference's rules are [`Parametrization::Umup`]), with μP's and SP's
+/// own multipliers' LR factors ([`Multipliers::lr_factor`]; refused under u-μP unless 1).
 pub fn param_groups(
     params: &[ParamSpec],
     parametrization: Parametrization,
@@ -251,13 +252,15 @@ pub fn param_groups(
     lr: f64,
     wd: f64,
     independent_weight_decay: bool,
+    multipliers: &Multipliers,
 ) -> Result<Vec<ParamGroup>> {
     crate::error::check_positive("learning rate", lr)?;
     crate::error::check_finite("weight decay", wd)?;
+    multipliers.validate(parametrization)?;
     params
         .iter()
         .map(|p| {
-            let param_lr = lr * parametrization.lr_scale(rule, p)?;
+            let param_lr = lr * parametrization.lr_scale(rule, p)? * multipliers.lr_factor(p);
             Ok(ParamGroup {
                 path: p.path.clone(),
                 lr: param_lr,
@@ -667,6 +670,7 @@ mod tests {
             0.1,
             0.001,
             true,
+            &Multipliers::default(),
         )
         .unwrap();
         let want = [0.1 / 4.0, 0.1 / 4.0 / 3f64.sqrt(), 0.1 / 3f64.sqrt(), 0.1];
@@ -679,7 +683,16 @@ mod tests {
     #[test]
     fn reference_sgd_constrained_table() {
         let rule = LrRule::for_sgd(Constraint::ToOutputScale).unwrap();
-        let g = param_groups(&test_model(), Parametrization::Umup, rule, 0.1, 0.0, true).unwrap();
+        let g = param_groups(
+            &test_model(),
+            Parametrization::Umup,
+            rule,
+            0.1,
+            0.0,
+            true,
+            &Multipliers::default(),
+        )
+        .unwrap();
         let adam = param_groups(
             &test_model(),
             Parametrization::Umup,
@@ -687,6 +700,7 @@ mod tests {
             0.1,
             0.0,
             true,
+            &Multipliers::default(),
         )
         .unwrap();
         for i in 0..3 {

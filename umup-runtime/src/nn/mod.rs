@@ -14,6 +14,7 @@
 pub mod functional;
 mod layers;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 
 pub use layers::{
@@ -21,12 +22,15 @@ pub use layers::{
     UnitConv1dBias, UnitEmbedding, UnitLayerNorm, UnitLinear, UnitLinearBias, UnitRmsNorm,
 };
 
-use dfdx::prelude::{Dim, Dtype, Merge, Shape, Tape, Tensor};
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
+};
+use dfdx::prelude::{Dim, Dtype, Merge, Shape, Tape, Tensor, TryMul};
 
 use crate::constraint::Constraint;
-use crate::error::{check_positive, Error, Result};
+use crate::error::{check_positive, DeviceResultExt, Error, Result};
 use crate::ops::{Backend, Conv1dGeometry};
-use crate::params::{ParamRow, ParamTable, Parametrization, Role};
+use crate::params::{Multipliers, ParamRow, ParamTable, Parametrization, Role};
 
 /// A parametrization as a type (see [`Parametrization`] for the rules).
 ///
@@ -308,5 +312,60 @@ impl Hyper {
             check_positive("hyperparameter", self.get(name)?)?;
         }
         Ok(())
+    }
+}
+
+/// Multiplies every tensor of a freshly built `model` (its table `table`) by μP's and SP's init
+/// factor ([`Multipliers::init_factor`]: α_in for the embedding, σ_init for hidden and readout
+/// weights); their LR factors are [`crate::optim::OptimConfig::multipliers`]'. Refused under
+/// u-μP unless both are 1 ([`Multipliers::validate`]). When resuming, loading the checkpoint
+/// afterwards overwrites the scaled tensors.
+pub fn apply_init_multipliers<E: Dtype, D: Backend<E>, M: TensorCollection<E, D>>(
+    model: &mut M,
+    table: &ParamTable,
+    mult: &Multipliers,
+) -> Result<()> {
+    mult.validate(table.parametrization)?;
+    if mult.is_identity() {
+        return Ok(());
+    }
+    let factors: HashMap<String, f64> = table
+        .rows
+        .iter()
+        .map(|r| (r.spec.path.clone(), mult.init_factor(&r.spec)))
+        .collect();
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (model, String::new()),
+        f: &mut ScaleVisitor { factors: &factors },
+    })?;
+    Ok(())
+}
+
+/// Multiplies every tensor by its factor (by path; 1 when absent).
+struct ScaleVisitor<'a> {
+    factors: &'a HashMap<String, f64>,
+}
+
+impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ScaleVisitor<'_> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = Error;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        _: TensorOptions<S, E, D>,
+        (t, name): (&mut Tensor<S, E, D>, String),
+    ) -> Result<Option<Tensor<S, E, D>>> {
+        let f = self.factors.get(&name).copied().unwrap_or(1.0);
+        if f != 1.0 {
+            let f = E::from_f64(f).ok_or(Error::InvalidValue {
+                what: "multiplier",
+                value: f,
+                reason: "not representable in the model's dtype",
+            })?;
+            *t = t.clone().try_mul(f).dev()?;
+        }
+        Ok(None)
     }
 }

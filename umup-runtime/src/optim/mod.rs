@@ -85,6 +85,10 @@ pub struct OptimConfig {
     pub allow_non_unit_scaling_params: bool,
     /// The parametrization whose LR rules apply (u-μP unless a baseline is being trained).
     pub parametrization: Parametrization,
+    /// μP's and SP's own multipliers: their LR factors ([`Multipliers::lr_factor`]; identity
+    /// by default, and required under u-μP). Their init factors are
+    /// [`crate::nn::apply_init_multipliers`]'s.
+    pub multipliers: Multipliers,
 }
 
 impl Default for OptimConfig {
@@ -103,6 +107,7 @@ impl Default for OptimConfig {
             schedule: LrSchedule::constant(),
             allow_non_unit_scaling_params: false,
             parametrization: Parametrization::Umup,
+            multipliers: Multipliers::default(),
         }
     }
 }
@@ -194,6 +199,7 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             cfg.lr,
             cfg.weight_decay,
             cfg.independent_weight_decay,
+            &cfg.multipliers,
         )?;
         let mut index = HashMap::new();
         for (i, p) in params.iter().enumerate() {
@@ -275,46 +281,6 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
     /// restored by this call).
     pub fn set_steps(&mut self, steps: usize) {
         self.steps = steps;
-    }
-
-    /// Applies μP's and SP's own multipliers ([`Multipliers`], TP-V's input multiplier and init
-    /// σ) to a freshly built `model` (its table `table`) and to this optimizer: every tensor is
-    /// multiplied by [`Multipliers::init_factor`] and its LR (and, with independent weight
-    /// decay, its decay) by [`Multipliers::lr_factor`]. Call it once, before the first update and
-    /// not when resuming (the checkpoint holds the scaled tensors; the LRs are rebuilt from the
-    /// config). Refused under u-μP unless both are 1 ([`Multipliers::validate`]).
-    pub fn apply_multipliers<M: TensorCollection<E, D>>(
-        &mut self,
-        mult: &Multipliers,
-        table: &ParamTable,
-        model: &mut M,
-    ) -> Result<()> {
-        mult.validate(table.parametrization)?;
-        if mult.is_identity() {
-            return Ok(());
-        }
-        let factors: HashMap<String, f64> = table
-            .rows
-            .iter()
-            .map(|r| (r.spec.path.clone(), mult.init_factor(&r.spec)))
-            .collect();
-        M::iter_tensors(&mut RecursiveWalker {
-            m: (model, String::new()),
-            f: &mut ScaleVisitor { factors: &factors },
-        })?;
-        for r in &table.rows {
-            let Some(&i) = self.index.get(&r.spec.path) else {
-                continue;
-            };
-            let g = &mut self.groups[i];
-            g.lr *= mult.lr_factor(&r.spec);
-            g.weight_decay = params::weight_decay(
-                self.cfg.weight_decay,
-                g.lr,
-                self.cfg.independent_weight_decay,
-            );
-        }
-        Ok(())
     }
 
     /// The global η the next update will use (η × schedule factor).
@@ -597,35 +563,6 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ResolveVisitor<'_, E, D> {
         if opts.do_gradient_update {
             let s = self.opt.resolve(&name, p.shape().num_elements())?;
             self.settings.push(s);
-        }
-        Ok(None)
-    }
-}
-
-/// Multiplies every tensor by its factor (by path; 1 when absent).
-struct ScaleVisitor<'a> {
-    factors: &'a HashMap<String, f64>,
-}
-
-impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ScaleVisitor<'_> {
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, name): (&mut Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
-        let f = self.factors.get(&name).copied().unwrap_or(1.0);
-        if f != 1.0 {
-            let f = E::from_f64(f).ok_or(Error::InvalidValue {
-                what: "multiplier",
-                value: f,
-                reason: "not representable in the model's dtype",
-            })?;
-            *t = t.clone().try_mul(f).dev()?;
         }
         Ok(None)
     }
