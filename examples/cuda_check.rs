@@ -4,14 +4,18 @@
 //! ```text
 //! cargo run --release --features cuda --example cuda_check -- [fixtures/public.json]
 //! cargo run --release --features cuda --example cuda_check -- --steps 20 --rounds 3
+//! cargo run --release --features cuda --example cuda_check -- --steps-only --rounds 1
 //! ```
 //!
+//! 0. **umup's `Cuda` kernels** (the scale primitive, gradient scaling, the scaled add) against
+//!    their device-generic compositions on `Cuda`, in f64, f32 and f16, at sizes that do and do
+//!    not fill whole blocks: values and gradients.
 //! 1. **Conformance on `Cuda`**: every fixture case through the public API on `Cuda` in `f64`,
 //!    with the fixture's tolerances (the same runner as `examples/conformance.rs`).
 //! 2. **LM on `Cuda` vs `Cpu`** (width 256, 4 layers, 4 heads, batch 8×128, f32): the same
 //!    weights (a checkpoint written on `Cpu` and read on `Cuda`), the same batch; the loss and
 //!    every parameter's gradient (from the first Adam moment after one step, `m = (1 − β₁)·g`)
-//!    compared with the `Cpu` kernels (`Cuda` runs the device-generic compositions).
+//!    compared with the `Cpu` kernels (`Cuda` runs umup's `Cuda` kernels and the generic compositions).
 //! 3. **Step time**: one AdamW training step of that model, u-μP and SP on `Cuda` and u-μP on
 //!    `Cpu` (its kernels, all cores), interleaved; medians over `--rounds` × `--steps`, at the
 //!    reference batch 8×128 and at `--big-batch`×128.
@@ -54,6 +58,9 @@ struct Args {
     /// Largest allowed norm-wise relative gradient difference Cuda vs Cpu.
     #[arg(long, default_value_t = 1e-4)]
     grad_tol: f64,
+    /// Only the step times (section 3): what `tools/reference/bench_step_gpu.py` runs each round.
+    #[arg(long)]
+    steps_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,11 +81,139 @@ fn run(args: &Args) -> umup::Result<bool> {
             "--steps, --rounds and --big-batch must be at least 1".into(),
         ));
     }
+    if args.steps_only {
+        step_times(args)?;
+        return Ok(true);
+    }
     let cuda = Cuda::open(0)?;
+    let kernels_ok = kernels_on_cuda(&cuda)?;
     let conformance_ok = conformance_on_cuda(&cuda, &args.fixtures)?;
     let grads_ok = compare_lm(&cuda, args.grad_tol)?;
     step_times(args)?;
-    Ok(conformance_ok && grads_ok)
+    Ok(kernels_ok && conformance_ok && grads_ok)
+}
+
+/// Section 0: each `Cuda` kernel method against its generic composition, per dtype.
+fn kernels_on_cuda(cuda: &Cuda) -> umup::Result<bool> {
+    println!("## 0. umup's Cuda kernels vs their generic compositions (norm-wise rel diff)");
+    println!("| dtype | n | scale_grad y | scale_grad dx | add y | add da, db | a+a da | scale_gradient |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut ok = true;
+    ok &= kernels_for::<f64>(cuda, "f64", 1e-12)?;
+    ok &= kernels_for::<f32>(cuda, "f32", 1e-6)?;
+    ok &= kernels_for::<umup::dfdx::dtypes::f16>(cuda, "f16", 2e-3)?;
+    println!("   {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}
+
+/// Host values → a `Cuda` vector of dtype `E`.
+fn vector<E: Dtype>(cuda: &Cuda, v: &[f64]) -> umup::Result<Tensor<(usize,), E, Cuda>>
+where
+    Cuda: Device<E>,
+{
+    let data: Vec<E> = v
+        .iter()
+        .map(|&x| E::from_f64(x).unwrap_or_default())
+        .collect();
+    cuda.try_tensor_from_vec(data, (v.len(),))
+        .map_err(umup::Error::device)
+}
+
+/// `‖a − b‖ / ‖b‖` of two `Cuda` tensors read back as f64.
+fn tensor_diff<E: Dtype>(a: &Tensor<(usize,), E, Cuda>, b: &Tensor<(usize,), E, Cuda>) -> f64
+where
+    Cuda: Device<E>,
+{
+    let f = |t: &Tensor<(usize,), E, Cuda>| -> Vec<f32> {
+        t.as_vec()
+            .iter()
+            .map(|x| x.to_f64().unwrap_or(f64::NAN) as f32)
+            .collect()
+    };
+    rel_diff(&f(a), &f(b))
+}
+
+fn kernels_for<E: Dtype>(cuda: &Cuda, name: &str, tol: f64) -> umup::Result<bool>
+where
+    Cuda: umup::ops::Backend<E>,
+{
+    use umup::ops::{generic, scale_grad, scale_grad_generic, Backend};
+    let dev = |e: CudaError| umup::Error::device(e);
+    let mut ok = true;
+    // 1: a single element; 2100: a partial last block; 1M + 3: a grid-stride loop.
+    for n in [1usize, 2100, (1 << 20) + 3] {
+        let host = |k: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| (((i * 7919 + k * 104729) % 2003) as f64 / 1001.0) - 1.0)
+                .collect()
+        };
+        let (x, w, b) = (
+            vector::<E>(cuda, &host(1))?,
+            vector::<E>(cuda, &host(2))?,
+            vector::<E>(cuda, &host(3))?,
+        );
+        // scale_grad: value 0.37·x, gradient 2.5·w.
+        let run_scale = |kernel: bool| -> umup::Result<_> {
+            let xt = x.clone().leaky_traced();
+            let y = if kernel {
+                scale_grad(xt, 0.37, 2.5)?
+            } else {
+                scale_grad_generic(xt, 0.37, 2.5)?
+            };
+            let (y, tape) = y.split_tape();
+            let loss =
+                umup::ops::sum_all(y.clone().put_tape(tape).try_mul(w.clone()).map_err(dev)?)
+                    .map_err(dev)?;
+            let g = loss.backward();
+            Ok((y, g.get(&x)))
+        };
+        let (yk, gk) = run_scale(true)?;
+        let (yg, gg) = run_scale(false)?;
+        // The scaled add: value 0.6·x + 1.7·b, gradients 0.8·w and 1.3·w.
+        let scales = [0.6, 1.7, 0.8, 1.3];
+        let run_add = |kernel: bool, same: bool| -> umup::Result<_> {
+            let other = if same { &x } else { &b };
+            let (xt, bt) = (x.clone().leaky_traced(), other.clone().leaky_traced());
+            let y = if kernel {
+                <Cuda as Backend<E>>::add_kernel(xt, bt, scales)?
+            } else {
+                generic::add(xt, bt, scales)?
+            };
+            let (y, tape) = y.split_tape();
+            let loss =
+                umup::ops::sum_all(y.clone().put_tape(tape).try_mul(w.clone()).map_err(dev)?)
+                    .map_err(dev)?;
+            let g = loss.backward();
+            Ok((y, g.get(&x), g.get(other)))
+        };
+        let (ak, dak, dbk) = run_add(true, false)?;
+        let (ag, dag, dbg) = run_add(false, false)?;
+        let (_, sk, _) = run_add(true, true)?;
+        let (_, sg, _) = run_add(false, true)?;
+        // scale_gradient: a gradient buffer times 0.3, in place, against 0.3·buffer.
+        let mut store =
+            umup::ops::sum_all(x.clone().leaky_traced().try_mul(w.clone()).map_err(dev)?)
+                .map_err(dev)?
+                .backward();
+        let before = store.get(&x);
+        <Cuda as Backend<E>>::scale_gradient(&mut store, &x, E::from_f64(0.3).unwrap_or_default())
+            .map_err(dev)?;
+        let expected = before
+            .try_mul(E::from_f64(0.3).unwrap_or_default())
+            .map_err(dev)?;
+        let diffs = [
+            tensor_diff(&yk, &yg),
+            tensor_diff(&gk, &gg),
+            tensor_diff(&ak, &ag),
+            tensor_diff(&dak, &dag).max(tensor_diff(&dbk, &dbg)),
+            tensor_diff(&sk, &sg),
+            tensor_diff(&store.get(&x), &expected),
+        ];
+        let row: Vec<String> = diffs.iter().map(|d| format!("{d:.1e}")).collect();
+        println!("| {name} | {n} | {} |", row.join(" | "));
+        ok &= diffs.iter().all(|&d| d <= tol);
+    }
+    Ok(ok)
 }
 
 fn conformance_on_cuda(cuda: &Cuda, path: &str) -> umup::Result<bool> {
@@ -284,7 +419,7 @@ fn step_times(args: &Args) -> umup::Result<()> {
         println!("| model | ms/step | tokens/s | vs u-μP on Cuda |");
         println!("|---|---:|---:|---:|");
         for (name, m) in [
-            "u-μP on Cuda (device-generic ops)",
+            "u-μP on Cuda (umup kernels, generic ops)",
             "SP on Cuda (same code, no u-μP scales)",
             "u-μP on Cpu (kernels, all cores)",
         ]

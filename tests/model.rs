@@ -571,6 +571,17 @@ fn conv_fields_run_the_op_with_their_geometry_and_are_unit_scaled() {
     .unwrap();
     assert_eq!(z.shape().concrete(), [4, 32, 46]);
     assert_eq!(z.as_vec(), want.as_vec());
+    // Unbatched `[C_in, T]`: the batch of one, reshaped.
+    let x1: Tensor<(Const<64>, usize), f64, Cpu> = dev.sample_normal_like(&(Const::<64>, 40));
+    let y1 = net.conv.try_forward(x1.clone()).unwrap();
+    assert_eq!(y1.shape().concrete(), [64, 40]);
+    let batched = net
+        .conv
+        .try_forward(x1.clone().reshape_like(&(1, Const::<64>, 40)))
+        .unwrap();
+    assert_eq!(y1.as_vec(), batched.as_vec());
+    let z1 = net.down.try_forward(x1.leaky_trace()).unwrap();
+    assert_eq!(z1.shape().concrete(), [32, 18]);
     // A too-short input is an error, not a panic.
     let short: Tensor<(usize, Const<64>, usize), f64, Cpu> = dev.zeros_like(&(1, Const::<64>, 4));
     assert!(net.down.try_forward(short).is_err());

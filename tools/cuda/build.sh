@@ -7,6 +7,7 @@
 #   tar xzf target/cudabundle.tar.gz -C /tmp # on the GPU machine, from the repo root:
 #   /tmp/umupbundle/run.sh cuda_check fixtures/public.json
 #   /tmp/umupbundle/run.sh train_lm --device cuda
+#   bash tools/cuda/device_check.sh          # all of the above, as one script for a lent GPU
 #
 # The first run assembles a fake toolkit in WORK (CUDA 13.0 PyPI wheels, ~616 MB, a fake
 # nvidia-smi, a link-time stub libcuda.so.1; about a minute); later runs reuse it. CUDA 13.0
@@ -86,6 +87,10 @@ export RUSTFLAGS="-L native=$WORK/stub -C link-arg=-Wl,-rpath,\$ORIGIN/cudalib"
 (cd "$ROOT" && cargo build --release --features cuda --example cuda_check --example train_lm \
     --target-dir "$WORK/target")
 
+echo "== 6. umup's run-time kernels compile with cudarc's NVRTC (no GPU needed)"
+(cd "$ROOT" && LD_LIBRARY_PATH="$WORK/stub:$WORK/cuda/lib" cargo test --release -p umup-runtime \
+    --features cuda --lib ops::cuda --target-dir "$WORK/target")
+
 B=$WORK/umupbundle
 rm -rf "$B"; mkdir -p "$B/cudalib" "$B/include"
 for bin in cuda_check train_lm; do strip -o "$B/$bin" "$WORK/target/release/examples/$bin"; done
@@ -99,6 +104,10 @@ cp "$DFDX_SRC"/src/tensor_ops/utilities/*.cuh "$B/include/"
 # dfdx bakes $CUDA_ROOT/include into the binary as an NVRTC include path; run.sh recreates it.
 echo "$WORK/cuda/include" > "$B/baked_include_dir.txt"
 cp "$HERE/run.sh" "$B/run.sh"; chmod +x "$B/run.sh"
+# The reference library and its pure-python dependencies (the GPU machine has PyTorch but no
+# network), for tools/reference/bench_step_gpu.py.
+pip download --no-deps --only-binary=:all: --no-cache-dir -d "$B/wheels" unit-scaling==0.3.5 \
+    einops==0.8.2 tabulate==0.10.0 docstring-parser==0.18.0 >/dev/null
 mkdir -p "$ROOT/target"
 tar -C "$WORK" -czf "$ROOT/target/cudabundle.tar.gz" umupbundle
 du -sh "$ROOT/target/cudabundle.tar.gz"

@@ -32,23 +32,30 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 V, D, L, H, SEQ, BATCH = 256, 256, 4, 4, 128, 8
 
 
-def reference_step_ms(steps, threads):
-    """Median ms of `steps` reference training steps after 2 warm-up steps."""
+def reference_step_ms(steps, threads, device="cpu", batch=BATCH, compile=False):
+    """Median ms of `steps` reference training steps after 2 warm-up steps (on `device`, with
+    `batch` sequences; `compile`: the model through `torch.compile`). On a GPU each step ends
+    with a device synchronisation, so it is timed whole."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = uu.TransformerDecoder(D, V, L, H)
+    model = uu.TransformerDecoder(D, V, L, H).to(device)
     opt = uu.optim.AdamW(model.parameters(), lr=2.0**-6)
-    n = BATCH * SEQ
-    ids = torch.tensor([(i * 37 + 11) % V for i in range(n)]).view(BATCH, SEQ)
-    targets = torch.tensor([(((i * 37 + 11) % V) * 5 + 1) % V for i in range(n)])
+    forward = torch.compile(model) if compile else model
+    n = batch * SEQ
+    ids = torch.tensor([(i * 37 + 11) % V for i in range(n)], device=device).view(batch, SEQ)
+    targets = torch.tensor([(((i * 37 + 11) % V) * 5 + 1) % V for i in range(n)], device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     times = []
-    for step in range(steps + 2):
+    # torch.compile traces and compiles on the first calls: more warm-up steps.
+    warmup = 5 if compile else 2
+    for step in range(steps + warmup):
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = U.cross_entropy(model(ids).flatten(end_dim=-2), targets)
+        loss = U.cross_entropy(forward(ids).flatten(end_dim=-2), targets)
         loss.backward()
         opt.step()
-        if step >= 2:
+        sync()
+        if step >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 

@@ -275,7 +275,7 @@ fn check_layer(
         return None;
     }
     let Some(&(_, arity)) = layer else {
-        return Some(Layer::Model { path: path.clone() });
+        return model_sizes_only(seg, errors).then(|| Layer::Model { path: path.clone() });
     };
     let args: Vec<&GenericArgument> = match &seg.arguments {
         PathArguments::AngleBracketed(a) => a.args.iter().collect(),
@@ -513,4 +513,63 @@ fn check_dim(arg: &GenericArgument, const_names: &[String], errors: &mut Errors)
             false
         }
     }
+}
+
+/// Type names a `#[model]` field must not pass: the nested model always takes the outer model's
+/// dtype, device and parametrization, so one written here would be silently replaced.
+const OUTER_ONLY: [(&str, &str); 12] = [
+    ("f16", "dtype"),
+    ("bf16", "dtype"),
+    ("f32", "dtype"),
+    ("f64", "dtype"),
+    ("AMP", "dtype"),
+    ("Cpu", "device"),
+    ("Cuda", "device"),
+    ("AutoDevice", "device"),
+    ("Umup", "parametrization"),
+    ("Mup", "parametrization"),
+    ("Sp", "parametrization"),
+    ("Param", "parametrization"),
+];
+
+/// Errors (at the argument) when a `#[model]` field's type passes a dtype, device or
+/// parametrization, e.g. `Block<16, f64>`: the generated field is `Block<16, E, Dev, P>` with the
+/// outer model's. Returns whether the type passed none.
+fn model_sizes_only(seg: &syn::PathSegment, errors: &mut Errors) -> bool {
+    let PathArguments::AngleBracketed(a) = &seg.arguments else {
+        return true;
+    };
+    let outer_only = |arg: &GenericArgument| -> Option<(String, &'static str)> {
+        let GenericArgument::Type(syn::Type::Path(t)) = arg else {
+            return None;
+        };
+        let name = t.path.segments.last()?.ident.to_string();
+        let (_, what) = OUTER_ONLY.iter().find(|(n, _)| *n == name)?;
+        Some((name, what))
+    };
+    let sizes: Vec<String> = a
+        .args
+        .iter()
+        .filter(|arg| outer_only(arg).is_none())
+        .map(|arg| quote::ToTokens::to_token_stream(arg).to_string())
+        .collect();
+    let fixed = if sizes.is_empty() {
+        seg.ident.to_string()
+    } else {
+        format!("{}<{}>", seg.ident, sizes.join(", "))
+    };
+    let mut ok = true;
+    for arg in &a.args {
+        if let Some((name, what)) = outer_only(arg) {
+            errors.at(
+                arg,
+                format_args!(
+                    "a `#[model]` field takes the outer model's {what}, so `{name}` here would be \
+                     replaced by it: write `{fixed}` and choose the {what} on the outer model"
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok
 }

@@ -26,8 +26,9 @@
 //!
 //! The reference is the Python library `unit-scaling` 0.3.5; `spec §N` in these docs refers to
 //! the project's normative specification of it (`UMUP.md`).
-// `deny`, not `forbid`: `ops::cpu::gemm` (the bounds-checked front end to the `gemm` crate) is
-// the one module allowed to use `unsafe`.
+// `deny`, not `forbid`: `ops::cpu::gemm` (the bounds-checked front end to the `gemm` crate) and
+// `ops::cuda` (the launch front end of umup's CUDA kernels, `cuda` feature) are the only modules
+// allowed to use `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 // Tensor types with const-generic shapes, dtype, device and tape are long by nature.

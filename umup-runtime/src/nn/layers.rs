@@ -757,6 +757,36 @@ where
     D::conv1d_kernel(x, weight.retaped(), bias.map(|b| b.retaped()), geometry, s)
 }
 
+/// [`conv_forward`] on an unbatched input `[C_in, T] → [C_out, T_out]`: a batch of one
+/// (`B_tok = T_out`, as [`crate::ops::conv1d_unbatched`]).
+fn conv_forward_unbatched<
+    C: ConvSpec,
+    P: Param,
+    L: Dim,
+    const I: usize,
+    const O: usize,
+    const K: usize,
+    const IG: usize,
+    E,
+    D,
+    T,
+>(
+    x: Tensor<(Const<I>, L), E, D, T>,
+    weight: &Tensor<Rank3<O, IG, K>, E, D>,
+    bias: Option<&Tensor<Rank1<O>, E, D>>,
+) -> Result<Tensor<(Const<O>, usize), E, D, T>>
+where
+    E: Dtype,
+    D: Backend<E>,
+    T: Tape<E, D> + Merge<T>,
+{
+    let (i, len) = *x.shape();
+    let x = x.try_reshape_like(&(Const::<1>, i, len)).dev()?;
+    let y = conv_forward::<C, P, Const<1>, L, I, O, K, IG, E, D, T>(x, weight, bias)?;
+    let (_, o, t) = *y.shape();
+    y.try_reshape_like(&(o, t)).dev()
+}
+
 /// A 1-D convolution without bias (`#[hidden(..)] conv: Conv1d<I, O, K>`): weight
 /// `W[O, IG, K]` (torch layout, `IG = I/groups`), N(0,1) under u-μP, forward
 /// [`crate::ops::conv1d`] with the geometry and constraint of `C` ([`super::Conv`]) and the
@@ -900,6 +930,28 @@ impl<
 }
 
 impl<
+        L: Dim,
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Backend<E>,
+        P: Param,
+        T: Tape<E, D> + Merge<T>,
+    > Module<Tensor<(Const<I>, L), E, D, T>> for UnitConv1d<I, O, K, IG, C, E, D, P>
+{
+    type Output = Tensor<(Const<O>, usize), E, D, T>;
+    type Error = Error;
+
+    /// Unbatched `[C_in, T] → [C_out, T_out]`: a batch of one (spec §4.4).
+    fn try_forward(&self, x: Tensor<(Const<I>, L), E, D, T>) -> Result<Self::Output> {
+        conv_forward_unbatched::<C, P, L, I, O, K, IG, E, D, T>(x, &self.weight, None)
+    }
+}
+
+impl<
         B: Dim,
         L: Dim,
         const I: usize,
@@ -919,6 +971,28 @@ impl<
     /// `[B, C_in, T] → [B, C_out, T_out]` (spec §4.4).
     fn try_forward(&self, x: Tensor<(B, Const<I>, L), E, D, T>) -> Result<Self::Output> {
         conv_forward::<C, P, B, L, I, O, K, IG, E, D, T>(x, &self.weight, Some(&self.bias))
+    }
+}
+
+impl<
+        L: Dim,
+        const I: usize,
+        const O: usize,
+        const K: usize,
+        const IG: usize,
+        C: ConvSpec,
+        E: Dtype,
+        D: Backend<E>,
+        P: Param,
+        T: Tape<E, D> + Merge<T>,
+    > Module<Tensor<(Const<I>, L), E, D, T>> for UnitConv1dBias<I, O, K, IG, C, E, D, P>
+{
+    type Output = Tensor<(Const<O>, usize), E, D, T>;
+    type Error = Error;
+
+    /// Unbatched `[C_in, T] → [C_out, T_out]`: a batch of one (spec §4.4).
+    fn try_forward(&self, x: Tensor<(Const<I>, L), E, D, T>) -> Result<Self::Output> {
+        conv_forward_unbatched::<C, P, L, I, O, K, IG, E, D, T>(x, &self.weight, Some(&self.bias))
     }
 }
 

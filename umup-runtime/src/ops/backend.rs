@@ -513,5 +513,35 @@ impl Backend<half::f16> for Cpu {
     }
 }
 
+/// `Cuda` (f32, f64, f16): the kernels of `ops/cuda` for the scale primitive, gradient scaling
+/// and the adds; every other op by its generic composition (which calls the scale kernel for
+/// each of its scales).
 #[cfg(feature = "cuda")]
-impl<E: Dtype> Backend<E> for Cuda where Cuda: Device<E> {}
+impl<E: super::cuda::CudaElem> Backend<E> for Cuda
+where
+    Cuda: Device<E>,
+{
+    fn scale_grad_kernel<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        fwd: E,
+        bwd: E,
+    ) -> std::result::Result<Tensor<S, E, Self, T>, Self::Err> {
+        scale::cuda::scale_grad(x, fwd, bwd)
+    }
+
+    fn scale_gradient<S: Shape>(
+        grads: &mut Gradients<E, Self>,
+        param: &Tensor<S, E, Self>,
+        factor: E,
+    ) -> std::result::Result<(), Self::Err> {
+        scale::cuda::scale_gradient(grads, param, factor)
+    }
+
+    fn add_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        a: Tensor<S, E, Self, T>,
+        b: Tensor<S, E, Self, T>,
+        scales: [f64; 4],
+    ) -> Result<Tensor<S, E, Self, T>> {
+        sum::cuda::add(a, b, scales)
+    }
+}

@@ -20,6 +20,8 @@ pub(crate) mod attention;
 mod backend;
 pub(crate) mod conv;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub(crate) mod embedding;
 mod kernels;
 pub(crate) mod linear;

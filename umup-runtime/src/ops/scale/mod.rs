@@ -6,8 +6,9 @@
 //!
 //! dfdx 0.13 has no public custom-op API (DFDX_NOTES §2). On [`Cpu`] `cpu.rs` registers a real
 //! backward op on the tape (`Tape::add_backward_op`): one scalar multiply forward and one fused
-//! `grad_x += bwd·grad_y` backward, the same passes as a plain `x * c`. Every other device uses
-//! the portable identity `y = bwd·x + (fwd·x − bwd·x)|detached`, built from public tensor ops.
+//! `grad_x += bwd·grad_y` backward, the same passes as a plain `x * c`. On `Cuda` `cuda.rs` does
+//! the same with one dfdx kernel forward and one umup kernel backward. Any other device uses the
+//! portable identity `y = bwd·x + (fwd·x − bwd·x)|detached`, built from public tensor ops.
 
 use dfdx::prelude::*;
 
@@ -15,6 +16,8 @@ use crate::error::{DeviceResultExt, Result};
 use crate::scales::check_scale;
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 pub use super::backend::Backend;
 

@@ -9,6 +9,8 @@ use crate::error::{DeviceResultExt, Error, Result};
 use crate::scales;
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
 /// Unit-scaled `a + b` for equal shapes (spec §4.8): `o = 2^-½`,
 /// `s_a = s_b = 1`, `(o, s_a, s_b) = constraint(...)`; `output = o·(a+b)`, `grad a = s_a·G`,
