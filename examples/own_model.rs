@@ -10,10 +10,11 @@ use umup::data::{Batch, Corpus};
 use umup::dfdx::prelude::*;
 use umup::family::{self, Step, Task, TrainDevice, Trainable};
 use umup::nn::Param;
+use umup::rand_distr::{Distribution, StandardNormal};
 use umup::scale_check::{self, Measurement};
 use umup::sweep::{Stage, Sweep};
 use umup::train::{train_family, RunOptions, TrainConfig};
-use umup::{ops, umup_model, Constraint};
+use umup::{ops, umup_model, Backend, Constraint};
 
 /// A byte model: embedding → `L` residual GELU layers → RMSNorm → readout, predicting the next
 /// byte from the current one.
@@ -29,17 +30,19 @@ pub struct ByteMlp<const D: usize, const L: usize> {
 }
 
 /// Its loss on a batch; `step.tap` shows an activation to the scale check.
-impl<const D: usize, const L: usize, Dev: TrainDevice, P: Param> Trainable<Dev>
-    for ByteMlp<D, L, f32, Dev, P>
+impl<const D: usize, const L: usize, E: Dtype, Dev: TrainDevice + Backend<E>, P: Param>
+    Trainable<Dev, E> for ByteMlp<D, L, E, Dev, P>
+where
+    StandardNormal: Distribution<E>,
 {
     const TASK: Task = Task::NextByte;
 
-    fn loss<T: Tape<f32, Dev> + Merge<T>>(
+    fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         batch: &Batch,
         step: &mut Step<'_>,
-    ) -> umup::Result<Tensor<(), f32, Dev, T>> {
+    ) -> umup::Result<Tensor<(), E, Dev, T>> {
         let mut x = step.tap(self.embed.try_forward(ids)?, || "embed".into())?;
         for l in self.layers.iter() {
             x = P::residual(x, 0.5, |h| {

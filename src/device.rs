@@ -72,8 +72,11 @@ impl FromStr for DeviceKind {
     }
 }
 
-/// A dfdx device the training loop runs on.
-pub trait TrainDevice: Backend<f32> + Storage<usize> + Cache + 'static {
+/// A dfdx device the training loop runs on, in f32 and (for mixed precision, `--precision f16`)
+/// in f16.
+pub trait TrainDevice:
+    Backend<f32> + Backend<dfdx::dtypes::f16> + Storage<usize> + Cache + 'static
+{
     /// Which device this is.
     const KIND: DeviceKind;
 

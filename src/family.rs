@@ -12,13 +12,13 @@
 //! ```ignore
 //! use umup::family::{Step, Task, Trainable};
 //!
-//! impl<const D: usize, const F: usize, const L: usize, Dev, P> Trainable<Dev>
-//!     for MyModel<D, F, L, f32, Dev, P>
-//! where Dev: umup::device::TrainDevice, P: umup::nn::Param
+//! impl<const D: usize, const F: usize, const L: usize, E, Dev, P> Trainable<Dev, E>
+//!     for MyModel<D, F, L, E, Dev, P>
+//! where E: Dtype, Dev: umup::device::TrainDevice + umup::ops::Backend<E>, P: umup::nn::Param
 //! {
 //!     const TASK: Task = Task::NextByte;
-//!     fn loss<T: Tape<f32, Dev> + Merge<T>>(&self, ids: Tensor<(usize,), usize, Dev, T>,
-//!         batch: &Batch, step: &mut Step<'_>) -> umup::Result<Tensor<(), f32, Dev, T>> { .. }
+//!     fn loss<T: Tape<E, Dev> + Merge<T>>(&self, ids: Tensor<(usize,), usize, Dev, T>,
+//!         batch: &Batch, step: &mut Step<'_>) -> umup::Result<Tensor<(), E, Dev, T>> { .. }
 //! }
 //!
 //! umup::family! {
@@ -33,8 +33,9 @@ use crate::analysis::{tap, ScaleLog};
 pub use crate::data::Batch;
 pub use crate::device::TrainDevice;
 use crate::nn::{Hyper, Param, UmupModule};
-use crate::ops::MatmulQuantiser;
+use crate::ops::{Backend, MatmulQuantiser};
 use crate::{Error, Result};
+use dfdx::dtypes::f16;
 
 /// The base width of the μP baseline (`--param mup`): μP's multipliers are 1 at this width.
 pub const MUP_BASE_WIDTH: usize = 64;
@@ -90,14 +91,15 @@ impl Step<'_> {
 
 /// A model the library's workflow runs: the trainer ([`crate::train`]), the scale check
 /// ([`crate::scale_check`]) and the sweeps. Implement it for the `#[umup_model]` type generically
-/// over its sizes, the device and the parametrization (`f32` is the training dtype).
+/// over its sizes, the device, the parametrization and the dtype `E`: the trainer computes in
+/// `f32`, or in `f16` with f32 master weights (`--precision f16`, [`Mixed`]).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not `Trainable`, so the trainer, the scale check and `family!` cannot run it",
-    label = "this model has no `Trainable<{Dev}>` impl",
-    note = "implement `umup::family::Trainable<Dev>` for the model, generically over `Dev: TrainDevice` and `P: Param`: its `TASK` and its `loss` on a batch (see the `umup::family` docs)"
+    label = "this model has no `Trainable<{Dev}, {E}>` impl",
+    note = "implement `umup::family::Trainable<Dev, E>` for the model, generically over `Dev: TrainDevice + Backend<E>`, `E: Dtype` (the trainer runs f32 and f16) and `P: Param`: its `TASK` and its `loss` on a batch (see the `umup::family` docs)"
 )]
-pub trait Trainable<Dev: TrainDevice>:
-    TensorCollection<f32, Dev, To<f32, Dev> = Self> + UmupModule + Sized
+pub trait Trainable<Dev: TrainDevice + Backend<E>, E: Dtype = f32>:
+    TensorCollection<E, Dev, To<E, Dev> = Self> + UmupModule + Sized
 {
     /// How the trainer draws batches for this model.
     const TASK: Task;
@@ -105,12 +107,12 @@ pub trait Trainable<Dev: TrainDevice>:
     /// The mean loss of `batch`, with the training tape riding on `ids` (the batch's inputs as
     /// a tensor, `batch·seq` ids, row-major). Activations a scale check should see go through
     /// [`Step::tap`]; matmuls run in `step.quant`'s formats when it is set.
-    fn loss<T: Tape<f32, Dev> + Merge<T>>(
+    fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         batch: &Batch,
         step: &mut Step<'_>,
-    ) -> Result<Tensor<(), f32, Dev, T>>;
+    ) -> Result<Tensor<(), E, Dev, T>>;
 
     /// For models that generate text: the logits of the byte after `context`, divided by the
     /// softmax temperature of the loss (the trainer samples from them). `None`: the model does
@@ -118,6 +120,29 @@ pub trait Trainable<Dev: TrainDevice>:
     fn next_byte_logits(&self, context: &[usize], step: &mut Step<'_>) -> Result<Option<Vec<f64>>> {
         let _ = (context, step);
         Ok(None)
+    }
+}
+
+/// A [`Trainable`] f32 model that also runs in f16: its f16 copy (`Half`) is `Trainable` too.
+/// The trainer keeps `Self` as the f32 master weights and computes each step in the copy
+/// (`--precision f16`). Implemented for every model whose `Trainable` impl is generic over the
+/// dtype.
+pub trait Mixed<Dev: TrainDevice>: Trainable<Dev> {
+    /// The model with f16 parameters.
+    type Half: Trainable<Dev, f16>;
+
+    /// An f16 copy of the parameters (round to nearest).
+    fn to_half(&self) -> Result<Self::Half>;
+}
+
+impl<Dev: TrainDevice, M: Trainable<Dev>> Mixed<Dev> for M
+where
+    <M as TensorCollection<f32, Dev>>::To<f16, Dev>: Trainable<Dev, f16>,
+{
+    type Half = <M as TensorCollection<f32, Dev>>::To<f16, Dev>;
+
+    fn to_half(&self) -> Result<Self::Half> {
+        dfdx::nn::ToDtype::try_to_dtype::<f16>(self).map_err(Error::device)
     }
 }
 
@@ -129,8 +154,8 @@ pub trait Instance {
     const WIDTH: usize;
     /// Number of layers.
     const DEPTH: usize;
-    /// The model on the device `Dev`.
-    type Model<Dev: TrainDevice>: Trainable<Dev>;
+    /// The model on the device `Dev`, in f32 (and in f16, [`Mixed`]).
+    type Model<Dev: TrainDevice>: Mixed<Dev>;
 }
 
 /// Code that runs on one [`Instance`]: what a tool does once the size is known.

@@ -29,12 +29,13 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint;
 use crate::data::{step_rng, Batch, Corpus, Split};
 use crate::device::{DeviceKind, TrainDevice};
-use crate::family::{self, Family, Instance, Step, Trainable, Visitor};
+use crate::family::{self, Family, Instance, Mixed, Step, Trainable, Visitor};
 use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
 use crate::models::{EncoderFamily, LmFamily, TransformerLm};
 use crate::nn::{Hyper, Param};
+use crate::ops::Backend;
 use crate::ops::MatmulQuantiser;
-use crate::optim::{LrSchedule, OptimConfig, Optimizer};
+use crate::optim::{master_gradients, LrSchedule, OptimConfig, Optimizer};
 use crate::params::{Multipliers, ParamTable, Parametrization};
 use crate::{Error, Result};
 
@@ -58,9 +59,14 @@ const QUANT_STREAM: u64 = 3;
 pub enum Precision {
     /// Plain f32.
     F32,
+    /// Mixed precision: each step computes in IEEE half (f16 parameters, activations and
+    /// gradients, the model's f16 copy of [`crate::family::Mixed`]) and updates f32 master
+    /// weights and Adam moments ([`crate::optim::master_gradients`]); no loss scaling. Checkpoints
+    /// hold the f32 master weights. Meant for `Cuda` (on `Cpu` the f16 ops are slow).
+    F16,
     /// Simulated f16 mixed precision: matmul inputs and output gradients rounded to IEEE half
     /// (round to nearest even), products accumulated and weights kept in f32.
-    F16,
+    F16Sim,
     /// Simulated bf16 mixed precision, likewise.
     Bf16Sim,
     /// The reference's simulated FP8 (spec §8.1): E4M3 (max 240) matmul inputs, E5M2
@@ -72,8 +78,8 @@ impl Precision {
     /// The formats of the matmul inputs and gradients.
     pub fn formats(self) -> MatmulFormats {
         match self {
-            Precision::F32 => MatmulFormats::none(),
-            Precision::F16 => MatmulFormats {
+            Precision::F32 | Precision::F16 => MatmulFormats::none(),
+            Precision::F16Sim => MatmulFormats {
                 forward: Some((Format::F16, Rounding::Nearest)),
                 backward: Some((Format::F16, Rounding::Nearest)),
             },
@@ -87,6 +93,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::F16Sim => "f16-sim",
             Precision::Bf16Sim => "bf16-sim",
             Precision::Fp8Sim => "fp8-sim",
         }
@@ -99,6 +106,7 @@ impl FromStr for Precision {
         [
             Precision::F32,
             Precision::F16,
+            Precision::F16Sim,
             Precision::Bf16Sim,
             Precision::Fp8Sim,
         ]
@@ -107,7 +115,7 @@ impl FromStr for Precision {
         .ok_or_else(|| Error::UnknownName {
             kind: "precision",
             name: s.to_string(),
-            expected: "f32, f16, bf16-sim, fp8-sim",
+            expected: "f32, f16, f16-sim, bf16-sim, fp8-sim",
         })
     }
 }
@@ -518,7 +526,7 @@ pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
 /// Trains the model `M` on `corpus` as `cfg` says (batches drawn by `M::TASK`), on the device
 /// `Dev` (`run.device` must name it); `observe` sees every step. `cfg.width` and `cfg.depth` are
 /// recorded, not checked: [`train_family`] picks `M` from them.
-pub fn train_model<M: Trainable<Dev>, Dev: TrainDevice>(
+pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice>(
     cfg: &TrainConfig,
     corpus: &Corpus,
     run: &RunOptions,
@@ -604,15 +612,29 @@ pub fn train_model<M: Trainable<Dev>, Dev: TrainDevice>(
             quant: quant.as_mut(),
             log: None,
         };
-        let train_loss = if updating {
-            let loss = model.loss(ids.traced(grads), &batch, &mut cx)?;
-            let v = scalar(&loss);
-            check_finite(v, step, &last_checkpoint)?;
-            grads = loss.backward();
-            v
-        } else {
-            let loss = model.loss(ids, &batch, &mut cx)?;
-            scalar(&loss)
+        // Mixed precision: this step's f16 copy of the f32 master weights.
+        let half = match cfg.precision {
+            Precision::F16 => Some(model.to_half()?),
+            _ => None,
+        };
+        let train_loss = match (&half, updating) {
+            (None, true) => {
+                let loss = model.loss(ids.traced(grads), &batch, &mut cx)?;
+                let v = scalar(&loss);
+                check_finite(v, step, &last_checkpoint)?;
+                grads = loss.backward();
+                v
+            }
+            (Some(half), true) => {
+                let loss = half.loss(ids.traced(half.alloc_grads()), &batch, &mut cx)?;
+                let v = scalar(&loss);
+                check_finite(v, step, &last_checkpoint)?;
+                let mut half_grads = loss.backward();
+                grads = master_gradients(&model, half, &mut half_grads)?;
+                v
+            }
+            (None, false) => scalar(&model.loss(ids, &batch, &mut cx)?),
+            (Some(half), false) => scalar(&half.loss(ids, &batch, &mut cx)?),
         };
         check_finite(train_loss, step, &last_checkpoint)?;
         if let Some(q) = &quant {
@@ -624,7 +646,10 @@ pub fn train_model<M: Trainable<Dev>, Dev: TrainDevice>(
         }
         let evaluate = step % cfg.eval_every == 0 || step == end;
         let val_loss = if evaluate {
-            let v = evaluate_loss(&model, &dev, &val_batches, cfg)?;
+            let v = match &half {
+                Some(half) => evaluate_loss(half, &dev, &val_batches, cfg)?,
+                None => evaluate_loss(&model, &dev, &val_batches, cfg)?,
+            };
             check_finite(v, step, &last_checkpoint)?;
             last_val = v;
             Some(v)
@@ -688,8 +713,11 @@ pub fn train_model<M: Trainable<Dev>, Dev: TrainDevice>(
 }
 
 /// The value of a scalar tensor on any device.
-fn scalar<Dev: Storage<f32>, T>(t: &Tensor<(), f32, Dev, T>) -> f64 {
-    t.as_vec().first().map_or(f64::NAN, |&v| f64::from(v))
+fn scalar<E: Dtype, Dev: Storage<E>, T>(t: &Tensor<(), E, Dev, T>) -> f64 {
+    t.as_vec()
+        .first()
+        .and_then(|v| v.to_f64())
+        .unwrap_or(f64::NAN)
 }
 
 fn check_finite(v: f64, step: usize, checkpoint: &str) -> Result<()> {
@@ -864,7 +892,7 @@ fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
         .map_err(|e| io(path, e))
 }
 
-fn evaluate_loss<M: Trainable<Dev>, Dev: TrainDevice>(
+fn evaluate_loss<E: Dtype, M: Trainable<Dev, E>, Dev: TrainDevice + Backend<E>>(
     model: &M,
     dev: &Dev,
     batches: &[Batch],

@@ -5,10 +5,11 @@ use umup::data::{Batch, Corpus};
 use umup::dfdx::prelude::*;
 use umup::family::{self, Family, Step, Task, TrainDevice, Trainable};
 use umup::nn::Param;
+use umup::rand_distr::{Distribution, StandardNormal};
 use umup::scale_check::{scale_check_family, Settings};
 use umup::sweep::{train_flags, Axis, AxisSweep, EqualBudget, Event, Stage, Sweep};
 use umup::train::{self, RunOptions, TrainConfig};
-use umup::{ops, umup_model, Constraint};
+use umup::{ops, umup_model, Backend, Constraint};
 
 /// A GELU MLP block.
 #[umup_model]
@@ -32,17 +33,25 @@ pub struct BigramMlp<const D: usize, const F: usize, const L: usize> {
     readout: Linear<D, 256>,
 }
 
-impl<const D: usize, const F: usize, const L: usize, Dev: TrainDevice, P: Param> Trainable<Dev>
-    for BigramMlp<D, F, L, f32, Dev, P>
+impl<
+        const D: usize,
+        const F: usize,
+        const L: usize,
+        E: Dtype,
+        Dev: TrainDevice + Backend<E>,
+        P: Param,
+    > Trainable<Dev, E> for BigramMlp<D, F, L, E, Dev, P>
+where
+    StandardNormal: Distribution<E>,
 {
     const TASK: Task = Task::NextByte;
 
-    fn loss<T: Tape<f32, Dev> + Merge<T>>(
+    fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         batch: &Batch,
         step: &mut Step<'_>,
-    ) -> umup::Result<Tensor<(), f32, Dev, T>> {
+    ) -> umup::Result<Tensor<(), E, Dev, T>> {
         let hp = step.hp;
         let mut x = step.tap(self.embed.try_forward(ids)?, || "embed".into())?;
         for (i, b) in self.blocks.iter().enumerate() {

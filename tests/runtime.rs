@@ -370,3 +370,45 @@ fn residual_apply_equals_split_then_add() {
     close(g1.get(&x).as_vec(), g2.get(&x).as_vec());
     close(g1.get(&w).as_vec(), g2.get(&w).as_vec());
 }
+
+/// In f16 the cross entropy of a large batch keeps its value: the rows are reduced in f64 (an
+/// f16 running sum of thousands of rows loses whole units, and overflows past 65504), while the
+/// gradient is the f16 one.
+#[test]
+fn f16_cross_entropy_of_a_large_batch_is_exact_and_does_not_overflow() {
+    use umup::dfdx::dtypes::f16;
+    let dev = Cpu::seed_from_u64(7);
+    let (rows, classes) = (16_384usize, 16usize);
+    let x32: Tensor<(usize, Const<16>), f32, Cpu> = dev.sample_normal_like(&(rows, Const));
+    let targets: Vec<usize> = (0..rows).map(|i| (i * 7 + 3) % classes).collect();
+    let x16 = x32.clone().to_dtype::<f16>();
+    // The reference: f64 on the same (f16-rounded) logits.
+    let x64 = x16.clone().to_dtype::<f64>();
+    for reduction in [ops::Reduction::Sum, ops::Reduction::Mean] {
+        let want = ops::cross_entropy(x64.clone(), &targets, 1.0, reduction)
+            .unwrap()
+            .as_vec()[0];
+        let got = ops::cross_entropy(x16.clone().leaky_traced(), &targets, 1.0, reduction).unwrap();
+        let value = got.as_vec()[0].to_f64();
+        assert!(value.is_finite(), "{reduction}: {value}");
+        // One rounding to f16 of the exact value (Σ ≈ 40,000 rows' worth).
+        assert!(
+            (value - want).abs() <= want.abs() * 1e-3,
+            "{reduction}: f16 {value} vs f64 {want}"
+        );
+        // The gradient is the f16 one of the same op (mean: ∝ 1/rows, not 1).
+        let g16 = got.backward().get(&x16).as_vec();
+        let g64 = ops::cross_entropy(x64.clone().leaky_traced(), &targets, 1.0, reduction)
+            .unwrap()
+            .backward()
+            .get(&x64)
+            .as_vec();
+        let num: f64 = g16
+            .iter()
+            .zip(&g64)
+            .map(|(a, b)| (a.to_f64() - b).powi(2))
+            .sum();
+        let den: f64 = g64.iter().map(|b| b * b).sum();
+        assert!((num / den).sqrt() < 2e-3, "{reduction}: gradient off");
+    }
+}

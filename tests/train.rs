@@ -479,3 +479,119 @@ fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umu
     assert_eq!((c.lr, c.alpha_input, c.sigma_init), (2.0, 8.0, 9.0));
     assert!(c.set_hyper("beta", 1.0).is_err() && c.set_hyper("sigma_init", -1.0).is_err());
 }
+
+#[test]
+fn master_gradients_are_the_f16_copys_gradients_widened_and_keyed_by_the_master() {
+    use umup::dfdx::nn::ZeroGrads;
+    use umup::dfdx::prelude::*;
+    use umup::family::{Mixed, Step};
+    use umup::nn::Hyper;
+    type M = train::Lm<64, 256, 2, Umup>;
+    let dev = Cpu::seed_from_u64(0);
+    let master = M::build(&dev).unwrap();
+    let half = master.to_half().unwrap();
+    // The copy holds the master's values rounded to f16.
+    let w = master.layers[0].mlp.up.weight.as_vec();
+    let h = half.layers[0].mlp.up.weight.as_vec();
+    assert!(w
+        .iter()
+        .zip(&h)
+        .all(|(a, b)| umup::dfdx::dtypes::f16::from_f32(*a) == *b));
+
+    let batch = corpus()
+        .task_batch(
+            <M as umup::family::Trainable<Cpu>>::TASK,
+            umup::data::Split::Train,
+            2,
+            16,
+            &mut umup::data::step_rng(0, 1, 0),
+        )
+        .unwrap();
+    let hp = Hyper::default();
+    let step = || Step {
+        hp: &hp,
+        heads: 2,
+        rope: false,
+        quant: None,
+        log: None,
+    };
+    use umup::family::Trainable;
+    let ids = || dev.tensor_from_vec(batch.inputs.clone(), (batch.inputs.len(),));
+    let l32 = Trainable::loss(
+        &master,
+        ids().traced(master.alloc_grads()),
+        &batch,
+        &mut step(),
+    )
+    .unwrap();
+    let g32 = l32.backward();
+    let l16 =
+        Trainable::loss(&half, ids().traced(half.alloc_grads()), &batch, &mut step()).unwrap();
+    assert!((l16.as_vec()[0].to_f32() - 256f32.ln()).abs() < 0.05);
+    let mut g16 = l16.backward();
+    let from_half = umup::optim::master_gradients(&master, &half, &mut g16).unwrap();
+    // Exactly the f16 gradients, widened, under the master's tensors; close to the f32 ones.
+    let exact = g16.get(&half.layers[1].attn.k.weight).as_vec();
+    let got = from_half.get(&master.layers[1].attn.k.weight).as_vec();
+    assert!(exact.iter().zip(&got).all(|(a, b)| a.to_f32() == *b));
+    fn close<S: Shape>(
+        name: &str,
+        t: &Tensor<S, f32, Cpu>,
+        a: &Gradients<f32, Cpu>,
+        b: &Gradients<f32, Cpu>,
+    ) {
+        let (x, y) = (a.get(t).as_vec(), b.get(t).as_vec());
+        let num: f32 = x.iter().zip(&y).map(|(p, q)| (p - q) * (p - q)).sum();
+        let d = (num / y.iter().map(|q| q * q).sum::<f32>()).sqrt();
+        assert!(d < 1e-2, "{name}: f16 gradient off by {d} (norm-wise)");
+    }
+    close("embed", &master.embed.weight, &from_half, &g32);
+    close("up", &master.layers[0].mlp.up.weight, &from_half, &g32);
+    close("q", &master.layers[1].attn.q.weight, &from_half, &g32);
+    close("readout", &master.readout.weight, &from_half, &g32);
+    // The copy of another model is refused, naming a tensor.
+    let other = train::Lm::<64, 256, 1, Umup>::build(&dev).unwrap();
+    assert!(umup::optim::master_gradients(&other, &half, &mut g16).is_err());
+}
+
+#[test]
+fn f16_mixed_precision_trains_close_to_f32_keeps_f32_masters_and_resumes_bit_exactly() {
+    let c = corpus();
+    let f32_cfg = TrainConfig {
+        precision: Precision::F32,
+        steps: 8,
+        eval_every: 4,
+        ..cfg()
+    };
+    let f16_cfg = TrainConfig {
+        precision: Precision::F16,
+        ..f32_cfg.clone()
+    };
+    let (a, b, r) = (dir("f32"), dir("f16"), dir("f16-resume"));
+    let full = train::train::<64, 256, 2, Umup>(&f32_cfg, &c, &opts(&a, false, None), &mut |_| {})
+        .unwrap();
+    let mixed = train::train::<64, 256, 2, Umup>(&f16_cfg, &c, &opts(&b, false, None), &mut |_| {})
+        .unwrap();
+    let (l32, l16) = (full.final_val_loss, mixed.final_val_loss);
+    assert!(
+        l16 < mixed.initial_loss.unwrap() - 0.3,
+        "f16 run did not learn: {l16}"
+    );
+    assert!((l16 - l32).abs() < 0.02 * l32, "f16 {l16} vs f32 {l32}");
+    // The checkpoint holds f32 master weights (not f16 values widened).
+    let (tensors, _) = umup::checkpoint::load_named::<f32>(&b.join("model.safetensors")).unwrap();
+    let w = &tensors["layers.0.mlp.up.weight"];
+    assert!(w
+        .iter()
+        .any(|&x| f32::from(umup::dfdx::dtypes::f16::from_f32(x)) != x));
+    // Stop at 4 and resume: the same rows as the uninterrupted f16 run.
+    train::train::<64, 256, 2, Umup>(&f16_cfg, &c, &opts(&r, false, Some(4)), &mut |_| {}).unwrap();
+    train::train::<64, 256, 2, Umup>(&f16_cfg, &c, &opts(&r, true, None), &mut |_| {}).unwrap();
+    assert_eq!(rows(&b), rows(&r));
+    // The names: `f16` is the real mode, `f16-sim` the simulated one.
+    assert_eq!("f16".parse::<Precision>().unwrap(), Precision::F16);
+    assert_eq!("f16-sim".parse::<Precision>().unwrap(), Precision::F16Sim);
+    for d in [a, b, r] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -57,7 +57,8 @@ struct Args {
     /// Parametrization: umup, mup (base width 64) or sp.
     #[arg(long, default_value = "umup")]
     param: String,
-    /// Matmul number formats: f32, f16, bf16-sim, fp8-sim.
+    /// Number formats: f32; f16 (mixed precision: f16 compute, f32 master weights; for
+    /// --device cuda); f16-sim, bf16-sim, fp8-sim (simulated matmul formats).
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Linear warm-up steps [default: steps / 10].

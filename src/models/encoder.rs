@@ -15,6 +15,7 @@ use crate::data::{Batch, MASK};
 use crate::device::TrainDevice;
 use crate::family::{Step, Task, Trainable};
 use crate::nn::{functional, Param};
+use crate::ops::Backend;
 use crate::tape::{Fork, TracedLike};
 use crate::{ops, umup_model, Constraint, Error, Result};
 
@@ -72,7 +73,7 @@ pub struct MaskedEncoder<const S: usize, const D: usize, const F: usize, const L
 }
 
 /// Rows `[batch·seq, D]`: one row per position.
-pub type Rows<const D: usize, Dev, T> = Tensor<(usize, Const<D>), f32, Dev, T>;
+pub type Rows<const D: usize, Dev, T, E = f32> = Tensor<(usize, Const<D>), E, Dev, T>;
 
 /// A linear layer in the step's simulated precision, if any.
 macro_rules! lin {
@@ -84,20 +85,25 @@ macro_rules! lin {
     };
 }
 
-impl<const D: usize, const F: usize, Dev: TrainDevice, P: Param> EncoderLayer<D, F, f32, Dev, P> {
+impl<const D: usize, const F: usize, E, Dev, P> EncoderLayer<D, F, E, Dev, P>
+where
+    E: Dtype,
+    Dev: TrainDevice + Backend<E>,
+    P: Param,
+{
     /// One pre-norm layer on the rows of sequences of `seq` positions: `x + attn(ln1(x))`, then
     /// `x + mlp(ln2(x))`, each through the residual τ rule (`taus`: this layer's two entries of
     /// `functional::residual_taus`), the attention non-causal with `step.heads` heads, the MLP
     /// `down(gelu(up(h)))` with α_ffn-act. Tapped as `layers.{index}.attn.{in,q,k,v,sdpa,out}`,
     /// `layers.{index}.mlp.{in,act,out}` and `layers.{index}.residual`.
-    pub fn forward<T: Tape<f32, Dev> + Merge<T>>(
+    pub fn forward<T: Tape<E, Dev> + Merge<T>>(
         &self,
-        x: Rows<D, Dev, T>,
+        x: Rows<D, Dev, T, E>,
         seq: usize,
         taus: [f64; 2],
         index: usize,
         step: &mut Step<'_>,
-    ) -> Result<Rows<D, Dev, T>> {
+    ) -> Result<Rows<D, Dev, T, E>> {
         let (hp, heads) = (step.hp, step.heads);
         let name = |s: &str| format!("layers.{index}.{s}");
         let x = P::residual(x, taus[0], |r| {
@@ -135,11 +141,13 @@ impl<const D: usize, const F: usize, Dev: TrainDevice, P: Param> EncoderLayer<D,
 
 // Not listed as a suggestion in the error for a model without `Trainable`.
 #[diagnostic::do_not_recommend]
-impl<const S: usize, const D: usize, const F: usize, const L: usize, Dev, P> Trainable<Dev>
-    for MaskedEncoder<S, D, F, L, f32, Dev, P>
+impl<const S: usize, const D: usize, const F: usize, const L: usize, E, Dev, P> Trainable<Dev, E>
+    for MaskedEncoder<S, D, F, L, E, Dev, P>
 where
-    Dev: TrainDevice,
+    E: Dtype,
+    Dev: TrainDevice + Backend<E>,
     P: Param,
+    crate::rand_distr::StandardNormal: crate::rand_distr::Distribution<E>,
 {
     const TASK: Task = Task::MaskedBytes {
         fraction: MASK_FRACTION,
@@ -148,12 +156,12 @@ where
     /// Mean cross entropy of the original bytes at the masked positions. Tapped activations:
     /// `embed`, `layers.{i}.attn.{in,q,k,v,sdpa,out}`, `layers.{i}.mlp.{in,act,out}`,
     /// `layers.{i}.residual`, `final_norm`, `logits`.
-    fn loss<T: Tape<f32, Dev> + Merge<T>>(
+    fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         batch: &Batch,
         step: &mut Step<'_>,
-    ) -> Result<Tensor<(), f32, Dev, T>> {
+    ) -> Result<Tensor<(), E, Dev, T>> {
         let (b, seq) = (batch.batch, batch.seq);
         if seq > S || ids.shape().0 != b * seq || batch.positions.is_empty() {
             return Err(Error::ShapeMismatch {
@@ -185,7 +193,7 @@ where
         let rows = dev
             .try_tensor_from_vec(batch.positions.clone(), (batch.positions.len(),))
             .map_err(Error::device)?;
-        let x: Rows<D, Dev, T> = x.try_gather(rows).map_err(Error::device)?;
+        let x: Rows<D, Dev, T, E> = x.try_gather(rows).map_err(Error::device)?;
         let x = step.tap(self.ln_f.try_forward(x)?, || "final_norm".into())?;
         let logits = lin!(self.readout, x, step)?;
         let logits = step.tap(logits, || "logits".into())?;

@@ -345,22 +345,24 @@ fn check_inputs<const D: usize>(
 
 // Not listed as a suggestion in the error for a model without `Trainable`.
 #[diagnostic::do_not_recommend]
-impl<const D: usize, const F: usize, const L: usize, Dev, P> Trainable<Dev>
-    for TransformerLm<VOCAB, D, F, L, f32, Dev, P>
+impl<const D: usize, const F: usize, const L: usize, E, Dev, P> Trainable<Dev, E>
+    for TransformerLm<VOCAB, D, F, L, E, Dev, P>
 where
-    Dev: TrainDevice,
+    E: Dtype,
+    Dev: TrainDevice + Backend<E>,
     P: Param,
+    StandardNormal: Distribution<E>,
 {
     const TASK: Task = Task::NextByte;
 
     /// [`TransformerLm::loss`], with every activation tapped for the scale check
     /// ([`TransformerLm::logits_logged`]).
-    fn loss<T: Tape<f32, Dev> + Merge<T>>(
+    fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
         ids: Tensor<(usize,), usize, Dev, T>,
         batch: &Batch,
         step: &mut Step<'_>,
-    ) -> Result<Tensor<(), f32, Dev, T>> {
+    ) -> Result<Tensor<(), E, Dev, T>> {
         let opts = LmOptions {
             heads: step.heads,
             rope: step.rope,
@@ -387,7 +389,11 @@ where
             .as_vec();
         let last = &logits[(context.len() - 1) * VOCAB..];
         let alpha = step.hp.alpha_loss_softmax;
-        Ok(Some(last.iter().map(|&l| f64::from(l) * alpha).collect()))
+        Ok(Some(
+            last.iter()
+                .map(|l| l.to_f64().unwrap_or(f64::NAN) * alpha)
+                .collect(),
+        ))
     }
 }
 

@@ -7,6 +7,7 @@
 //! tensor. A tensor whose path is not in the table is an [`Error::MissingRole`] unless
 //! [`OptimConfig::allow_non_unit_scaling_params`] is set (then it trains with the raw η).
 
+mod mixed;
 mod schedule;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use dfdx::nn::tensor_collection::{
 use dfdx::optim::{AdamConfig, Momentum, SgdConfig, WeightDecay};
 use dfdx::prelude::*;
 
+pub use mixed::master_gradients;
 pub use schedule::{Decay, LrSchedule};
 
 use crate::constraint::Constraint;
