@@ -412,3 +412,64 @@ fn f16_cross_entropy_of_a_large_batch_is_exact_and_does_not_overflow() {
         assert!((num / den).sqrt() < 2e-3, "{reduction}: gradient off");
     }
 }
+
+/// In f16, RMSNorm and LayerNorm stay finite and exact to f16 precision on rows far outside
+/// `|x| ≤ 256` (where `x²` overflows f16), values and gradients, as a trained residual stream
+/// needs; the reference is f64 on the same rounded inputs.
+#[test]
+fn f16_norms_of_large_rows_are_finite_and_match_f64() {
+    use umup::dfdx::dtypes::f16;
+    let dev = Cpu::seed_from_u64(11);
+    let x32: Tensor<(usize, Const<64>), f32, Cpu> = dev.sample_normal_like(&(8, Const));
+    // Rows of RMS 1, 30, 400 and 3000, plus an all-zero row.
+    let scales: Vec<f32> = (0..8).map(|r| [1.0, 30.0, 400.0, 3000.0][r % 4]).collect();
+    let mut v = x32.as_vec();
+    for (i, x) in v.iter_mut().enumerate() {
+        *x *= scales[i / 64];
+        if i / 64 == 7 {
+            *x = 0.0;
+        }
+    }
+    let x16 = dev.tensor_from_vec(v, (8, Const::<64>)).to_dtype::<f16>();
+    let x64 = x16.clone().to_dtype::<f64>();
+    let g64: Tensor<(usize, Const<64>), f64, Cpu> = dev.sample_normal_like(&(8, Const));
+    let g16 = g64.clone().to_dtype::<f16>();
+    let g64 = g16.clone().to_dtype::<f64>();
+    let rel = |a: Vec<f16>, b: Vec<f64>| {
+        let num: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p.to_f64() - q).powi(2))
+            .sum();
+        assert!(a.iter().all(|p| p.is_finite()));
+        (num / b.iter().map(|q| q * q).sum::<f64>()).sqrt()
+    };
+    for layer in [false, true] {
+        let run16 = |x: Tensor<(usize, Const<64>), f16, Cpu>| {
+            let y = if layer {
+                ops::layer_norm(x.leaky_traced(), None, None, 1e-5).unwrap()
+            } else {
+                ops::rms_norm(x.leaky_traced(), None, 1e-5).unwrap()
+            };
+            let (y, tape) = y.split_tape();
+            let grads = (y.clone().put_tape(tape) * g16.clone())
+                .sum::<(), _>()
+                .backward();
+            (y.as_vec(), grads)
+        };
+        let (y16, grads16) = run16(x16.clone());
+        let y64 = if layer {
+            ops::layer_norm(x64.clone().leaky_traced(), None, None, 1e-5).unwrap()
+        } else {
+            ops::rms_norm(x64.clone().leaky_traced(), None, 1e-5).unwrap()
+        };
+        let (y64v, tape) = y64.split_tape();
+        let grads64 = (y64v.clone().put_tape(tape) * g64.clone())
+            .sum::<(), _>()
+            .backward();
+        let dy = rel(y16, y64v.as_vec());
+        let dx = rel(grads16.get(&x16).as_vec(), grads64.get(&x64).as_vec());
+        assert!(dy < 2e-3, "layer norm {layer}: value off by {dy}");
+        assert!(dx < 2e-2, "layer norm {layer}: gradient off by {dx}");
+    }
+}

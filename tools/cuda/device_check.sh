@@ -7,7 +7,7 @@
 #   2. conformance of the conv1d fixtures on Cuda;
 #   3. umup vs the reference library on the same GPU (PyTorch eager and torch.compile),
 #      interleaved rounds (tools/reference/bench_step_gpu.py);
-#   4. the main job on Cuda (train_lm --device cuda, 400 steps).
+#   4. the main job on Cuda (train_lm --device cuda, 400 steps), in f32 and in f16 mixed precision.
 # A failing part is reported and the next one still runs; the exit status is 1 if any failed.
 set -uo pipefail
 OUT=${OUT:-/tmp/umup-device}
@@ -31,4 +31,5 @@ pip install --quiet --no-deps --no-index --target /tmp/refpkgs "$B"/wheels/*.whl
 part reference_gpu env PYTHONPATH=/tmp/refpkgs python3 tools/reference/bench_step_gpu.py \
     --umup "$B/run.sh cuda_check" --rounds 3 --steps 10
 part train_lm "$B/run.sh" train_lm --device cuda --out "$OUT/train_lm"
+part train_lm_f16 "$B/run.sh" train_lm --device cuda --precision f16 --out "$OUT/train_lm_f16"
 exit $status

@@ -85,6 +85,12 @@ pub fn sum_all<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
     }
 }
 
+/// Whether `E` is a 16-bit dtype (f16): one whose range (max 65504) and 11-bit significand make
+/// the generic compositions bound their intermediate values (norms) and reduce losses exactly.
+pub(crate) fn low_precision<E: Dtype>() -> bool {
+    std::mem::size_of::<E>() < 4
+}
+
 /// Checks that two runtime dims agree, naming the op and the dims in the error.
 pub(crate) fn check_dim(op: &'static str, what: &str, got: usize, expected: usize) -> Result<()> {
     if got == expected {

@@ -136,7 +136,7 @@ pub fn cross_entropy_generic<R: Dim, V: Dim, E: Dtype, D: Backend<E>, T: Tape<E,
         .dev()?
         .try_mul(onehot)
         .dev()?;
-    if std::mem::size_of::<E>() >= 4 {
+    if !super::low_precision::<E>() {
         let loss = picked.try_sum::<(), _>().dev()?.try_negate().dev()?;
         return scale_fwd(loss, value_scale);
     }

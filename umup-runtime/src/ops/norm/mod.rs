@@ -45,8 +45,12 @@ pub fn rms_norm_generic<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> +
     eps: f64,
     gain_scale: f64,
 ) -> Result<Tensor<(R, K), E, D, T>> {
-    let eps: E = elem("eps", check_positive("eps", eps)?)?;
+    let eps_f = check_positive("eps", eps)?;
+    let eps: E = elem("eps", eps_f)?;
     let shape = *x.shape();
+    if super::low_precision::<E>() {
+        return apply_gain(normalize_bounded(x, eps_f)?, weight, None, gain_scale);
+    }
     let inv_rms = x
         .with_empty_tape()
         .try_square()
@@ -109,8 +113,84 @@ pub fn layer_norm_generic<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D>
     gain_scale: f64,
 ) -> Result<Tensor<(R, K), E, D, T>> {
     let eps = check_positive("eps", eps)?;
+    if super::low_precision::<E>() {
+        let shape = *x.shape();
+        let mean = x
+            .with_empty_tape()
+            .try_mean::<(R,), Axis<1>>()
+            .dev()?
+            .try_broadcast_like::<_, Axis<1>>(&shape)
+            .dev()?;
+        let y = normalize_bounded(x.try_sub(mean).dev()?, eps)?;
+        return apply_gain(y, weight, bias, gain_scale);
+    }
     let y = x.try_normalize::<Axis<1>>(eps).dev()?;
     apply_gain(y, weight, bias, gain_scale)
+}
+
+/// `c·(mean_last(c²) + eps)^-½` per row, for 16-bit dtypes: squaring overflows f16 once
+/// `|c| > 256`, which a trained residual stream reaches, and so do the gradients of a small
+/// `1/rms`. With the row's scale `m ≈ rms(c)` held constant (computed without squaring a
+/// value above 1: `max|c|·√mean((c/max|c|)²)`), it is `u·(mean(u²) + eps/m²)^-½` for `u = c/m`:
+/// the same value for any `m`, so the gradient through `u` alone is the true one, and every
+/// intermediate (`|u| ≤ √K`, `mean(u²) ≈ 1`) and its gradient stay in range.
+fn normalize_bounded<R: Dim, K: Dim, E: Dtype, D: Backend<E>, T: Tape<E, D> + Merge<T>>(
+    c: Tensor<(R, K), E, D, T>,
+    eps: f64,
+) -> Result<Tensor<(R, K), E, D, T>> {
+    let shape = *c.shape();
+    let (cv, tape) = c.split_tape();
+    // max|c| per row (floored, so that a zero row divides by a positive number).
+    let max = cv
+        .clone()
+        .try_abs()
+        .dev()?
+        .try_max::<(R,), Axis<1>>()
+        .dev()?
+        .try_add(elem::<E>("norm floor", 2f64.powi(-10))?)
+        .dev()?;
+    let max_b = max.clone().try_broadcast_like::<_, Axis<1>>(&shape).dev()?;
+    // m = max·√mean((c/max)²) (+ the floor) ≥ max/√K: the row's RMS, squaring only values in
+    // [−1, 1].
+    let inv_m = cv
+        .clone()
+        .try_div(max_b)
+        .dev()?
+        .try_square()
+        .dev()?
+        .try_mean::<(R,), Axis<1>>()
+        .dev()?
+        .try_sqrt()
+        .dev()?
+        .try_mul(max)
+        .dev()?
+        .try_add(elem::<E>("norm floor", 2f64.powi(-10))?)
+        .dev()?
+        .try_recip()
+        .dev()?;
+    let eps_term = inv_m
+        .clone()
+        .try_mul(elem::<E>("eps", eps.sqrt())?)
+        .dev()?
+        .try_square()
+        .dev()?;
+    // Constants of the graph: leaves on an empty tape, whose gradients go nowhere.
+    let inv_m = inv_m.try_broadcast_like::<_, Axis<1>>(&shape).dev()?;
+    let unit = cv.put_tape(tape).try_mul(inv_m.retaped::<T>()).dev()?;
+    let inv_rms = unit
+        .with_empty_tape()
+        .try_square()
+        .dev()?
+        .try_mean::<(R,), Axis<1>>()
+        .dev()?
+        .try_add(eps_term.retaped::<T>())
+        .dev()?
+        .try_sqrt()
+        .dev()?
+        .try_recip()
+        .dev()?;
+    unit.try_mul(inv_rms.try_broadcast_like::<_, Axis<1>>(&shape).dev()?)
+        .dev()
 }
 
 fn norm_gain_scale<R: Dim, K: Dim, E: Dtype, D: Backend<E>>(
