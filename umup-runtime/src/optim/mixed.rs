@@ -123,11 +123,7 @@ impl<D: Backend<f32>> TensorVisitor<f32, D> for Place<D> {
             });
         }
         let g = g.try_reshape_like(p.shape()).dev()?;
-        let (mut buf, probe) = crate::ops::quantise::gradient_buffer(g).dev()?;
-        std::mem::swap(
-            self.out.get_or_alloc_mut(p).dev()?,
-            buf.get_or_alloc_mut(&probe).dev()?,
-        );
+        crate::ops::quantise::set_gradient(&mut self.out, p, g).dev()?;
         Ok(None)
     }
 }

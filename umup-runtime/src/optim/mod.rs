@@ -534,11 +534,7 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StateVisitor<'_, E, D> {
                         });
                     }
                     let t = p.device().try_tensor_from_vec(vals, *p.shape()).dev()?;
-                    let (mut buf, probe) = crate::ops::quantise::gradient_buffer(t).dev()?;
-                    std::mem::swap(
-                        store.get_or_alloc_mut(p).dev()?,
-                        buf.get_or_alloc_mut(&probe).dev()?,
-                    );
+                    crate::ops::quantise::set_gradient(store, p, t).dev()?;
                 }
             }
         }

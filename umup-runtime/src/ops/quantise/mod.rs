@@ -51,6 +51,18 @@ pub(crate) fn gradient_buffer<S: Shape, E: Dtype, D: Device<E>>(
     Ok((grads, probe))
 }
 
+/// Overwrites `t`'s gradient in `grads` with `values` (same shape), through [`gradient_buffer`]:
+/// the buffer is swapped in, so any device runs it.
+pub(crate) fn set_gradient<S: Shape, E: Dtype, D: Device<E>>(
+    grads: &mut Gradients<E, D>,
+    t: &Tensor<S, E, D>,
+    values: Tensor<S, E, D>,
+) -> std::result::Result<(), D::Err> {
+    let (mut store, probe) = gradient_buffer(values)?;
+    std::mem::swap(grads.get_or_alloc_mut(t)?, store.get_or_alloc_mut(&probe)?);
+    Ok(())
+}
+
 /// `o·(x·Wᵀ + b)` with the given scales ([`Backend::linear_kernel`]); with a quantiser, `x` and `W` are
 /// rounded to its forward format and the output gradient to its backward format.
 pub(crate) fn linear_maybe_quantised<

@@ -30,12 +30,7 @@ pub(crate) fn scale_gradient_generic<S: Shape, E: Dtype, D: Device<E>>(
 ) -> std::result::Result<(), D::Err> {
     grads.try_alloc_for(param)?;
     let scaled = grads.get(param).try_mul(factor)?;
-    let (mut store, probe) = super::quantise::gradient_buffer(scaled)?;
-    std::mem::swap(
-        grads.get_or_alloc_mut(param)?,
-        store.get_or_alloc_mut(&probe)?,
-    );
-    Ok(())
+    super::quantise::set_gradient(grads, param, scaled)
 }
 
 /// `y = bwd·x + (fwd·x − bwd·x)|detached`: value exactly `fwd·x` (the detached difference
