@@ -337,8 +337,8 @@ impl Sweep {
         v
     }
 
-    /// The combined stage at η `eta`: u-μP at the α width with every α at its optimum in the α
-    /// stage's `results` ([`Sweep::best_alphas`]), labelled `combined`.
+    /// The combined stage at η `eta`: u-μP at the α width with every α at its optimum in
+    /// `results` (the η and α stages; [`Sweep::best_alphas`]), labelled `combined`.
     pub fn combined_point(&self, eta: f64, results: &[(Point, Option<f64>)]) -> Result<Point> {
         let mut cfg = self.base("umup", self.alpha_width(), eta);
         let mut hp = cfg.hyper();
@@ -466,8 +466,8 @@ impl Sweep {
         if stage == Stage::Alpha {
             return Ok(alpha);
         }
-        let combined = self.combined_point(eta, &self.results(&alpha)?)?;
         all.extend(alpha);
+        let combined = self.combined_point(eta, &self.results(all)?)?;
         Ok(vec![combined])
     }
 
@@ -570,17 +570,46 @@ impl Sweep {
             .map(|(e, _)| 2f64.powi(e))
     }
 
-    /// The best value of each α and its loss, among the finished α points of `results`.
+    /// The loss of u-μP with every α = 1 at the best η and the α width: the α grid's 0 point
+    /// when the grid has one, or else the η stage's run (`--seed`) with the same settings.
+    pub fn alpha_default_loss(&self, results: &[(Point, Option<f64>)]) -> Option<f64> {
+        let first = self.alphas.first().map_or("", String::as_str);
+        let best_eta = self.best_eta(results);
+        let at_best_eta = |p: &Point| {
+            p.label.starts_with("eta")
+                && p.cfg.param == "umup"
+                && p.cfg.seed == self.seed
+                && p.cfg.width == self.alpha_width()
+                && Some(p.cfg.lr) == best_eta
+        };
+        results
+            .iter()
+            .find(|(p, _)| p.label == format!("alpha/{first}/log20"))
+            .or_else(|| results.iter().find(|(p, _)| at_best_eta(p)))
+            .and_then(|(_, l)| *l)
+    }
+
+    /// The best value of each α and its loss, among the finished α points of `results` and
+    /// α = 1 ([`Sweep::alpha_default_loss`]; it wins ties): spec §6.1's independent search keeps
+    /// an α at 1 unless another value is strictly better.
     pub fn best_alphas(&self, results: &[(Point, Option<f64>)]) -> BTreeMap<String, (f64, f64)> {
+        let default = self.alpha_default_loss(results);
         let mut best = BTreeMap::new();
         for a in &self.alphas {
             let prefix = format!("alpha/{a}/");
-            if let Some((p, Some(l))) = results
-                .iter()
-                .filter(|(p, l)| p.label.starts_with(&prefix) && l.is_some())
-                .min_by(|x, y| x.1.unwrap_or(f64::MAX).total_cmp(&y.1.unwrap_or(f64::MAX)))
-            {
-                best.insert(a.clone(), (p.cfg.hyper().get(a).unwrap_or(1.0), *l));
+            let swept = results.iter().filter_map(|(p, l)| {
+                let l = (*l)?;
+                p.label
+                    .starts_with(&prefix)
+                    .then(|| (p.cfg.hyper().get(a).unwrap_or(1.0), l))
+            });
+            let found = swept.min_by(|x, y| x.1.total_cmp(&y.1));
+            let chosen = match (found, default) {
+                (Some((_, l)), Some(d)) if d <= l => Some((1.0, d)),
+                (found, _) => found,
+            };
+            if let Some(c) = chosen {
+                best.insert(a.clone(), c);
             }
         }
         best
@@ -675,19 +704,7 @@ impl Sweep {
         summary += &self.width_table(&means);
         let best = self.best_alphas(results);
         if !best.is_empty() {
-            let first = self.alphas.first().map_or("", String::as_str);
-            // α = 1 is the α grid's 0 point, or else the η stage's run at the best η.
-            let best_eta = self.best_eta(results);
-            let at_best_eta = |p: &Point| {
-                p.label.starts_with("eta/umup/")
-                    && p.cfg.width == self.alpha_width()
-                    && Some(p.cfg.lr) == best_eta
-            };
-            let default = results
-                .iter()
-                .find(|(p, _)| p.label == format!("alpha/{first}/log20"))
-                .or_else(|| results.iter().find(|(p, _)| at_best_eta(p)))
-                .and_then(|(_, l)| *l);
+            let default = self.alpha_default_loss(results);
             summary += "\n## α sweeps (u-μP, at the best η)\n\n| α | best value | loss at best | loss at α = 1 |\n|---|---:|---:|---:|\n";
             let mut apanels = Vec::new();
             for a in &self.alphas {
@@ -773,4 +790,63 @@ pub fn train_flags(cfg: &TrainConfig, dir: &Path) -> String {
         c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax, c.alpha_input, c.sigma_init,
         dir.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A u-μP sweep at one width with an α grid without 0 (as the equal-budget search runs it).
+    fn sweep() -> Sweep {
+        Sweep {
+            widths: vec![64],
+            params: vec!["umup".into()],
+            umup_lr_exps: vec![-1, 0],
+            alpha_exps: vec![-1, 1],
+            alphas: vec!["alpha_res".into(), "alpha_loss_softmax".into()],
+            ..Sweep::default()
+        }
+    }
+
+    /// `points` with the losses `loss(label)`.
+    fn with_losses(points: Vec<Point>, loss: impl Fn(&str) -> f64) -> Results {
+        points
+            .into_iter()
+            .map(|p| {
+                let l = loss(&p.label);
+                (p, Some(l))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_alpha_stays_at_1_unless_another_value_is_strictly_better() {
+        let s = sweep();
+        let mut points = s.eta_points();
+        points.extend(s.alpha_points(1.0));
+        // η = 1 is best (3.0); α_res = 2 beats it, every α_loss-softmax value is worse, and
+        // α_loss-softmax = 1/2 ties it.
+        let results = with_losses(points, |label| match label {
+            "eta/umup/w64/log2lr-1" => 3.5,
+            "eta/umup/w64/log2lr0" => 3.0,
+            "alpha/alpha_res/log21" => 2.9,
+            "alpha/alpha_res/log2-1" => 3.1,
+            "alpha/alpha_loss_softmax/log2-1" => 3.0,
+            _ => 3.2,
+        });
+        assert_eq!(s.alpha_default_loss(&results), Some(3.0));
+        let best = s.best_alphas(&results);
+        assert_eq!(best["alpha_res"], (2.0, 2.9));
+        assert_eq!(best["alpha_loss_softmax"], (1.0, 3.0));
+        let combined = s.combined_point(1.0, &results).unwrap().cfg.hyper();
+        assert_eq!(combined.get("alpha_res").unwrap(), 2.0);
+        assert_eq!(combined.get("alpha_loss_softmax").unwrap(), 1.0);
+        // Without the η stage's runs there is no α = 1 to compare with: the best swept value.
+        let alpha_only: Results = results
+            .iter()
+            .filter(|(p, _)| p.label.starts_with("alpha/"))
+            .cloned()
+            .collect();
+        assert_eq!(s.best_alphas(&alpha_only)["alpha_loss_softmax"], (0.5, 3.0));
+    }
 }
