@@ -457,7 +457,8 @@ impl Sweep {
         if stage == Stage::Eta {
             return Ok(self.eta_points());
         }
-        let Some(eta) = self.best_eta(&self.results(all)?) else {
+        let mut results = self.results(all)?;
+        let Some(eta) = self.best_eta(&results) else {
             return Err(Error::Invalid(
                 "the α stages need the u-μP η points at the α width to have finished (run --stage eta first)".into(),
             ));
@@ -466,8 +467,9 @@ impl Sweep {
         if stage == Stage::Alpha {
             return Ok(alpha);
         }
+        results.extend(self.results(&alpha)?);
         all.extend(alpha);
-        let combined = self.combined_point(eta, &self.results(all)?)?;
+        let combined = self.combined_point(eta, &results)?;
         Ok(vec![combined])
     }
 
