@@ -6,14 +6,12 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use umup::dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-    ViewTensorRef,
-};
+use umup::dfdx::nn::tensor_collection::TensorCollection;
 use umup::dfdx::prelude::*;
 use umup::models::{LmOptions, TransformerLm};
 use umup::nn::{Hyper, Umup};
 use umup::optim::{OptimConfig, Optimizer};
+use umup::walk::{self, Visit, VisitMut};
 
 /// Width 16, MLP 64, depth 2: the fixture's model.
 type Model<E> = TransformerLm<256, 16, 64, 2, E, Cpu, Umup>;
@@ -80,25 +78,28 @@ fn uniform_unit(seed: u64, n: usize) -> Vec<f64> {
 /// Sets every tensor from its SplitMix64 stream (seed: its index in `names` + 1).
 struct Fill<'a>(&'a [String]);
 
-impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Fill<'_> {
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = String;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
+impl<E: Dtype, D: Device<E>> VisitMut<E, D> for Fill<'_> {
+    fn tensor<S: Shape>(
         &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, name): (&mut Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>, String> {
-        let i = self.0.iter().position(|n| *n == name).ok_or(name)?;
+        name: String,
+        t: &mut Tensor<S, E, D>,
+        _: bool,
+    ) -> umup::Result<()> {
+        let i = self
+            .0
+            .iter()
+            .position(|n| *n == name)
+            .ok_or(umup::Error::BadParameter {
+                path: name,
+                reason: "not in the fixture".into(),
+            })?;
         let v = uniform_unit(i as u64 + 1, t.shape().num_elements());
         t.copy_from(
             &v.iter()
                 .map(|&x| E::from_f64(x).unwrap())
                 .collect::<Vec<_>>(),
         );
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -108,24 +109,15 @@ struct Collect<'a, E: Dtype, D: Device<E>> {
     out: BTreeMap<String, Vec<f64>>,
 }
 
-impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Collect<'_, E, D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = String;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, name): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>, String> {
+impl<E: Dtype, D: Device<E>> Visit<E, D> for Collect<'_, E, D> {
+    fn tensor<S: Shape>(&mut self, name: String, t: &Tensor<S, E, D>, _: bool) -> umup::Result<()> {
         let v = match self.grads {
             Some(g) => g.get(t).as_vec(),
             None => t.as_vec(),
         };
         let v = v.iter().map(|x| x.to_f64().unwrap()).collect();
         self.out.insert(name, v);
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -140,11 +132,7 @@ where
         grads,
         out: BTreeMap::new(),
     };
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (m, String::new()),
-        f: &mut c,
-    })
-    .unwrap();
+    walk::tensors(m, &mut c).unwrap();
     c.out
 }
 
@@ -173,11 +161,7 @@ where
 {
     let dev = Cpu::default();
     let mut m = Model::<E>::build(&dev).unwrap();
-    Model::<E>::iter_tensors(&mut RecursiveWalker {
-        m: (&mut m, String::new()),
-        f: &mut Fill(&case.names),
-    })
-    .unwrap();
+    walk::tensors_mut(&mut m, &mut Fill(&case.names)).unwrap();
     let index = |n: &str| case.names.iter().position(|x| x == n).unwrap();
     for (name, v) in collect(&m, None) {
         assert!(

@@ -7,13 +7,11 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorName, ViewTensorRef,
-};
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{DeviceResultExt, Error, Result};
+use crate::error::{DeviceResultExt, Result};
 
 /// What a record measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -134,17 +132,8 @@ struct ParamVisitor<'a, E: Dtype, D: Device<E>> {
     grads: Option<&'a mut Gradients<E, D>>,
 }
 
-impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for ParamVisitor<'_, E, D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, name): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
+impl<E: Dtype, D: Device<E>> crate::walk::Visit<E, D> for ParamVisitor<'_, E, D> {
+    fn tensor<S: Shape>(&mut self, name: String, t: &Tensor<S, E, D>, _: bool) -> Result<()> {
         match &mut self.grads {
             None => self.log.push(Kind::Param, name, rms(&t.as_vec())),
             Some(g) => {
@@ -152,7 +141,7 @@ impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for ParamVisitor<'_, E, D> {
                 self.log.push(Kind::Grad, name, rms(&g.get(t).as_vec()));
             }
         }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -161,11 +150,7 @@ pub fn record_params<E: Dtype, D: Device<E>, M: TensorCollection<E, D>>(
     model: &M,
     log: &ScaleLog,
 ) -> Result<()> {
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut ParamVisitor { log, grads: None },
-    })
-    .map(|_| ())
+    crate::walk::tensors(model, &mut ParamVisitor { log, grads: None })
 }
 
 /// Records the RMS of the gradient of every tensor of `model` (kind [`Kind::Grad`], named by
@@ -175,14 +160,13 @@ pub fn record_param_grads<E: Dtype, D: Device<E>, M: TensorCollection<E, D>>(
     grads: &mut Gradients<E, D>,
     log: &ScaleLog,
 ) -> Result<()> {
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut ParamVisitor {
+    crate::walk::tensors(
+        model,
+        &mut ParamVisitor {
             log,
             grads: Some(grads),
         },
-    })
-    .map(|_| ())
+    )
 }
 
 #[cfg(test)]

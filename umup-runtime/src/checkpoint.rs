@@ -10,10 +10,7 @@ use std::any::TypeId;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-    ViewTensorRef,
-};
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -21,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::nn::UmupModule;
 use crate::params::{ParamTable, Parametrization, Role};
+use crate::walk;
 
 /// Metadata key: the parametrization (`umup`, `mup:<base>`, `sp`).
 pub const KEY_PARAMETRIZATION: &str = "umup.parametrization";
@@ -96,21 +94,12 @@ struct Collect {
     dtype: StDtype,
 }
 
-impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Collect {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, name): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
+impl<E: Dtype, D: Device<E>> walk::Visit<E, D> for Collect {
+    fn tensor<S: Shape>(&mut self, name: String, t: &Tensor<S, E, D>, _: bool) -> Result<()> {
         let shape = t.shape().concrete().into_iter().collect();
         self.tensors
             .push((name, shape, to_bytes(&t.as_vec(), self.dtype)));
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -127,10 +116,7 @@ pub fn save<E: Dtype, D: Device<E>, M: TensorCollection<E, D> + UmupModule>(
         tensors: Vec::new(),
         dtype: st_dtype::<E>()?,
     };
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut c,
-    })?;
+    walk::tensors(model, &mut c)?;
     let mut meta: HashMap<String, String> = HashMap::new();
     for (k, v) in extra {
         if k.starts_with("umup.") {
@@ -234,23 +220,14 @@ struct Copy<'a> {
     st: &'a SafeTensors<'a>,
 }
 
-impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Copy<'_> {
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, name): (&mut Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
+impl<E: Dtype, D: Device<E>> walk::VisitMut<E, D> for Copy<'_> {
+    fn tensor<S: Shape>(&mut self, name: String, t: &mut Tensor<S, E, D>, _: bool) -> Result<()> {
         let view = self.st.tensor(&name).map_err(|_| Error::BadParameter {
             path: name.clone(),
             reason: "missing from the checkpoint".into(),
         })?;
         t.copy_from(&from_bytes::<E>(view.data(), view.dtype()));
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -284,10 +261,7 @@ pub fn load<E: Dtype, D: Device<E>, M: TensorCollection<E, D> + UmupModule>(
     let meta = metadata(path)?;
     st_dtype::<E>()?;
     check(&M::param_table()?, &st, &meta)?;
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut Copy { st: &st },
-    })?;
+    walk::tensors_mut(model, &mut Copy { st: &st })?;
     Ok(meta)
 }
 

@@ -22,6 +22,7 @@
 //! * [`tape`]: `share`/`fork` handles of one tensor and `traced_like` for a second input, so
 //!   that skip connections, shared inputs and position ids read like the math.
 //! * [`checkpoint`]: safetensors checkpoints with the u-μP metadata.
+//! * [`walk`]: every tensor of a model by its dotted path, read-only or mutable.
 //! * [`conformance`]: a runner for the reference library's float64 fixture files.
 //!
 //! The reference is the Python library `unit-scaling` 0.3.5; `spec §N` in these docs refers to
@@ -47,6 +48,7 @@ pub mod params;
 pub mod profile;
 pub mod scales;
 pub mod tape;
+pub mod walk;
 
 pub use constraint::Constraint;
 pub use error::{Error, Result};

@@ -22,9 +22,7 @@ pub use layers::{
     UnitConv1dBias, UnitEmbedding, UnitLayerNorm, UnitLinear, UnitLinearBias, UnitRmsNorm,
 };
 
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-};
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::{Dim, Dtype, Merge, Shape, Tape, Tensor, TryMul};
 
 use crate::constraint::Constraint;
@@ -334,11 +332,7 @@ pub fn apply_init_multipliers<E: Dtype, D: Backend<E>, M: TensorCollection<E, D>
         .iter()
         .map(|r| (r.spec.path.clone(), mult.init_factor(&r.spec)))
         .collect();
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut ScaleVisitor { factors: &factors },
-    })?;
-    Ok(())
+    crate::walk::tensors_mut(model, &mut ScaleVisitor { factors: &factors })
 }
 
 /// Multiplies every tensor by its factor (by path; 1 when absent).
@@ -346,17 +340,8 @@ struct ScaleVisitor<'a> {
     factors: &'a HashMap<String, f64>,
 }
 
-impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ScaleVisitor<'_> {
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, D>,
-        (t, name): (&mut Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
+impl<E: Dtype, D: Backend<E>> crate::walk::VisitMut<E, D> for ScaleVisitor<'_> {
+    fn tensor<S: Shape>(&mut self, name: String, t: &mut Tensor<S, E, D>, _: bool) -> Result<()> {
         let f = self.factors.get(&name).copied().unwrap_or(1.0);
         if f != 1.0 {
             let f = E::from_f64(f).ok_or(Error::InvalidValue {
@@ -366,6 +351,6 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ScaleVisitor<'_> {
             })?;
             *t = t.clone().try_mul(f).dev()?;
         }
-        Ok(None)
+        Ok(())
     }
 }

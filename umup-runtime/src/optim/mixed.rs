@@ -9,13 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorName, ViewTensorRef,
-};
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::prelude::*;
 
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::ops::Backend;
+use crate::walk::{self, Visit};
 
 /// The f32 gradients of `master`'s trainable tensors from `grads`, the gradients of `copy`
 /// (`master` in the dtype `E`: the same tensors under the same names). Each gradient is widened
@@ -37,18 +36,12 @@ where
         grads,
         out: BTreeMap::new(),
     };
-    C::iter_tensors(&mut RecursiveWalker {
-        m: (copy, String::new()),
-        f: &mut collect,
-    })?;
+    walk::tensors(copy, &mut collect)?;
     let mut place = Place {
         by_name: collect.out,
         out: Gradients::leaky(),
     };
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (master, String::new()),
-        f: &mut place,
-    })?;
+    walk::tensors(master, &mut place)?;
     if let Some(name) = place.by_name.keys().next() {
         return Err(Error::BadParameter {
             path: name.clone(),
@@ -64,24 +57,20 @@ struct Collect<'a, E: Dtype, D: Backend<E> + Backend<f32>> {
     out: BTreeMap<String, Tensor<(usize,), f32, D>>,
 }
 
-impl<E: Dtype, D: Backend<E> + Backend<f32>> TensorVisitor<E, D> for Collect<'_, E, D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
+impl<E: Dtype, D: Backend<E> + Backend<f32>> Visit<E, D> for Collect<'_, E, D> {
+    fn tensor<S: Shape>(
         &mut self,
-        opts: TensorOptions<S, E, D>,
-        (p, name): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
-        if opts.do_gradient_update {
+        name: String,
+        p: &Tensor<S, E, D>,
+        trainable: bool,
+    ) -> Result<()> {
+        if trainable {
             self.grads.try_alloc_for(p).dev()?;
             let n = p.shape().num_elements();
             let g = self.grads.get(p).try_to_dtype::<f32>().dev()?;
             self.out.insert(name, g.try_reshape_like(&(n,)).dev()?);
         }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -91,19 +80,15 @@ struct Place<D: Backend<f32>> {
     out: Gradients<f32, D>,
 }
 
-impl<D: Backend<f32>> TensorVisitor<f32, D> for Place<D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = Error;
-    type E2 = f32;
-    type D2 = D;
-
-    fn visit<S: Shape>(
+impl<D: Backend<f32>> Visit<f32, D> for Place<D> {
+    fn tensor<S: Shape>(
         &mut self,
-        opts: TensorOptions<S, f32, D>,
-        (p, name): (&Tensor<S, f32, D>, String),
-    ) -> Result<Option<Tensor<S, f32, D>>> {
-        if !opts.do_gradient_update {
-            return Ok(None);
+        name: String,
+        p: &Tensor<S, f32, D>,
+        trainable: bool,
+    ) -> Result<()> {
+        if !trainable {
+            return Ok(());
         }
         let g = self
             .by_name
@@ -124,6 +109,6 @@ impl<D: Backend<f32>> TensorVisitor<f32, D> for Place<D> {
         }
         let g = g.try_reshape_like(p.shape()).dev()?;
         crate::ops::quantise::set_gradient(&mut self.out, p, g).dev()?;
-        Ok(None)
+        Ok(())
     }
 }

@@ -12,10 +12,7 @@ mod schedule;
 
 use std::collections::HashMap;
 
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-    ViewTensorRef,
-};
+use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::optim::{AdamConfig, Momentum, SgdConfig, WeightDecay};
 use dfdx::prelude::*;
 
@@ -28,6 +25,7 @@ use crate::ops::Backend;
 use crate::params::{
     self, LrRule, Multipliers, ParamGroup, ParamSpec, ParamTable, Parametrization,
 };
+use crate::walk::{self, Visit, VisitMut};
 
 /// Which update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -318,18 +316,12 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
                     sum_sq: 0.0,
                     factor: None,
                 };
-                M::iter_tensors(&mut RecursiveWalker {
-                    m: (&*model, String::new()),
-                    f: &mut v,
-                })?;
+                walk::tensors(&*model, &mut v)?;
                 let norm = v.sum_sq.sqrt();
                 let c = max / (norm + 1e-6);
                 if c < 1.0 {
                     v.factor = Some(crate::ops::scale::elem("clip factor", c)?);
-                    M::iter_tensors(&mut RecursiveWalker {
-                        m: (&*model, String::new()),
-                        f: &mut v,
-                    })?;
+                    walk::tensors(&*model, &mut v)?;
                 }
                 Some(norm)
             }
@@ -340,20 +332,14 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             opt: self,
             settings: Vec::new(),
         };
-        M::iter_tensors(&mut RecursiveWalker {
-            m: (&*model, String::new()),
-            f: &mut check,
-        })?;
+        walk::tensors(&*model, &mut check)?;
         let settings = check.settings;
         let mut step = StepVisitor {
             opt: self,
             grads,
             settings: settings.into_iter(),
         };
-        M::iter_tensors(&mut RecursiveWalker {
-            m: (model, String::new()),
-            f: &mut step,
-        })?;
+        walk::tensors_mut(model, &mut step)?;
         self.steps += 1;
         Ok(norm)
     }
@@ -464,10 +450,7 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             load: None,
             out: Vec::new(),
         };
-        M::iter_tensors(&mut RecursiveWalker {
-            m: (model, String::new()),
-            f: &mut v,
-        })?;
+        walk::tensors(model, &mut v)?;
         Ok(v.out)
     }
 
@@ -484,10 +467,7 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             load: Some(get),
             out: Vec::new(),
         };
-        M::iter_tensors(&mut RecursiveWalker {
-            m: (model, String::new()),
-            f: &mut v,
-        })?;
+        walk::tensors(model, &mut v)?;
         self.steps = steps;
         Ok(())
     }
@@ -499,19 +479,15 @@ struct StateVisitor<'a, E: Dtype, D: Backend<E>> {
     out: Vec<(String, Vec<E>)>,
 }
 
-impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StateVisitor<'_, E, D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
+impl<E: Dtype, D: Backend<E>> Visit<E, D> for StateVisitor<'_, E, D> {
+    fn tensor<S: Shape>(
         &mut self,
-        opts: TensorOptions<S, E, D>,
-        (p, name): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
-        if !opts.do_gradient_update {
-            return Ok(None);
+        name: String,
+        p: &Tensor<S, E, D>,
+        trainable: bool,
+    ) -> Result<()> {
+        if !trainable {
+            return Ok(());
         }
         for (prefix, store) in [("m", &mut self.opt.m), ("v", &mut self.opt.v)] {
             let key = format!("{prefix}.{name}");
@@ -538,7 +514,7 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StateVisitor<'_, E, D> {
                 }
             }
         }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -547,22 +523,18 @@ struct ResolveVisitor<'a, E: Dtype, D: Backend<E>> {
     settings: Vec<Option<(f64, f64)>>,
 }
 
-impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ResolveVisitor<'_, E, D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
+impl<E: Dtype, D: Backend<E>> Visit<E, D> for ResolveVisitor<'_, E, D> {
+    fn tensor<S: Shape>(
         &mut self,
-        opts: TensorOptions<S, E, D>,
-        (p, name): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
-        if opts.do_gradient_update {
+        name: String,
+        p: &Tensor<S, E, D>,
+        trainable: bool,
+    ) -> Result<()> {
+        if trainable {
             let s = self.opt.resolve(&name, p.shape().num_elements())?;
             self.settings.push(s);
         }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -572,18 +544,14 @@ struct StepVisitor<'a, E: Dtype, D: Backend<E>> {
     settings: std::vec::IntoIter<Option<(f64, f64)>>,
 }
 
-impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
+impl<E: Dtype, D: Backend<E>> VisitMut<E, D> for StepVisitor<'_, E, D> {
+    fn tensor<S: Shape>(
         &mut self,
-        opts: TensorOptions<S, E, D>,
-        (p, name): (&mut Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
-        if opts.do_gradient_update {
+        name: String,
+        p: &mut Tensor<S, E, D>,
+        trainable: bool,
+    ) -> Result<()> {
+        if trainable {
             let setting = self.settings.next().ok_or_else(|| Error::BadParameter {
                 path: name.clone(),
                 reason: "the model changed between two passes of one update".into(),
@@ -592,7 +560,7 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for StepVisitor<'_, E, D> {
                 self.opt.apply(p, lr, wd, self.grads)?;
             }
         }
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -605,19 +573,15 @@ struct ClipVisitor<'a, E: Dtype, D: Backend<E>> {
     factor: Option<E>,
 }
 
-impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ClipVisitor<'_, E, D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = Error;
-    type E2 = E;
-    type D2 = D;
-
-    fn visit<S: Shape>(
+impl<E: Dtype, D: Backend<E>> Visit<E, D> for ClipVisitor<'_, E, D> {
+    fn tensor<S: Shape>(
         &mut self,
-        opts: TensorOptions<S, E, D>,
-        (p, name): (&Tensor<S, E, D>, String),
-    ) -> Result<Option<Tensor<S, E, D>>> {
-        if !opts.do_gradient_update || self.opt.is_frozen(&name) {
-            return Ok(None);
+        name: String,
+        p: &Tensor<S, E, D>,
+        trainable: bool,
+    ) -> Result<()> {
+        if !trainable || self.opt.is_frozen(&name) {
+            return Ok(());
         }
         self.grads.try_alloc_for(p).dev()?;
         match self.factor {
@@ -628,6 +592,6 @@ impl<E: Dtype, D: Backend<E>> TensorVisitor<E, D> for ClipVisitor<'_, E, D> {
             }
             Some(f) => D::scale_gradient(self.grads, p, f).dev()?,
         }
-        Ok(None)
+        Ok(())
     }
 }
