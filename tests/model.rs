@@ -250,6 +250,59 @@ fn nested_paths_depth_and_the_printed_table() {
     assert_eq!(net.num_trainable_params(), table.num_params());
 }
 
+/// Every tensor's path, shape and trainable flag, in visiting order.
+struct Paths(Vec<(String, Vec<usize>, bool)>);
+
+impl<E: Dtype, D: Device<E>> umup::walk::Visit<E, D> for Paths {
+    fn tensor<S: Shape>(
+        &mut self,
+        name: String,
+        t: &Tensor<S, E, D>,
+        trainable: bool,
+    ) -> umup::Result<()> {
+        let shape = t.shape().concrete().into_iter().collect();
+        self.0.push((name, shape, trainable));
+        Ok(())
+    }
+}
+
+#[test]
+fn the_named_walk_visits_the_tables_rows_in_order() {
+    let dev = Cpu::default();
+    let mut net = Net::<64, 32, 48>::build(&dev).unwrap();
+    let mut seen = Paths(Vec::new());
+    umup::walk::tensors(&net, &mut seen).unwrap();
+    let table = Net::<64, 32, 48>::param_table().unwrap();
+    let want: Vec<_> = table
+        .rows
+        .iter()
+        .map(|r| (r.spec.path.clone(), r.spec.shape.clone(), true))
+        .collect();
+    assert_eq!(seen.0, want);
+
+    /// Sets every tensor to its index in the walk, to be read back by name.
+    struct Number(f32);
+    impl umup::walk::VisitMut<f32, Cpu> for Number {
+        fn tensor<S: Shape>(
+            &mut self,
+            _: String,
+            t: &mut Tensor<S, f32, Cpu>,
+            _: bool,
+        ) -> umup::Result<()> {
+            t.copy_from(&vec![self.0; t.shape().num_elements()]);
+            self.0 += 1.0;
+            Ok(())
+        }
+    }
+    umup::walk::tensors_mut(&mut net, &mut Number(0.0)).unwrap();
+    let up = net.layers[1].mlp.up.weight.as_vec();
+    let i = want
+        .iter()
+        .position(|w| w.0 == "layers.1.mlp.up.weight")
+        .unwrap() as f32;
+    assert!(i > 0.0 && up.iter().all(|&v| v == i), "{i} {:?}", &up[..4]);
+}
+
 #[test]
 fn a_forward_pass_is_unit_scaled_and_trains() {
     let dev = Cpu::seed_from_u64(3);
