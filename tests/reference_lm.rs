@@ -4,14 +4,15 @@
 //! every weight gradient and the weights after three `uu.optim.AdamW` steps must agree, with the
 //! default α's and with all five α's set.
 
+mod common;
+
+use common::{collect, compare, fill_and_check, index, Alphas, Summary};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use umup::dfdx::nn::tensor_collection::TensorCollection;
 use umup::dfdx::prelude::*;
 use umup::models::{LmOptions, TransformerLm};
-use umup::nn::{Hyper, Umup};
+use umup::nn::Umup;
 use umup::optim::{OptimConfig, Optimizer};
-use umup::walk::{self, Visit, VisitMut};
 
 /// Width 16, MLP 64, depth 2: the fixture's model.
 type Model<E> = TransformerLm<256, 16, 64, 2, E, Cpu, Umup>;
@@ -19,22 +20,6 @@ type Model<E> = TransformerLm<256, 16, 64, 2, E, Cpu, Umup>;
 #[derive(Deserialize)]
 struct File {
     cases: Vec<Case>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-struct Alphas {
-    ffn_act: f64,
-    attn_softmax: f64,
-    res: f64,
-    res_attn_ratio: f64,
-    loss_softmax: f64,
-}
-
-#[derive(Deserialize, Clone)]
-struct Summary {
-    rms: f64,
-    probe_dot: f64,
-    head: Vec<f64>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -56,100 +41,7 @@ struct Case {
 }
 
 fn fixture() -> File {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/reference_lm.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// SplitMix64, as `lm_fixture.py::uniform_unit`: `√3·(2u − 1)`, `u = (z >> 11)·2^-53`.
-fn uniform_unit(seed: u64, n: usize) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            3f64.sqrt() * (2.0 * ((z >> 11) as f64 * 2f64.powi(-53)) - 1.0)
-        })
-        .collect()
-}
-
-/// Sets every tensor from its SplitMix64 stream (seed: its index in `names` + 1).
-struct Fill<'a>(&'a [String]);
-
-impl<E: Dtype, D: Device<E>> VisitMut<E, D> for Fill<'_> {
-    fn tensor<S: Shape>(
-        &mut self,
-        name: String,
-        t: &mut Tensor<S, E, D>,
-        _: bool,
-    ) -> umup::Result<()> {
-        let i = self
-            .0
-            .iter()
-            .position(|n| *n == name)
-            .ok_or(umup::Error::BadParameter {
-                path: name,
-                reason: "not in the fixture".into(),
-            })?;
-        let v = uniform_unit(i as u64 + 1, t.shape().num_elements());
-        t.copy_from(
-            &v.iter()
-                .map(|&x| E::from_f64(x).unwrap())
-                .collect::<Vec<_>>(),
-        );
-        Ok(())
-    }
-}
-
-/// Every tensor (or, with `grads`, its gradient) by name, as f64.
-struct Collect<'a, E: Dtype, D: Device<E>> {
-    grads: Option<&'a Gradients<E, D>>,
-    out: BTreeMap<String, Vec<f64>>,
-}
-
-impl<E: Dtype, D: Device<E>> Visit<E, D> for Collect<'_, E, D> {
-    fn tensor<S: Shape>(&mut self, name: String, t: &Tensor<S, E, D>, _: bool) -> umup::Result<()> {
-        let v = match self.grads {
-            Some(g) => g.get(t).as_vec(),
-            None => t.as_vec(),
-        };
-        let v = v.iter().map(|x| x.to_f64().unwrap()).collect();
-        self.out.insert(name, v);
-        Ok(())
-    }
-}
-
-fn collect<E: Dtype, M: TensorCollection<E, Cpu>>(
-    m: &M,
-    grads: Option<&Gradients<E, Cpu>>,
-) -> BTreeMap<String, Vec<f64>>
-where
-    Cpu: Device<E> + umup::Backend<E>,
-{
-    let mut c = Collect {
-        grads,
-        out: BTreeMap::new(),
-    };
-    walk::tensors(m, &mut c).unwrap();
-    c.out
-}
-
-/// Largest relative difference between a tensor and the reference's summary of it: RMS,
-/// probe dot product (relative to `rms · √n`, its scale) and the first entries (relative to
-/// the RMS).
-fn compare(got: &[f64], want: &Summary, index: usize) -> f64 {
-    let n = got.len() as f64;
-    let rms = (got.iter().map(|v| v * v).sum::<f64>() / n).sqrt();
-    let probe = uniform_unit(1000 + index as u64, got.len());
-    let dot: f64 = got.iter().zip(&probe).map(|(a, b)| a * b).sum();
-    let mut worst = (rms - want.rms).abs() / want.rms;
-    worst = worst.max((dot - want.probe_dot).abs() / (want.rms * n.sqrt()));
-    for (a, b) in got.iter().zip(&want.head) {
-        worst = worst.max((a - b).abs() / want.rms);
-    }
-    worst
+    common::fixture("reference_lm.json")
 }
 
 /// Runs a case in `E` and returns the worst relative error of (losses, gradients,
@@ -161,23 +53,9 @@ where
 {
     let dev = Cpu::default();
     let mut m = Model::<E>::build(&dev).unwrap();
-    walk::tensors_mut(&mut m, &mut Fill(&case.names)).unwrap();
-    let index = |n: &str| case.names.iter().position(|x| x == n).unwrap();
-    for (name, v) in collect(&m, None) {
-        assert!(
-            compare(&v, &case.init[&name], index(&name)) < 1e-6,
-            "{name}"
-        );
-    }
-    let a = &case.alphas;
-    let hp = Hyper {
-        eta: case.lr,
-        alpha_ffn_act: a.ffn_act,
-        alpha_attn_softmax: a.attn_softmax,
-        alpha_res: a.res,
-        alpha_res_attn_ratio: a.res_attn_ratio,
-        alpha_loss_softmax: a.loss_softmax,
-    };
+    fill_and_check(&mut m, &case.names, &case.init);
+    let index = |n: &str| index(&case.names, n);
+    let hp = case.alphas.hyper(case.lr);
     let opts = LmOptions {
         heads: case.heads,
         rope: false,
@@ -224,13 +102,7 @@ fn the_fixture_covers_defaults_and_every_alpha() {
     let names: Vec<&str> = f.cases.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["defaults", "all_alphas"]);
     let a = &f.cases[1].alphas;
-    for v in [
-        a.ffn_act,
-        a.attn_softmax,
-        a.res,
-        a.res_attn_ratio,
-        a.loss_softmax,
-    ] {
+    for v in a.all() {
         assert_ne!(v, 1.0);
     }
     // 1 + 7 per layer + 1 tensors, each summarised three times.
@@ -272,16 +144,9 @@ fn f32_matches_the_reference_decoder_to_single_precision() {
 fn each_alpha_moves_the_result_far_outside_the_tolerance() {
     // The agreement above is informative only if every α changes the model at this size.
     let case = fixture().cases.remove(1);
-    let wrong: [fn(&mut Alphas); 5] = [
-        |a| a.ffn_act = 1.0,
-        |a| a.attn_softmax = 1.0,
-        |a| a.res = 1.0,
-        |a| a.res_attn_ratio = 1.0,
-        |a| a.loss_softmax = 1.0,
-    ];
-    for (i, set) in wrong.iter().enumerate() {
+    for i in 0..5 {
         let mut c = case.clone();
-        set(&mut c.alphas);
+        c.alphas = c.alphas.with_default(i);
         let (_, grad, after) = run::<f64>(&c);
         assert!(
             grad > 1e-3 && after > 1e-6,

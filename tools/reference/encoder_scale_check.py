@@ -71,15 +71,25 @@ def masked_batch(data, batch, seq, seed):
     return inputs, positions, targets
 
 
-class MaskedEncoder(torch.nn.Module):
-    """umup's `MaskedEncoder<128, d, 4d, L>` from the reference library's modules."""
+ALPHAS = {"ffn_act": 1.0, "attn_softmax": 1.0, "res": 1.0, "res_attn_ratio": 1.0, "loss_softmax": 1.0}
 
-    def __init__(self, d, layers=4, d_head=64, max_seq=128):
+
+class MaskedEncoder(torch.nn.Module):
+    """umup's `MaskedEncoder<max_seq, d, 4d, L>` from the reference library's modules.
+
+    `alphas` (keys of `ALPHAS`) go where the reference ops take them: α_res and
+    α_res-attn-ratio through `transformer_residual_scaling_rule`, α_attn-softmax as the sdpa
+    `mult`, α_ffn-act as the gelu `mult`, α_loss-softmax as the cross entropy `mult`. The layers
+    are a `uu.DepthModuleList`, so `uu.optim` gives their parameters depth `layers` (umup's
+    `#[depth]`)."""
+
+    def __init__(self, d, layers=4, d_head=64, max_seq=128, alphas=None):
         super().__init__()
         self.d, self.heads = d, d // d_head
+        self.alphas = {**ALPHAS, **(alphas or {})}
         self.tok = uu.Embedding(MASK + 1, d)
         self.pos = uu.Embedding(max_seq, d)
-        self.layers = torch.nn.ModuleList(
+        self.layers = uu.DepthModuleList(
             torch.nn.ModuleDict(
                 dict(
                     ln1=uu.LayerNorm(d, elementwise_affine=True),
@@ -97,7 +107,9 @@ class MaskedEncoder(torch.nn.Module):
         self.ln_f = uu.LayerNorm(d, elementwise_affine=True)
         self.readout = uu.LinearReadout(d, 256)
         # As uu.TransformerStack: mhsa_tau = rule(2i, 2L), mlp_tau = rule(2i + 1, 2L).
-        rule = uu.transformer_residual_scaling_rule()
+        rule = uu.transformer_residual_scaling_rule(
+            residual_mult=self.alphas["res"], residual_attn_ratio=self.alphas["res_attn_ratio"]
+        )
         self.taus = [rule(i, 2 * layers) for i in range(2 * layers)]
 
     def loss(self, inputs, positions, targets):
@@ -110,16 +122,20 @@ class MaskedEncoder(torch.nn.Module):
             r, skip = U.residual_split(x, self.taus[2 * i])
             a_in = l["ln1"](r)
             a = U.scaled_dot_product_attention(
-                split(l["q"](a_in)), split(l["k"](a_in)), split(l["v"](a_in)), is_causal=False
+                split(l["q"](a_in)),
+                split(l["k"](a_in)),
+                split(l["v"](a_in)),
+                is_causal=False,
+                mult=self.alphas["attn_softmax"],
             )
             out = l["o"](a.transpose(1, 2).reshape(b, s, d))
             x = U.residual_add(out, skip, self.taus[2 * i])
             r, skip = U.residual_split(x, self.taus[2 * i + 1])
-            act = U.gelu(l["up"](l["ln2"](r)), constraint="to_output_scale")
+            act = U.gelu(l["up"](l["ln2"](r)), mult=self.alphas["ffn_act"], constraint="to_output_scale")
             x = U.residual_add(l["down"](act), skip, self.taus[2 * i + 1])
         rows = x.reshape(b * s, d)[positions]
         logits = self.readout(self.ln_f(rows))
-        return U.cross_entropy(logits, targets)
+        return U.cross_entropy(logits, targets, mult=self.alphas["loss_softmax"])
 
 
 def qv_ratio(sums, layer, t, hi, lo, skip=None):
