@@ -438,7 +438,12 @@ fn main() -> umup::Result<()> {
     println!("(umup's gemm ceiling: {ceiling:.1} GFLOP/s)");
     println!();
     println!(
-        "Where a u-μP LM step goes (`umup::profile`, mean over {} profiled steps):",
+        "Where a u-μP {} step goes (`umup::profile`, mean over {} profiled steps):",
+        match args.profile.as_str() {
+            "encoder" => "encoder",
+            "fp8" => "LM (fp8-sim)",
+            _ => "LM",
+        },
         args.steps
     );
     println!();

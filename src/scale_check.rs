@@ -526,7 +526,7 @@ pub fn render(report: &Report) -> String {
                 }
                 .ok();
             }
-            writeln!(o, "note: at width 64 a tensor's RMS varies from seed to seed by about as much as the band, and the q/k weight gradients sit near its 0.8 edge (docs/results.md §1c); average more seeds with --repeats").ok();
+            writeln!(o, "note: at width 64 a tensor's RMS varies from seed to seed by about as much as the band (average more seeds with --repeats). Attention's q/k-path gradients carry a finite-width term: in the causal LM they sit at the band's 0.8 edge, in the non-causal encoder below it, also from width 128, in the reference library too (docs/results.md §1b, §1c, §7a). A small fit residual marks such a term; a scaling-rule error is a power law and fits badly").ok();
         }
     }
     o
