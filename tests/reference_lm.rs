@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{collect, compare, fill_and_check, index, Alphas, Summary};
+use common::{
+    assert_each_alpha_matters, assert_within, collect, compare, fill_and_check, index, Alphas,
+    RefCase, Summary,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use umup::dfdx::prelude::*;
@@ -38,6 +41,15 @@ struct Case {
     losses: Vec<f64>,
     grads: BTreeMap<String, Summary>,
     after: BTreeMap<String, Summary>,
+}
+
+impl RefCase for Case {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn alphas_mut(&mut self) -> &mut Alphas {
+        &mut self.alphas
+    }
 }
 
 fn fixture() -> File {
@@ -114,43 +126,17 @@ fn the_fixture_covers_defaults_and_every_alpha() {
     }
 }
 
-/// Every case in `E`, within `tol` = (loss, gradients, trained weights).
-fn assert_every_case<E: Dtype>(tol: (f64, f64, f64))
-where
-    Cpu: umup::ops::Backend<E>,
-    umup::rand_distr::StandardNormal: umup::rand_distr::Distribution<E>,
-{
-    for case in fixture().cases {
-        let (loss, grad, after) = run::<E>(&case);
-        assert!(
-            loss < tol.0 && grad < tol.1 && after < tol.2,
-            "{}: loss {loss:.1e}, grads {grad:.1e}, after {after:.1e}",
-            case.name
-        );
-    }
-}
-
 #[test]
 fn f64_matches_the_reference_decoder() {
-    assert_every_case::<f64>((1e-13, 1e-12, 1e-12));
+    assert_within(&fixture().cases, run::<f64>, (1e-13, 1e-12, 1e-12));
 }
 
 #[test]
 fn f32_matches_the_reference_decoder_to_single_precision() {
-    assert_every_case::<f32>((1e-5, 1e-4, 1e-4));
+    assert_within(&fixture().cases, run::<f32>, (1e-5, 1e-4, 1e-4));
 }
 
 #[test]
 fn each_alpha_moves_the_result_far_outside_the_tolerance() {
-    // The agreement above is informative only if every α changes the model at this size.
-    let case = fixture().cases.remove(1);
-    for i in 0..5 {
-        let mut c = case.clone();
-        c.alphas = c.alphas.with_default(i);
-        let (_, grad, after) = run::<f64>(&c);
-        assert!(
-            grad > 1e-3 && after > 1e-6,
-            "α {i}: grads {grad:.1e}, after {after:.1e}"
-        );
-    }
+    assert_each_alpha_matters(&fixture().cases[1], run::<f64>);
 }

@@ -188,3 +188,43 @@ pub fn compare(got: &[f64], want: &Summary, index: usize) -> f64 {
     }
     worst
 }
+
+/// A fixture case, as the shared assertions need it.
+pub trait RefCase: Clone {
+    /// Its name.
+    fn name(&self) -> &str;
+    /// Its α's.
+    fn alphas_mut(&mut self) -> &mut Alphas;
+}
+
+/// Asserts that `run`'s errors (loss, gradients, trained parameters) of every case are within
+/// `tol`.
+pub fn assert_within<C: RefCase>(
+    cases: &[C],
+    run: impl Fn(&C) -> (f64, f64, f64),
+    tol: (f64, f64, f64),
+) {
+    for case in cases {
+        let (loss, grad, after) = run(case);
+        assert!(
+            loss < tol.0 && grad < tol.1 && after < tol.2,
+            "{}: loss {loss:.1e}, grads {grad:.1e}, after {after:.1e}",
+            case.name()
+        );
+    }
+}
+
+/// Asserts that setting each α of `case` back to 1 in turn moves the gradients by more than
+/// 1e-3 and the trained parameters by more than 1e-6: the agreement with the reference is
+/// informative only if every α changes the model at the fixture's size.
+pub fn assert_each_alpha_matters<C: RefCase>(case: &C, run: impl Fn(&C) -> (f64, f64, f64)) {
+    for i in 0..5 {
+        let mut c = case.clone();
+        *c.alphas_mut() = c.alphas_mut().with_default(i);
+        let (_, grad, after) = run(&c);
+        assert!(
+            grad > 1e-3 && after > 1e-6,
+            "α {i}: grads {grad:.1e}, after {after:.1e}"
+        );
+    }
+}

@@ -21,15 +21,12 @@ Run (needs `pip install unit-scaling==0.3.5`, which brings PyTorch; CPU is enoug
     python tools/reference/encoder_fixture.py > fixtures/reference_encoder.json
 """
 
-import json
-import sys
-
 import torch
 import unit_scaling as uu
 import unit_scaling.functional as U
 
 from encoder_scale_check import MASK, MaskedEncoder
-from lm_fixture import ids, rms_in_input_dtype, splitmix64, summary, uniform_unit
+from lm_fixture import alpha_cases, dump, ids, rms_in_input_dtype, splitmix64, summary, uniform_unit
 
 
 def masked_batch(seed, batch, seq):
@@ -115,26 +112,7 @@ def main():
         "weight_decay": 0.1,
         "steps": 3,
     }
-    defaults = {"ffn_act": 1.0, "attn_softmax": 1.0, "res": 1.0, "res_attn_ratio": 1.0, "loss_softmax": 1.0}
-    cases = [
-        {"name": "defaults", **base, "alphas": defaults},
-        {
-            "name": "all_alphas",
-            **base,
-            "batch_seed": 94,
-            "alphas": {"ffn_act": 1.5, "attn_softmax": 2.0, "res": 0.5, "res_attn_ratio": 2.0, "loss_softmax": 0.75},
-        },
-    ]
-    json.dump(
-        {
-            "generator": "tools/reference/encoder_fixture.py",
-            "reference": f"unit-scaling 0.3.5, torch {torch.__version__}, float64",
-            "cases": [run_case(c) for c in cases],
-        },
-        sys.stdout,
-        indent=1,
-    )
-    sys.stdout.write("\n")
+    dump("tools/reference/encoder_fixture.py", [run_case(c) for c in alpha_cases(base, "batch_seed", 94)])
 
 
 if __name__ == "__main__":

@@ -153,6 +153,31 @@ def rms_in_input_dtype(x, dims=None, keepdim=False, eps=0.0):
     return mean.sqrt().to(x.dtype)
 
 
+def alpha_cases(base, seed_key, other_seed):
+    """The two cases of a model fixture: `defaults` (every α 1) and `all_alphas` (all five set,
+    each ≠ 1), the second with `base[seed_key]` replaced by `other_seed`."""
+    defaults = {"ffn_act": 1.0, "attn_softmax": 1.0, "res": 1.0, "res_attn_ratio": 1.0, "loss_softmax": 1.0}
+    alphas = {"ffn_act": 1.5, "attn_softmax": 2.0, "res": 0.5, "res_attn_ratio": 2.0, "loss_softmax": 0.75}
+    return [
+        {"name": "defaults", **base, "alphas": defaults},
+        {"name": "all_alphas", **base, seed_key: other_seed, "alphas": alphas},
+    ]
+
+
+def dump(generator, cases):
+    """Writes a fixture file to stdout."""
+    json.dump(
+        {
+            "generator": generator,
+            "reference": f"unit-scaling 0.3.5, torch {torch.__version__}, float64",
+            "cases": cases,
+        },
+        sys.stdout,
+        indent=1,
+    )
+    sys.stdout.write("\n")
+
+
 def main():
     torch.set_default_dtype(torch.float64)
     U.rms = rms_in_input_dtype  # `U.rms_norm` looks `rms` up in `unit_scaling.functional`.
@@ -168,31 +193,12 @@ def main():
         "weight_decay": 0.1,
         "steps": 3,
     }
-    defaults = {"ffn_act": 1.0, "attn_softmax": 1.0, "res": 1.0, "res_attn_ratio": 1.0, "loss_softmax": 1.0}
-    cases = [
-        {"name": "defaults", **base, "alphas": defaults},
-        {
-            "name": "all_alphas",
-            **base,
-            "ids_seed": 78,
-            "alphas": {"ffn_act": 1.5, "attn_softmax": 2.0, "res": 0.5, "res_attn_ratio": 2.0, "loss_softmax": 0.75},
-        },
-    ]
     out = []
-    for case in cases:
+    for case in alpha_cases(base, "ids_seed", 78):
         # α_ffn-act: `uu.MLP.forward` calls `U.silu_glu(a, b)` with the default mult.
         U.silu_glu = functools.partial(silu_glu, mult=case["alphas"]["ffn_act"])
         out.append(run_case(case))
-    json.dump(
-        {
-            "generator": "tools/reference/lm_fixture.py",
-            "reference": f"unit-scaling 0.3.5, torch {torch.__version__}, float64",
-            "cases": out,
-        },
-        sys.stdout,
-        indent=1,
-    )
-    sys.stdout.write("\n")
+    dump("tools/reference/lm_fixture.py", out)
 
 
 if __name__ == "__main__":
