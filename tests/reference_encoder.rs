@@ -8,11 +8,9 @@
 mod common;
 
 use common::{
-    assert_each_alpha_matters, assert_within, collect, compare, fill_and_check, index, Alphas,
-    RefCase, Summary,
+    assert_each_alpha_matters, assert_within, collect, compare, fill_and_check, index, File,
 };
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use umup::data::Batch;
 use umup::dfdx::prelude::*;
 use umup::family::{Step, Trainable};
@@ -23,44 +21,21 @@ use umup::optim::{OptimConfig, Optimizer};
 /// 16 positions, width 32, MLP 128, depth 2: the fixture's model.
 type Model<E> = MaskedEncoder<16, 32, 128, 2, E, Cpu, Umup>;
 
-#[derive(Deserialize)]
-struct File {
-    cases: Vec<Case>,
-}
-
+/// The model fields of a case.
 #[derive(Deserialize, Clone)]
-struct Case {
-    name: String,
+struct Encoder {
     width: usize,
     layers: usize,
     d_head: usize,
     max_seq: usize,
-    batch: usize,
-    seq: usize,
-    lr: f64,
-    weight_decay: f64,
-    steps: usize,
-    alphas: Alphas,
-    names: Vec<String>,
     inputs: Vec<usize>,
     positions: Vec<usize>,
     targets: Vec<usize>,
-    init: BTreeMap<String, Summary>,
-    losses: Vec<f64>,
-    grads: BTreeMap<String, Summary>,
-    after: BTreeMap<String, Summary>,
 }
 
-impl RefCase for Case {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn alphas_mut(&mut self) -> &mut Alphas {
-        &mut self.alphas
-    }
-}
+type Case = common::Case<Encoder>;
 
-fn fixture() -> File {
+fn fixture() -> File<Encoder> {
     common::fixture("reference_encoder.json")
 }
 
@@ -73,7 +48,7 @@ where
     umup::rand_distr::StandardNormal: umup::rand_distr::Distribution<E>,
 {
     assert_eq!(
-        (case.max_seq, case.width, case.layers),
+        (case.model.max_seq, case.model.width, case.model.layers),
         (16, 32, 2),
         "the fixture's model is not `Model`"
     );
@@ -83,9 +58,9 @@ where
     let index = |n: &str| index(&case.names, n);
     let hp = case.alphas.hyper(case.lr);
     let batch = Batch {
-        inputs: case.inputs.clone(),
-        targets: case.targets.clone(),
-        positions: case.positions.clone(),
+        inputs: case.model.inputs.clone(),
+        targets: case.model.targets.clone(),
+        positions: case.model.positions.clone(),
         batch: case.batch,
         seq: case.seq,
     };
@@ -100,7 +75,7 @@ where
         .iter()
         .filter(|n| !case.grads.contains_key(*n))
         .collect();
-    assert_eq!(frozen.len(), case.layers, "one key bias per layer");
+    assert_eq!(frozen.len(), case.model.layers, "one key bias per layer");
     for name in &frozen {
         assert!(name.ends_with(".k.bias"), "{name}");
         opt.freeze(name).unwrap();
@@ -110,7 +85,7 @@ where
         let ids = dev.tensor_from_vec(batch.inputs.clone(), (batch.inputs.len(),));
         let mut step = Step {
             hp: &hp,
-            heads: case.width / case.d_head,
+            heads: case.model.width / case.model.d_head,
             rope: false,
             quant: None,
             log: None,
@@ -156,11 +131,11 @@ fn the_fixture_covers_defaults_every_alpha_and_every_tensor() {
     for c in &f.cases {
         assert_eq!(c.names.len(), table.rows.len());
         assert_eq!((c.init.len(), c.after.len()), (37, 37));
-        assert_eq!(c.grads.len(), 37 - c.layers);
+        assert_eq!(c.grads.len(), 37 - c.model.layers);
         // The masked positions are strictly increasing flat positions, one target each.
-        assert!(c.positions.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(c.positions.len(), c.targets.len());
-        assert!(c.positions.len() >= 6 && c.seq < c.max_seq);
+        assert!(c.model.positions.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(c.model.positions.len(), c.model.targets.len());
+        assert!(c.model.positions.len() >= 6 && c.seq < c.model.max_seq);
     }
 }
 

@@ -7,11 +7,9 @@
 mod common;
 
 use common::{
-    assert_each_alpha_matters, assert_within, collect, compare, fill_and_check, index, Alphas,
-    RefCase, Summary,
+    assert_each_alpha_matters, assert_within, collect, compare, fill_and_check, index, File,
 };
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use umup::dfdx::prelude::*;
 use umup::models::{LmOptions, TransformerLm};
 use umup::nn::Umup;
@@ -20,39 +18,16 @@ use umup::optim::{OptimConfig, Optimizer};
 /// Width 16, MLP 64, depth 2: the fixture's model.
 type Model<E> = TransformerLm<256, 16, 64, 2, E, Cpu, Umup>;
 
-#[derive(Deserialize)]
-struct File {
-    cases: Vec<Case>,
-}
-
+/// The model fields of a case.
 #[derive(Deserialize, Clone)]
-struct Case {
-    name: String,
+struct Lm {
     heads: usize,
-    batch: usize,
-    seq: usize,
-    lr: f64,
-    weight_decay: f64,
-    steps: usize,
-    alphas: Alphas,
-    names: Vec<String>,
     ids: Vec<usize>,
-    init: BTreeMap<String, Summary>,
-    losses: Vec<f64>,
-    grads: BTreeMap<String, Summary>,
-    after: BTreeMap<String, Summary>,
 }
 
-impl RefCase for Case {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn alphas_mut(&mut self) -> &mut Alphas {
-        &mut self.alphas
-    }
-}
+type Case = common::Case<Lm>;
 
-fn fixture() -> File {
+fn fixture() -> File<Lm> {
     common::fixture("reference_lm.json")
 }
 
@@ -69,15 +44,15 @@ where
     let index = |n: &str| index(&case.names, n);
     let hp = case.alphas.hyper(case.lr);
     let opts = LmOptions {
-        heads: case.heads,
+        heads: case.model.heads,
         rope: false,
     };
     let (b, s) = (case.batch, case.seq);
     let inputs: Vec<usize> = (0..b)
-        .flat_map(|i| case.ids[i * (s + 1)..i * (s + 1) + s].to_vec())
+        .flat_map(|i| case.model.ids[i * (s + 1)..i * (s + 1) + s].to_vec())
         .collect();
     let targets: Vec<usize> = (0..b)
-        .flat_map(|i| case.ids[i * (s + 1) + 1..(i + 1) * (s + 1)].to_vec())
+        .flat_map(|i| case.model.ids[i * (s + 1) + 1..(i + 1) * (s + 1)].to_vec())
         .collect();
     let table = Model::<E>::param_table().unwrap();
     let cfg = OptimConfig {

@@ -189,19 +189,58 @@ pub fn compare(got: &[f64], want: &Summary, index: usize) -> f64 {
     worst
 }
 
-/// A fixture case, as the shared assertions need it.
-pub trait RefCase: Clone {
-    /// Its name.
-    fn name(&self) -> &str;
-    /// Its α's.
-    fn alphas_mut(&mut self) -> &mut Alphas;
+/// A fixture file of cases with the model fields `M`.
+#[derive(Deserialize)]
+pub struct File<M> {
+    pub cases: Vec<Case<M>>,
+}
+
+/// One case: what every model fixture records, and its model's own fields `M` (derefs to the
+/// record).
+#[derive(Deserialize, Clone)]
+pub struct Case<M> {
+    #[serde(flatten)]
+    pub rec: Record,
+    #[serde(flatten)]
+    pub model: M,
+}
+
+impl<M> std::ops::Deref for Case<M> {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        &self.rec
+    }
+}
+
+impl<M> std::ops::DerefMut for Case<M> {
+    fn deref_mut(&mut self) -> &mut Record {
+        &mut self.rec
+    }
+}
+
+/// What every case of a model fixture records.
+#[derive(Deserialize, Clone)]
+pub struct Record {
+    pub name: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub steps: usize,
+    pub alphas: Alphas,
+    /// Every tensor, in the order of their SplitMix64 seeds.
+    pub names: Vec<String>,
+    pub init: BTreeMap<String, Summary>,
+    pub losses: Vec<f64>,
+    pub grads: BTreeMap<String, Summary>,
+    pub after: BTreeMap<String, Summary>,
 }
 
 /// Asserts that `run`'s errors (loss, gradients, trained parameters) of every case are within
 /// `tol`.
-pub fn assert_within<C: RefCase>(
-    cases: &[C],
-    run: impl Fn(&C) -> (f64, f64, f64),
+pub fn assert_within<M>(
+    cases: &[Case<M>],
+    run: impl Fn(&Case<M>) -> (f64, f64, f64),
     tol: (f64, f64, f64),
 ) {
     for case in cases {
@@ -209,7 +248,7 @@ pub fn assert_within<C: RefCase>(
         assert!(
             loss < tol.0 && grad < tol.1 && after < tol.2,
             "{}: loss {loss:.1e}, grads {grad:.1e}, after {after:.1e}",
-            case.name()
+            case.name
         );
     }
 }
@@ -217,10 +256,13 @@ pub fn assert_within<C: RefCase>(
 /// Asserts that setting each α of `case` back to 1 in turn moves the gradients by more than
 /// 1e-3 and the trained parameters by more than 1e-6: the agreement with the reference is
 /// informative only if every α changes the model at the fixture's size.
-pub fn assert_each_alpha_matters<C: RefCase>(case: &C, run: impl Fn(&C) -> (f64, f64, f64)) {
+pub fn assert_each_alpha_matters<M: Clone>(
+    case: &Case<M>,
+    run: impl Fn(&Case<M>) -> (f64, f64, f64),
+) {
     for i in 0..5 {
         let mut c = case.clone();
-        *c.alphas_mut() = c.alphas_mut().with_default(i);
+        c.alphas = c.alphas.with_default(i);
         let (_, grad, after) = run(&c);
         assert!(
             grad > 1e-3 && after > 1e-6,
