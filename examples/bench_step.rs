@@ -389,10 +389,10 @@ fn main() -> umup::Result<()> {
 
     // The per-op breakdown: extra profiled steps (the timing overhead stays out of the medians
     // above).
-    let which = match args.profile.as_str() {
-        "encoder" => ENC,
-        "fp8" => FP8,
-        _ => LM,
+    let (which, label) = match args.profile.as_str() {
+        "encoder" => (ENC, "encoder"),
+        "fp8" => (FP8, "LM (fp8-sim)"),
+        _ => (LM, "LM"),
     };
     profile::take();
     let mut profiled = Vec::new();
@@ -438,12 +438,7 @@ fn main() -> umup::Result<()> {
     println!("(umup's gemm ceiling: {ceiling:.1} GFLOP/s)");
     println!();
     println!(
-        "Where a u-μP {} step goes (`umup::profile`, mean over {} profiled steps):",
-        match args.profile.as_str() {
-            "encoder" => "encoder",
-            "fp8" => "LM (fp8-sim)",
-            _ => "LM",
-        },
+        "Where a u-μP {label} step goes (`umup::profile`, mean over {} profiled steps):",
         args.steps
     );
     println!();

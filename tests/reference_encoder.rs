@@ -101,7 +101,7 @@ where
                 match case.grads.get(&name) {
                     Some(want) => grad_err = grad_err.max(compare(&g, want, index(&name))),
                     None => {
-                        let rms = (g.iter().map(|v| v * v).sum::<f64>() / g.len() as f64).sqrt();
+                        let rms = umup::analysis::rms(&g);
                         assert!(rms < 1e-6, "{name}: gradient RMS {rms:.1e}, not zero");
                     }
                 }

@@ -178,7 +178,7 @@ pub fn index(names: &[String], name: &str) -> usize {
 /// the RMS).
 pub fn compare(got: &[f64], want: &Summary, index: usize) -> f64 {
     let n = got.len() as f64;
-    let rms = (got.iter().map(|v| v * v).sum::<f64>() / n).sqrt();
+    let rms = umup::analysis::rms(got);
     let probe = uniform_unit(1000 + index as u64, got.len());
     let dot: f64 = got.iter().zip(&probe).map(|(a, b)| a * b).sum();
     let mut worst = (rms - want.rms).abs() / want.rms;
