@@ -12,11 +12,11 @@
 use std::time::Instant;
 
 use umup::dfdx::prelude::*;
+use umup::models::Lm;
 use umup::models::LmOptions;
 use umup::nn::{Hyper, Umup};
 use umup::optim::{OptimConfig, Optimizer};
 use umup::profile::{self, Part};
-use umup::train::Lm;
 
 const L: usize = 4;
 const BATCH: usize = 8;

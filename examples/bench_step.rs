@@ -24,11 +24,11 @@ use umup::dfdx::nn::builders as nnb;
 use umup::dfdx::optim::{Adam, Optimizer as _};
 use umup::dfdx::prelude::*;
 use umup::formats::MatmulFormats;
+use umup::models::Lm;
 use umup::nn::{Hyper, Sp, Umup};
 use umup::ops::MatmulQuantiser;
 use umup::optim::{OptimConfig, Optimizer};
 use umup::profile;
-use umup::train::Lm;
 
 #[path = "common/bench.rs"]
 mod bench;

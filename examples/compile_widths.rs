@@ -7,10 +7,10 @@
 //! ```
 
 use umup::dfdx::prelude::*;
+use umup::models::Lm;
 use umup::models::LmOptions;
 use umup::nn::{Hyper, Umup};
 use umup::optim::{OptimConfig, Optimizer};
-use umup::train::Lm;
 
 fn step<const D: usize, const F: usize>() -> umup::Result<f32> {
     let dev = Cpu::seed_from_u64(0);

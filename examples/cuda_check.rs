@@ -32,9 +32,9 @@ use umup::conformance;
 use umup::device::TrainDevice;
 use umup::dfdx::nn::ZeroGrads;
 use umup::dfdx::prelude::*;
+use umup::models::LmOn;
 use umup::nn::{Hyper, Param, Sp, Umup};
 use umup::optim::{OptimConfig, Optimizer};
-use umup::train::LmOn;
 
 #[path = "common/bench.rs"]
 mod bench;

@@ -25,9 +25,13 @@ use std::sync::Mutex;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use umup::data::Corpus;
 use umup::sweep::{train_flags, Axis, AxisSweep, EqualBudget, Event, Point, Stage, Sweep};
-use umup::train::{self, RunOptions, Summary, TrainConfig};
+use umup::train::{RunOptions, Summary, TrainConfig};
+
+#[macro_use]
+#[path = "common/shipped.rs"]
+mod shipped;
+use shipped::DataArgs;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "η transfer sweep across widths and parametrizations, then α sweeps")]
@@ -84,9 +88,8 @@ struct Args {
     /// Sequences per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Bytes per sequence.
-    #[arg(long, default_value_t = 64)]
-    seq: usize,
+    #[command(flatten)]
+    data: DataArgs,
     /// Linear warm-up as a fraction of `--steps` (the reference demo of spec §10: 0.2).
     #[arg(long, default_value_t = 0.1)]
     warmup_fraction: f64,
@@ -140,6 +143,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> umup::Result<()> {
+    let text = args.data.clone();
+    let command = |point: &Point, dir: &Path| command(point, dir, &text);
     let sweep = Sweep {
         model: args.model,
         out: args.collect.clone().unwrap_or(args.out),
@@ -152,7 +157,6 @@ fn run(args: Args) -> umup::Result<()> {
         alpha_width: args.alpha_width,
         steps: args.steps,
         batch: args.batch,
-        seq: args.seq,
         warmup_fraction: args.warmup_fraction,
         final_lr_fraction: args.final_lr_fraction,
         eval_batches: args.eval_batches,
@@ -172,9 +176,11 @@ fn run(args: Args) -> umup::Result<()> {
         budget.validate()?;
         check_compiled(&budget.proxy)?;
         for p in &budget.proxy.params {
-            train::param_table_compiled(&budget.default_config(p, 0))?;
+            shipped::param_table(&budget.default_config(p, 0))?;
         }
         return finish(
+            &text,
+            &budget.proxy.model,
             args.plan.as_deref(),
             args.collect.is_some(),
             || budget.plan(command),
@@ -199,6 +205,8 @@ fn run(args: Args) -> umup::Result<()> {
         }
         let name = axis.axis.name();
         return finish(
+            &text,
+            &axis.base.model,
             args.plan.as_deref(),
             args.collect.is_some(),
             || axis.plan(command),
@@ -213,6 +221,8 @@ fn run(args: Args) -> umup::Result<()> {
     sweep.validate()?;
     check_compiled(&sweep)?;
     finish(
+        &text,
+        &sweep.model,
         args.plan.as_deref(),
         args.collect.is_some(),
         || sweep.plan(&stages, command),
@@ -225,15 +235,21 @@ fn run(args: Args) -> umup::Result<()> {
     )
 }
 
+/// The sequence length of the sweeps' text windows unless `--seq` says otherwise.
+const SEQ: usize = 64;
+
 /// The shipped trainer, for [`finish`].
 type Train<'a> = &'a (dyn Fn(&TrainConfig, &RunOptions) -> umup::Result<Summary> + Sync);
 /// The progress display, for [`finish`].
 type Observe<'a> = &'a (dyn Fn(Event<'_>) + Sync);
 
 /// Writes the commands of `commands` to `plan`, or prints `report` (`collect`), or trains with
-/// `run` (the shipped trainer on the embedded corpus, with a progress bar) and prints its
-/// summary and where the reports are (`wrote`).
+/// `run` (the shipped trainer of `model` on the data of `text`, with a progress bar) and prints
+/// its summary and where the reports are (`wrote`).
+#[allow(clippy::too_many_arguments)]
 fn finish(
+    text: &DataArgs,
+    model: &str,
     plan: Option<&Path>,
     collect: bool,
     commands: impl FnOnce() -> umup::Result<Vec<String>>,
@@ -251,12 +267,12 @@ fn finish(
     let summary = if collect {
         report()?
     } else {
-        let corpus = Corpus::shakespeare(0.1)?;
         let bar = Mutex::new(None);
-        let train =
-            |cfg: &TrainConfig, r: &RunOptions| train::train_compiled(cfg, &corpus, r, &mut |_| {});
         let observe = |event: Event<'_>| progress(&bar, event);
-        let summary = run(&train, &observe);
+        let summary = with_shipped!(model, text, SEQ, |F, data| {
+            let train = |cfg: &TrainConfig, r: &RunOptions| F::train(cfg, &data, r, &mut |_| {});
+            run(&train, &observe)
+        });
         if let Some(bar) = bar.lock().ok().and_then(|mut b| b.take()) {
             bar.finish();
         }
@@ -271,18 +287,19 @@ fn finish(
 fn check_compiled(sweep: &Sweep) -> umup::Result<()> {
     for p in &sweep.params {
         for &w in &sweep.widths {
-            train::param_table_compiled(&sweep.base(p, w, 1.0))?;
+            shipped::param_table(&sweep.base(p, w, 1.0))?;
         }
     }
     Ok(())
 }
 
-/// The shell command that trains `point` into `dir`.
-fn command(point: &Point, dir: &Path) -> String {
+/// The shell command that trains `point` into `dir` on the data of `text`.
+fn command(point: &Point, dir: &Path, text: &DataArgs) -> String {
     let flags = train_flags(&point.cfg, dir);
     format!(
-        "cargo run --release --example train_{} -- {flags}",
-        point.cfg.model
+        "cargo run --release --example train_{} -- {flags} {}",
+        point.cfg.model,
+        text.flags(SEQ)
     )
 }
 

@@ -6,9 +6,9 @@
 //! cargo run --release --example own_model      # about 20 s on 2 cores; writes runs/own_model/
 //! ```
 
-use umup::data::{Batch, Corpus};
+use umup::data::{Corpus, NextToken, TokenBatch, TokenCorpus};
 use umup::dfdx::prelude::*;
-use umup::family::{self, Step, Task, TrainDevice, Trainable};
+use umup::family::{self, Step, TrainDevice, Trainable};
 use umup::nn::Param;
 use umup::rand_distr::{Distribution, StandardNormal};
 use umup::scale_check::{self, Measurement};
@@ -35,14 +35,15 @@ impl<const D: usize, const L: usize, E: Dtype, Dev: TrainDevice + Backend<E>, P:
 where
     StandardNormal: Distribution<E>,
 {
-    const TASK: Task = Task::NextByte;
+    type Batch = TokenBatch;
 
     fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
-        ids: Tensor<(usize,), usize, Dev, T>,
-        batch: &Batch,
+        batch: &TokenBatch,
+        tape: T,
         step: &mut Step<'_>,
     ) -> umup::Result<Tensor<(), E, Dev, T>> {
+        let ids = batch.ids(self.embed.weight.device(), 256)?.put_tape(tape);
         let mut x = step.tap(self.embed.try_forward(ids)?, || "embed".into())?;
         for l in self.layers.iter() {
             x = P::residual(x, 0.5, |h| {
@@ -64,7 +65,7 @@ umup::family! {
 }
 
 fn main() -> umup::Result<()> {
-    let corpus = Corpus::shakespeare(0.1)?;
+    let corpus = NextToken::new(TokenCorpus::bytes(&Corpus::shakespeare(0.1)?), 128);
 
     // 1. Every parameter's role, shape, init and multipliers under u-μP.
     println!("{}", family::param_table::<Bytes>(64, 2, "umup")?);
@@ -76,7 +77,7 @@ fn main() -> umup::Result<()> {
         depth: 2,
         ..TrainConfig::default()
     };
-    let s = train_family::<Bytes>(
+    let s = train_family::<Bytes, _>(
         &cfg,
         &corpus,
         &RunOptions::to("runs/own_model/train"),
@@ -95,7 +96,7 @@ fn main() -> umup::Result<()> {
         depth: 2,
         ..Measurement::default()
     };
-    for r in scale_check::measure::<Bytes>(&corpus, &m, &mut |_, _| {})? {
+    for r in scale_check::measure::<Bytes, _>(&corpus, &m, &mut |_, _| {})? {
         print!("{}", scale_check::render(&r));
     }
 
@@ -110,8 +111,10 @@ fn main() -> umup::Result<()> {
         out: "runs/own_model/sweep".into(),
         ..Sweep::default()
     };
-    let train =
-        |cfg: &TrainConfig, run: &RunOptions| train_family::<Bytes>(cfg, &corpus, run, &mut |_| {});
+    let windows = NextToken::new(corpus.corpus.clone(), 64);
+    let train = |cfg: &TrainConfig, run: &RunOptions| {
+        train_family::<Bytes, _>(cfg, &windows, run, &mut |_| {})
+    };
     print!("\n{}", sweep.run(&[Stage::Eta], train, |_| {})?);
     Ok(())
 }

@@ -23,9 +23,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use umup::data::Corpus;
-use umup::models::{EncoderFamily, LmFamily};
+use umup::family::Options;
 use umup::scale_check::{self, Measurement, Report, Settings};
+
+#[macro_use]
+#[path = "common/shipped.rs"]
+mod shipped;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,12 +56,11 @@ struct Args {
     /// Average over this many seeds (seed, seed+1, ...): RMS combined as √(mean of squares).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     repeats: u64,
-    /// Sequences per batch.
+    /// Examples (sequences) per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Bytes per sequence.
-    #[arg(long, default_value_t = 128)]
-    seq: usize,
+    #[command(flatten)]
+    data: shipped::DataArgs,
     /// η for --steps [default: 1 for umup, 2^-7 for mup and sp].
     #[arg(long)]
     lr: Option<f64>,
@@ -71,9 +73,6 @@ struct Args {
     /// Where to draw the plot.
     #[arg(long, default_value = "runs/scale_check/scale_check.png")]
     png: PathBuf,
-    /// Use this file instead of the embedded Shakespeare.
-    #[arg(long)]
-    data: Option<PathBuf>,
     /// Measure nothing: read the reports from a file written by `--json`, then print the table
     /// and the checks and draw the plot as for a new measurement.
     #[arg(long, conflicts_with_all = ["model", "depth", "widths", "param", "steps", "seed", "repeats", "batch", "seq", "lr", "d_head", "data", "json"])]
@@ -109,10 +108,6 @@ fn run(args: Args) -> umup::Result<()> {
 
 /// Runs the scale check of every `--param` at every `--widths`, `--repeats` seeds each.
 fn measure(args: &Args) -> umup::Result<Vec<Report>> {
-    let corpus = match &args.data {
-        Some(p) => Corpus::from_path(p, 0.1)?,
-        None => Corpus::shakespeare(0.1)?,
-    };
     let m = Measurement {
         widths: args.widths.clone(),
         depth: args.depth,
@@ -120,21 +115,18 @@ fn measure(args: &Args) -> umup::Result<Vec<Report>> {
         repeats: args.repeats,
         settings: Settings {
             batch: args.batch,
-            seq: args.seq,
             steps: args.steps,
             seed: args.seed,
             lr: 1.0,
-            d_head: args.d_head,
+            options: Options::new().with("d_head", args.d_head),
         },
         lr: args.lr,
     };
     let model = args.model.as_str();
     let mut progress = |param: &str, w: usize| eprintln!("{model} {param}: width {w} ...");
-    match model {
-        "lm" => scale_check::measure::<LmFamily>(&corpus, &m, &mut progress),
-        "encoder" => scale_check::measure::<EncoderFamily>(&corpus, &m, &mut progress),
-        other => Err(umup::Error::Invalid(format!(
-            "--model {other}: expected lm or encoder"
-        ))),
-    }
+    with_shipped!(model, args.data, 128, |F, data| F::measure(
+        &data,
+        &m,
+        &mut progress
+    ))
 }

@@ -8,6 +8,9 @@
 //! cargo run --release --example train_encoder -- --print-table
 //! ```
 
+#[macro_use]
+#[path = "common/shipped.rs"]
+mod shipped;
 #[path = "common/train_cli.rs"]
 mod train_cli;
 

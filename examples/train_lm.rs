@@ -7,6 +7,9 @@
 //! cargo run --release --example train_lm -- --help
 //! ```
 
+#[macro_use]
+#[path = "common/shipped.rs"]
+mod shipped;
 #[path = "common/train_cli.rs"]
 mod train_cli;
 

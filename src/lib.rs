@@ -23,6 +23,10 @@ pub mod train;
 pub use umup_macros::{family, umup_model};
 pub use umup_runtime::*;
 
+/// `rand` 0.8, the version dfdx and umup's data API use ([`data::step_rng`] returns its
+/// `StdRng`): re-exported so a user's code needs no `rand` dependency of its own.
+pub use rand;
+
 #[doc(hidden)]
 pub mod __private {
     //! Paths used by code that `#[umup_model]` generates. Not public API.
@@ -31,6 +35,7 @@ pub mod __private {
         pub use crate::family::*;
         pub use crate::nn::{Mup, Param, Sp, Umup};
         pub use crate::Error;
+        pub use dfdx::prelude::Cpu;
     }
     pub use core::marker::PhantomData;
     pub use core::result::Result;

@@ -1,5 +1,5 @@
 //! The scale check (μP's "coord check"): RMS of every parameter, activation and gradient of any
-//! model family on real data, per width and per training step ([`scale_check_family`]; one
+//! model family on any data, per width and per training step ([`scale_check_family`]; one
 //! model: [`scale_check_model`]). A model shows its activations to the check by tapping them
 //! ([`crate::family::Step::tap`]). Across widths, seeds and parametrizations: [`measure`], then
 //! [`render`], [`write_json`] / [`load_json`] and [`plot_reports`].
@@ -12,11 +12,10 @@ use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{record_param_grads, record_params, Kind, ScaleLog};
-use crate::data::{step_rng, Corpus, Split};
-use crate::family::{Family, Instance, Step, Trainable, Visitor};
-use crate::nn::{Hyper, Param};
+use crate::data::{Data, Split};
+use crate::family::{training_tape, Family, Instance, Options, Step, Trainable, Visitor};
+use crate::nn::Hyper;
 use crate::optim::{OptimConfig, Optimizer};
-use crate::train::Lm;
 use crate::{Error, Result};
 
 /// One measurement (the `rows` of the JSON output).
@@ -41,15 +40,19 @@ pub struct LossRow {
     pub width: usize,
     /// Training step.
     pub step: usize,
-    /// Mean cross entropy of the step's batch.
+    /// Mean loss of the step's batch.
     pub value: f64,
 }
 
-/// The JSON document: `{"parametrization", "rows": [...], "loss": [...]}`.
+/// The JSON document: `{"parametrization", "classes", "rows": [...], "loss": [...]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// `umup`, `mup` or `sp`.
     pub parametrization: String,
+    /// The classes of the data's target ([`Data::classes`]): the loss at init is expected at
+    /// `ln(classes)`; `None`, no expectation (a loss other than a cross entropy).
+    #[serde(default)]
+    pub classes: Option<usize>,
     /// Every measurement.
     pub rows: Vec<Row>,
     /// Loss per width and step.
@@ -59,65 +62,54 @@ pub struct Report {
 /// Settings of a scale check.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Sequences per batch.
+    /// Examples per batch.
     pub batch: usize,
-    /// Tokens per sequence.
-    pub seq: usize,
     /// Training steps to measure after init (0: init only).
     pub steps: usize,
     /// Seed of init and of the batches (the same batches at every width).
     pub seed: u64,
     /// η for the training steps.
     pub lr: f64,
-    /// Attention head dimension (heads = width / d_head, at least 1).
-    pub d_head: usize,
+    /// The family's run-time settings ([`Options`]; e.g. `heads`, by default one per 64
+    /// channels).
+    pub options: Options,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             batch: 8,
-            seq: 128,
             steps: 0,
             seed: 0,
             lr: 1.0,
-            d_head: 64,
+            options: Options::default(),
         }
     }
 }
 
-/// Measures `Lm<D, F, L, P>` ([`scale_check_model`] of the LM at width `D`).
-pub fn scale_check<const D: usize, const F: usize, const L: usize, P: Param>(
-    corpus: &Corpus,
-    settings: &Settings,
-    rows: &mut Vec<Row>,
-    losses: &mut Vec<LossRow>,
-) -> Result<()> {
-    scale_check_model::<Lm<D, F, L, P>>(corpus, settings, D, rows, losses)
-}
-
 /// [`scale_check_model`] for the model of the family `F` at `width`, `depth` and `param`
 /// (`umup`, `mup` or `sp`); an error lists `F`'s compiled sizes when it has no such model.
-pub fn scale_check_family<F: Family>(
+#[allow(clippy::too_many_arguments)]
+pub fn scale_check_family<F: Family, D: Data<Batch = F::Batch> + ?Sized>(
     width: usize,
     depth: usize,
     param: &str,
-    corpus: &Corpus,
+    data: &D,
     settings: &Settings,
     rows: &mut Vec<Row>,
     losses: &mut Vec<LossRow>,
 ) -> Result<()> {
-    struct Check<'a> {
-        corpus: &'a Corpus,
+    struct Check<'a, D: ?Sized> {
+        data: &'a D,
         settings: &'a Settings,
         rows: &'a mut Vec<Row>,
         losses: &'a mut Vec<LossRow>,
     }
-    impl Visitor for Check<'_> {
+    impl<D: Data + ?Sized> Visitor<D::Batch> for Check<'_, D> {
         type Output = ();
-        fn visit<I: Instance>(self) -> Result<()> {
-            scale_check_model::<I::Model<Cpu>>(
-                self.corpus,
+        fn visit<I: Instance<Batch = D::Batch>>(self) -> Result<()> {
+            scale_check_model::<I::Model<Cpu>, D>(
+                self.data,
                 self.settings,
                 I::WIDTH,
                 self.rows,
@@ -130,7 +122,7 @@ pub fn scale_check_family<F: Family>(
         depth,
         param,
         Check {
-            corpus,
+            data,
             settings,
             rows,
             losses,
@@ -140,10 +132,10 @@ pub fn scale_check_family<F: Family>(
 
 /// Measures the model `M` (of width `width`, the rows' label) on `Cpu`: at init and after each
 /// of `settings.steps` AdamW steps, the RMS of every parameter, every activation and gradient
-/// the model taps ([`crate::family::Step::tap`]), and every parameter gradient, on real data
-/// drawn by `M::TASK` (the same batches at every width).
-pub fn scale_check_model<M: Trainable<Cpu>>(
-    corpus: &Corpus,
+/// the model taps ([`crate::family::Step::tap`]), and every parameter gradient, on the training
+/// batches of `data` (the same batches at every width).
+pub fn scale_check_model<M: Trainable<Cpu>, D: Data<Batch = M::Batch> + ?Sized>(
+    data: &D,
     settings: &Settings,
     width: usize,
     rows: &mut Vec<Row>,
@@ -156,26 +148,14 @@ pub fn scale_check_model<M: Trainable<Cpu>>(
     let hp = Hyper::default();
     let mut grads = model.alloc_grads();
     for step in 0..=settings.steps {
-        let b = corpus.task_batch(
-            M::TASK,
-            Split::Train,
-            settings.batch,
-            settings.seq,
-            &mut step_rng(settings.seed, 1, step as u64),
-        )?;
+        let b = data.batch(Split::Train, step as u64, settings.batch, settings.seed)?;
         let log = ScaleLog::new();
         record_params(&model, &log)?;
-        let ids = dev
-            .try_tensor_from_vec(b.inputs.clone(), (b.inputs.len(),))
-            .map_err(Error::device)?;
         let mut cx = Step {
-            hp: &hp,
-            heads: (width / settings.d_head.max(1)).max(1),
-            rope: false,
-            quant: None,
             log: Some(&log),
+            ..Step::new(&hp, &settings.options)
         };
-        let loss = model.loss(ids.traced(grads), &b, &mut cx)?;
+        let loss = model.loss(&b, training_tape(&dev, grads), &mut cx)?;
         losses.push(LossRow {
             width,
             step,
@@ -210,7 +190,7 @@ pub fn by_tensor(rows: &[Row]) -> BTreeMap<(usize, Kind, String), BTreeMap<usize
 }
 
 /// The u-μP acceptance checks of a report's step-0 rows (spec §10): weights RMS 1 ± 0.02
-/// (biases, `*.bias`, start at exactly 0), loss ln V ± 0.05, and every activation and gradient
+/// (biases, `*.bias`, start at exactly 0), loss `ln(classes)` ± 0.05 (for data with classes), and every activation and gradient
 /// within `[0.8, 1.25]×` of its value at the narrowest width (the logits are exempt: they fall as
 /// 1/√width; so are gradients that are zero up to rounding at every width, such as a key bias's,
 /// which the softmax cancels). Returns the violations.
@@ -235,9 +215,15 @@ pub fn umup_violations(report: &Report) -> Vec<String> {
             ));
         }
     }
-    for l in report.loss.iter().filter(|l| l.step == 0) {
-        if (l.value - 256f64.ln()).abs() > 0.05 {
-            bad.push(format!("width {}: loss at init {:.4}", l.width, l.value));
+    if let Some(classes) = report.classes {
+        let want = (classes as f64).ln();
+        for l in report.loss.iter().filter(|l| l.step == 0) {
+            if (l.value - want).abs() > 0.05 {
+                bad.push(format!(
+                    "width {}: loss at init {:.4}, not ln {classes} = {want:.4}",
+                    l.width, l.value
+                ));
+            }
         }
     }
     for ((kind, name), by_width) in out_of_band(report) {
@@ -384,8 +370,8 @@ pub fn default_lr(param: &str) -> f64 {
 /// `m` at every width, `m.repeats` seeds each, and returns one [`Report`] per parametrization
 /// (rows by ascending width, each the repeats' √(mean of squares); losses their mean).
 /// `progress(param, width)` is called before each width.
-pub fn measure<F: Family>(
-    corpus: &Corpus,
+pub fn measure<F: Family, D: Data<Batch = F::Batch> + ?Sized>(
+    data: &D,
     m: &Measurement,
     progress: &mut dyn FnMut(&str, usize),
 ) -> Result<Vec<Report>> {
@@ -407,13 +393,14 @@ pub fn measure<F: Family>(
                     seed: settings.seed + r,
                     ..settings.clone()
                 };
-                scale_check_family::<F>(w, m.depth, param, corpus, &s, &mut r_rows, &mut r_loss)?;
+                scale_check_family::<F, D>(w, m.depth, param, data, &s, &mut r_rows, &mut r_loss)?;
             }
             rows.extend(average(r_rows, repeats as usize));
             loss.extend(average_loss(r_loss, repeats as usize));
         }
         reports.push(Report {
             parametrization: param.clone(),
+            classes: data.classes(),
             rows,
             loss,
         });
@@ -421,8 +408,11 @@ pub fn measure<F: Family>(
     Ok(reports)
 }
 
-/// √(mean of squares) of the repeats of each (width, step, kind, name), in first-seen order.
-fn average(rows: Vec<Row>, repeats: usize) -> Vec<Row> {
+/// Combines the rows of `repeats` seeds measured one after the other (the same tensors in the
+/// same order each time): √(mean of squares) of the repeats of each (width, step, kind, name),
+/// in first-seen order. What [`measure`] reports for `repeats > 1`.
+pub fn average(rows: Vec<Row>, repeats: usize) -> Vec<Row> {
+    let repeats = repeats.max(1);
     let n = rows.len() / repeats;
     let mut out: Vec<Row> = rows[..n].to_vec();
     for (i, o) in out.iter_mut().enumerate() {
@@ -432,8 +422,10 @@ fn average(rows: Vec<Row>, repeats: usize) -> Vec<Row> {
     out
 }
 
-/// The mean over the repeats of each (width, step) loss, in first-seen order.
-fn average_loss(loss: Vec<LossRow>, repeats: usize) -> Vec<LossRow> {
+/// The mean over `repeats` seeds measured one after the other of each (width, step) loss, in
+/// first-seen order (as [`average`]).
+pub fn average_loss(loss: Vec<LossRow>, repeats: usize) -> Vec<LossRow> {
+    let repeats = repeats.max(1);
     let n = loss.len() / repeats;
     let mut out: Vec<LossRow> = loss[..n].to_vec();
     for (i, o) in out.iter_mut().enumerate() {
@@ -506,7 +498,10 @@ pub fn render(report: &Report) -> String {
     if report.parametrization == "umup" {
         let bad = umup_violations(report);
         if bad.is_empty() {
-            writeln!(o, "u-μP checks (spec §10): every weight RMS 1 ± 0.02, loss ln 256 ± 0.05, every activation and gradient within [0.8, 1.25]× of its narrowest-width value (logits exempt): all pass").ok();
+            let loss = report
+                .classes
+                .map_or(String::new(), |c| format!("loss ln {c} ± 0.05, "));
+            writeln!(o, "u-μP checks (spec §10): every weight RMS 1 ± 0.02, {loss}every activation and gradient within [0.8, 1.25]× of its narrowest-width value (logits exempt): all pass").ok();
         } else {
             writeln!(o, "u-μP checks (spec §10): {} violations", bad.len()).ok();
             for b in bad {

@@ -1,18 +1,21 @@
-//! The training loop of every model family: behind `examples/train_lm.rs`,
-//! `examples/train_encoder.rs` and the sweeps. [`train_family`] trains any
-//! [`Family`](crate::family::Family) at the size a [`TrainConfig`] names; [`train_compiled`]
-//! picks the shipped family by [`TrainConfig::model`] (`lm` or `encoder`).
+//! The training loop of every model family on any data: behind `examples/train_lm.rs`,
+//! `examples/train_encoder.rs`, `examples/train_vit.rs` and the sweeps. [`train_family`] trains
+//! any [`Family`](crate::family::Family) at the size a [`TrainConfig`] names on any
+//! [`Data`] source whose batches the family takes; [`train_model`] trains one model type.
 //!
-//! Everything a run depends on is in [`TrainConfig`]. Batches, evaluation windows and stochastic
-//! rounding are drawn from RNGs keyed by `(seed, purpose, step)`, so a run stopped at step `k`
-//! and resumed ([`RunOptions::resume`]) computes exactly what an uninterrupted run computes.
+//! Everything a run depends on is in [`TrainConfig`] and the data ([`Data::describe`], recorded
+//! as the config's `data`). Batches ([`Data::batch`]) and stochastic rounding are drawn from
+//! RNGs keyed by `(seed, purpose, step)`, so a run stopped at step `k` and resumed
+//! ([`RunOptions::resume`]) computes exactly what an uninterrupted run computes.
 //!
 //! Files in the output directory: `config.json`, `metrics.csv`
-//! (`step,tokens,train_loss,val_loss,lr,seconds`; row `k` is the loss after `k` updates, row 0
+//! (`step,tokens,train_loss,val_loss,lr,seconds`, then `val_bpb` for text and `val_<metric>`
+//! for each of the model's [`Trainable::METRICS`]; row `k` is the loss after `k` updates, row 0
 //! the loss at init), `model.safetensors` (with the u-μP metadata), `optim.safetensors` (Adam
-//! moments) and `state.json` (the step they hold, and a CRC-32 of each checkpoint file). Checkpoints
-//! are written atomically, and a resume whose files do not match their recorded checksums is
-//! refused, naming the file.
+//! moments), `state.json` (the step they hold, and a CRC-32 of each checkpoint file) and, once
+//! the run has done all its steps, `result.json` ([`RunResult`]: what the sweeps read).
+//! Checkpoints are written atomically, and a resume whose files do not match their recorded
+//! checksums is refused, naming the file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,31 +30,21 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
-use crate::data::{step_rng, Batch, Corpus, Split};
+use crate::data::{step_rng, Batch as _, Data, Split};
 use crate::device::{DeviceKind, TrainDevice};
-use crate::family::{self, Family, Instance, Mixed, Step, Trainable, Visitor};
+use crate::family::{
+    training_tape, Family, Instance, Metrics, Mixed, Options, Step, Trainable, Visitor,
+};
 use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
-use crate::models::{EncoderFamily, LmFamily, TransformerLm};
-use crate::nn::{Hyper, Param};
+use crate::nn::Hyper;
 use crate::ops::Backend;
 use crate::ops::MatmulQuantiser;
 use crate::optim::{master_gradients, LrSchedule, OptimConfig, Optimizer};
 use crate::params::{Multipliers, ParamTable, Parametrization};
 use crate::{Error, Result};
 
-pub use crate::models::VOCAB;
-
-/// The byte-level language model at width `D`, MLP width `F`, depth `L`, parametrization `P`,
-/// on `Cpu`.
-pub type Lm<const D: usize, const F: usize, const L: usize, P> = LmOn<D, F, L, P, Cpu>;
-
-/// [`Lm`] on the device `Dev` (e.g. `Cuda`).
-pub type LmOn<const D: usize, const F: usize, const L: usize, P, Dev> =
-    TransformerLm<VOCAB, D, F, L, f32, Dev, P>;
-
-const TRAIN_STREAM: u64 = 1;
-const VAL_STREAM: u64 = 2;
 const QUANT_STREAM: u64 = 3;
+const SAMPLE_STREAM: u64 = 4;
 
 /// Number formats of the matmuls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,31 +113,30 @@ impl FromStr for Precision {
     }
 }
 
-/// Everything a run depends on (written to `config.json`).
+/// Everything a run depends on besides its data (written to `config.json`, with the data's
+/// description).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// The model family: `lm` (the transformer LM) or `encoder` (the masked-byte encoder), for
-    /// [`train_compiled`]. A `config.json` without it is an `lm` run.
+    /// The model family's name (`lm`, `encoder`, `vit`, or a user's own): a label the command
+    /// lines dispatch on; the trainer only records it.
     #[serde(default = "lm_name")]
     pub model: String,
     /// Model width `D` (one of the compiled sizes).
     pub width: usize,
     /// Number of layers `L` (one of the compiled sizes).
     pub depth: usize,
-    /// Attention heads (`D` must be a multiple).
-    pub heads: usize,
-    /// Rotary position embeddings.
-    pub rope: bool,
+    /// The family's run-time settings (e.g. `heads`, `rope`; [`Options`]). Absent from
+    /// `config.json` when empty.
+    #[serde(default, skip_serializing_if = "Options::is_empty")]
+    pub options: Options,
     /// Parametrization: `umup`, `mup` or `sp`.
     pub param: String,
     /// Matmul number formats.
     pub precision: Precision,
     /// Number of optimizer updates.
     pub steps: usize,
-    /// Sequences per batch.
+    /// Examples (sequences, images, ...) per batch.
     pub batch: usize,
-    /// Tokens per sequence.
-    pub seq: usize,
     /// η and the five α's.
     pub lr: f64,
     /// α_ffn-act.
@@ -177,9 +169,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Validation (and checkpoint) interval in steps.
     pub eval_every: usize,
-    /// Validation batches per evaluation.
+    /// Validation batches per evaluation (at most the whole validation split of a finite
+    /// dataset, [`Data::val_batches`]).
     pub eval_batches: usize,
-    /// Description of the data.
+    /// The data's description ([`Data::describe`]): the trainer writes it here, and refuses to
+    /// resume on data with another. Empty in a config made by hand: the trainer fills it in.
+    #[serde(default)]
     pub data: String,
     /// Parameters (table paths, e.g. `layers.0.attn.q.weight`) kept at their initial values
     /// ([`Optimizer::freeze`]). Absent from `config.json` when empty.
@@ -205,13 +200,11 @@ impl Default for TrainConfig {
             model: lm_name(),
             width: 128,
             depth: 4,
-            heads: 2,
-            rope: false,
+            options: Options::default(),
             param: "umup".into(),
             precision: Precision::F32,
             steps: 400,
             batch: 16,
-            seq: 128,
             lr: 1.0,
             alpha_ffn_act: 1.0,
             alpha_attn_softmax: 1.0,
@@ -227,7 +220,7 @@ impl Default for TrainConfig {
             seed: 0,
             eval_every: 100,
             eval_batches: 8,
-            data: "shakespeare (embedded)".into(),
+            data: String::new(),
             freeze: Vec::new(),
         }
     }
@@ -306,21 +299,13 @@ impl TrainConfig {
         let positive = [
             ("steps", self.steps),
             ("batch", self.batch),
-            ("seq", self.seq),
-            ("heads", self.heads),
-            ("eval_every", self.eval_every),
-            ("eval_batches", self.eval_batches),
+            ("eval-every", self.eval_every),
+            ("eval-batches", self.eval_batches),
         ];
         for (what, v) in positive {
             if v == 0 {
                 return Err(Error::Invalid(format!("--{what} must be at least 1")));
             }
-        }
-        if !self.width.is_multiple_of(self.heads) {
-            return Err(Error::Invalid(format!(
-                "--heads {} does not divide the width {}",
-                self.heads, self.width
-            )));
         }
         LrSchedule::warmup_cosine(self.warmup, self.steps, self.final_lr_fraction)?;
         Ok(())
@@ -338,7 +323,9 @@ pub struct Progress {
     pub train_loss: f64,
     /// Validation loss, when evaluated at this step.
     pub val_loss: Option<f64>,
-    /// Tokens per second since the (re)start.
+    /// The model's validation metrics ([`Trainable::METRICS`]), when evaluated at this step.
+    pub val_metrics: BTreeMap<String, f64>,
+    /// Tokens (input positions, [`crate::data::Batch::tokens`]) per second since the (re)start.
     pub tokens_per_second: f64,
 }
 
@@ -349,6 +336,10 @@ pub struct Summary {
     pub initial_loss: Option<f64>,
     /// Validation loss at the last step reached.
     pub final_val_loss: f64,
+    /// The model's validation metrics at the last step reached ([`Trainable::METRICS`]).
+    pub val_metrics: BTreeMap<String, f64>,
+    /// The final validation loss in bits per byte, for text ([`Data::bytes_per_token`]).
+    pub final_val_bpb: Option<f64>,
     /// The last step reached.
     pub step: usize,
     /// Whether the run stopped early (`stop_at`).
@@ -357,7 +348,7 @@ pub struct Summary {
     pub tokens_per_second: f64,
     /// Overflow/underflow counts of the matmul inputs (forward) and gradients (backward).
     pub quant_stats: (QuantStats, QuantStats),
-    /// A sample generated by the trained model.
+    /// A sample generated by the trained model (text data and models that generate).
     pub sample: String,
     /// The parameter table.
     pub table: ParamTable,
@@ -372,7 +363,7 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop (after checkpointing) once this many updates are done.
     pub stop_at: Option<usize>,
-    /// Bytes of generated text in the summary (0: none).
+    /// Tokens of generated text in the summary (0: none).
     pub sample_len: usize,
     /// The device to train on. Checkpoints do not depend on it: a run started on one device
     /// resumes on another.
@@ -413,75 +404,87 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     Error::BadInput(format!("{}: {e}", path.display()))
 }
 
-/// The compiled model sizes `(width, depth)` of the LM ([`LmFamily`]; MLP width 4 × width).
-pub const COMPILED_SIZES: &[(usize, usize)] = LmFamily::SIZES;
-
 pub use crate::family::MUP_BASE_WIDTH;
 
-/// The shipped families by name: `$body` with the type `$F` bound to the family `$name` names.
-macro_rules! with_family {
-    ($name:expr, $F:ident => $body:expr) => {
-        match $name {
-            "lm" => {
-                type $F = LmFamily;
-                $body
-            }
-            "encoder" => {
-                type $F = EncoderFamily;
-                $body
-            }
-            other => Err(Error::UnknownName {
-                kind: "model",
-                name: other.to_string(),
-                expected: "lm, encoder",
-            }),
+/// What a finished run reports, written by the trainer to `result.json` in its directory: the
+/// record the sweeps read ([`finished_result`]). A trainer of your own writes it with
+/// [`RunResult::write`] (or returns a [`Summary`] to [`crate::sweep::Sweep::run`], which writes
+/// it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Steps done.
+    pub step: usize,
+    /// Final validation loss (∞ for a run that diverged).
+    pub val_loss: f64,
+    /// Final validation metrics by name (`accuracy`, ...; `bpb` for text).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl RunResult {
+    /// The result of a run that returned `summary`.
+    pub fn of(summary: &Summary) -> Self {
+        let mut metrics = summary.val_metrics.clone();
+        if let Some(b) = summary.final_val_bpb {
+            metrics.insert("bpb".into(), b);
         }
-    };
-}
+        RunResult {
+            step: summary.step,
+            val_loss: summary.final_val_loss,
+            metrics,
+        }
+    }
 
-/// [`train_family`] for the shipped family that `cfg.model` names (`lm` or `encoder`).
-pub fn train_compiled(
-    cfg: &TrainConfig,
-    corpus: &Corpus,
-    run: &RunOptions,
-    observe: &mut dyn FnMut(&Progress),
-) -> Result<Summary> {
-    with_family!(cfg.model.as_str(), F => train_family::<F>(cfg, corpus, run, observe))
-}
+    /// The file in a run directory.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("result.json")
+    }
 
-/// The parameter table of the shipped model that `cfg` names (family, size, parametrization).
-pub fn param_table_compiled(cfg: &TrainConfig) -> Result<ParamTable> {
-    with_family!(cfg.model.as_str(), F => family::param_table::<F>(cfg.width, cfg.depth, &cfg.param))
+    /// Writes `dir/result.json` (atomically).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_json(&Self::path(dir), self)
+    }
+
+    /// Reads `dir/result.json`; `None` when there is none.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = Self::path(dir);
+        if path.exists() {
+            read_json(&path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 /// Trains the model of the family `F` at the width, depth and parametrization `cfg` names, on
-/// the device `run.device` names; `observe` sees every step. An error lists `F`'s compiled sizes
-/// when `cfg` names another.
-pub fn train_family<F: Family>(
+/// `data` (any [`Data`] whose batches the family's models take) and on the device `run.device`
+/// names; `observe` sees every step. An error lists `F`'s compiled sizes when `cfg` names
+/// another.
+pub fn train_family<F: Family, D: Data<Batch = F::Batch> + ?Sized>(
     cfg: &TrainConfig,
-    corpus: &Corpus,
+    data: &D,
     run: &RunOptions,
     observe: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
-    struct Run<'a, 'o> {
+    struct Run<'a, 'o, D: ?Sized> {
         cfg: &'a TrainConfig,
-        corpus: &'a Corpus,
+        data: &'a D,
         run: &'a RunOptions,
         observe: &'a mut (dyn FnMut(&Progress) + 'o),
     }
-    impl Visitor for Run<'_, '_> {
+    impl<D: Data + ?Sized> Visitor<D::Batch> for Run<'_, '_, D> {
         type Output = Summary;
-        fn visit<I: Instance>(self) -> Result<Summary> {
+        fn visit<I: Instance<Batch = D::Batch>>(self) -> Result<Summary> {
             let Run {
                 cfg,
-                corpus,
+                data,
                 run,
                 observe,
             } = self;
             match run.device {
-                DeviceKind::Cpu => train_model::<I::Model<Cpu>, Cpu>(cfg, corpus, run, observe),
+                DeviceKind::Cpu => train_model::<I::Model<Cpu>, Cpu, D>(cfg, data, run, observe),
                 #[cfg(feature = "cuda")]
-                DeviceKind::Cuda => train_model::<I::Model<Cuda>, Cuda>(cfg, corpus, run, observe),
+                DeviceKind::Cuda => train_model::<I::Model<Cuda>, Cuda, D>(cfg, data, run, observe),
                 #[allow(unreachable_patterns)]
                 other => Err(other.not_compiled()),
             }
@@ -493,42 +496,41 @@ pub fn train_family<F: Family>(
         &cfg.param,
         Run {
             cfg,
-            corpus,
+            data,
             run,
             observe,
         },
     )
 }
 
-/// Trains the language model `Lm<D, F, L, P>` (a shorthand of [`train_model`] for the LM, on
-/// the device `run.device` names); `cfg.width` and `cfg.depth` must be `D` and `L`.
-pub fn train<const D: usize, const F: usize, const L: usize, P: Param>(
-    cfg: &TrainConfig,
-    corpus: &Corpus,
-    run: &RunOptions,
-    observe: &mut dyn FnMut(&Progress),
-) -> Result<Summary> {
-    if cfg.width != D || cfg.depth != L {
-        return Err(Error::Invalid(format!(
-            "config asks for width {} depth {}, the model is width {D} depth {L}",
-            cfg.width, cfg.depth
-        )));
+/// The columns of `metrics.csv` after `seconds`: `val_bpb` for text, then `val_<name>` for each
+/// of the model's metrics.
+fn metric_columns(bpb: bool, metrics: &[&str]) -> Vec<String> {
+    let mut c = Vec::new();
+    if bpb {
+        c.push("val_bpb".to_string());
     }
-    match run.device {
-        DeviceKind::Cpu => train_model::<LmOn<D, F, L, P, Cpu>, Cpu>(cfg, corpus, run, observe),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => train_model::<LmOn<D, F, L, P, Cuda>, Cuda>(cfg, corpus, run, observe),
-        #[allow(unreachable_patterns)]
-        other => Err(other.not_compiled()),
-    }
+    c.extend(metrics.iter().map(|m| format!("val_{m}")));
+    c
 }
 
-/// Trains the model `M` on `corpus` as `cfg` says (batches drawn by `M::TASK`), on the device
-/// `Dev` (`run.device` must name it); `observe` sees every step. `cfg.width` and `cfg.depth` are
-/// recorded, not checked: [`train_family`] picks `M` from them.
-pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice>(
+/// One validation pass: the mean loss (weighted by examples) and the model's metrics.
+struct Evaluation {
+    loss: f64,
+    metrics: BTreeMap<String, f64>,
+}
+
+/// Trains the model `M` on `data` as `cfg` says, on the device `Dev` (`run.device` must name
+/// it); `observe` sees every step. `cfg.width` and `cfg.depth` are recorded, not checked:
+/// [`train_family`] picks `M` from them.
+///
+/// Nothing is written before the data and the model have been checked together: the first
+/// training batch and every validation batch are drawn and the loss of the first is computed,
+/// so a bad dataset (a token or label out of range, a shape the model does not take, an empty
+/// split) is an error that leaves the output directory as it was.
+pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice, D: Data<Batch = M::Batch> + ?Sized>(
     cfg: &TrainConfig,
-    corpus: &Corpus,
+    data: &D,
     run: &RunOptions,
     observe: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
@@ -540,7 +542,10 @@ pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice>(
             Dev::KIND
         )));
     }
-    std::fs::create_dir_all(&run.out).map_err(|e| io(&run.out, e))?;
+    let cfg = &TrainConfig {
+        data: data.describe(),
+        ..cfg.clone()
+    };
     let paths = Paths::new(&run.out);
     let dev = Dev::open(cfg.seed)?;
     // Reuse freed buffers: allocation churn is a large share of CPU time otherwise.
@@ -560,57 +565,59 @@ pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice>(
     for path in &cfg.freeze {
         opt.freeze(path)?;
     }
+    let val_batches: Vec<D::Batch> = (0..data.val_batches(cfg.batch, cfg.eval_batches) as u64)
+        .map(|j| data.batch(Split::Val, j, cfg.batch, cfg.seed))
+        .collect::<Result<_>>()?;
+    if val_batches.is_empty() {
+        return Err(Error::BadInput(format!(
+            "{}: no validation batch",
+            data.describe()
+        )));
+    }
+    let train_batch = |step: usize| data.batch(Split::Train, step as u64, cfg.batch, cfg.seed);
 
     let (start, seconds0) = if run.resume {
         resume(cfg, &paths, &mut model, &mut opt)?
     } else {
+        // The data and the model together, before anything is written.
+        model.loss(
+            &train_batch(0)?,
+            NoneTape,
+            &mut Step::new(&hp, &cfg.options),
+        )?;
+        std::fs::create_dir_all(&run.out).map_err(|e| io(&run.out, e))?;
         write_json(&paths.config, cfg)?;
         (0, 0.0)
     };
-    let mut metrics = open_metrics(&paths.metrics, start)?;
-    let val_batches: Vec<Batch> = (0..cfg.eval_batches as u64)
-        .map(|j| {
-            corpus.task_batch(
-                M::TASK,
-                Split::Val,
-                cfg.batch,
-                cfg.seq,
-                &mut step_rng(cfg.seed, VAL_STREAM, j),
-            )
-        })
-        .collect::<Result<_>>()?;
+    // A result belongs to a finished run: this one is not (yet).
+    let result = RunResult::path(&run.out);
+    if result.exists() {
+        std::fs::remove_file(&result).map_err(|e| io(&result, e))?;
+    }
+    let bpt = data.bytes_per_token();
+    let columns = metric_columns(bpt.is_some(), M::METRICS);
+    let mut metrics = open_metrics(&paths.metrics, start, &columns)?;
     let formats = cfg.precision.formats();
     let mut stats = (QuantStats::default(), QuantStats::default());
     let mut grads = model.alloc_grads();
     let clock = Instant::now();
-    let tokens_per_step = cfg.batch * cfg.seq;
+    let mut tokens_trained = 0usize;
     let mut initial_loss = None;
     let mut last_val = f64::NAN;
+    let mut last_metrics = BTreeMap::new();
     let mut last_checkpoint = format!("{} (step {start})", paths.model.display());
     let end = run.stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
     let mut step = start;
     loop {
-        let batch = corpus.task_batch(
-            M::TASK,
-            Split::Train,
-            cfg.batch,
-            cfg.seq,
-            &mut step_rng(cfg.seed, TRAIN_STREAM, step as u64),
-        )?;
+        let batch = train_batch(step)?;
         let mut quant = (!formats.is_none()).then(|| {
             MatmulQuantiser::new(formats, step_rng(cfg.seed, QUANT_STREAM, step as u64).gen())
         });
-        let ids = dev
-            .try_tensor_from_vec(batch.inputs.clone(), (batch.inputs.len(),))
-            .map_err(Error::device)?;
         let updating = step < end;
         let lr = opt.current_lr();
         let mut cx = Step {
-            hp: &hp,
-            heads: cfg.heads,
-            rope: cfg.rope,
             quant: quant.as_mut(),
-            log: None,
+            ..Step::new(&hp, &cfg.options)
         };
         // Mixed precision: this step's f16 copy of the f32 master weights.
         let half = match cfg.precision {
@@ -619,22 +626,23 @@ pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice>(
         };
         let train_loss = match (&half, updating) {
             (None, true) => {
-                let loss = model.loss(ids.traced(grads), &batch, &mut cx)?;
+                let loss = model.loss(&batch, training_tape(&dev, grads), &mut cx)?;
                 let v = scalar(&loss);
                 check_finite(v, step, &last_checkpoint)?;
                 grads = loss.backward();
                 v
             }
             (Some(half), true) => {
-                let loss = half.loss(ids.traced(half.alloc_grads()), &batch, &mut cx)?;
+                let tape = training_tape(&dev, half.alloc_grads());
+                let loss = half.loss(&batch, tape, &mut cx)?;
                 let v = scalar(&loss);
                 check_finite(v, step, &last_checkpoint)?;
                 let mut half_grads = loss.backward();
                 grads = master_gradients(&model, half, &mut half_grads)?;
                 v
             }
-            (None, false) => scalar(&model.loss(ids, &batch, &mut cx)?),
-            (Some(half), false) => scalar(&half.loss(ids, &batch, &mut cx)?),
+            (None, false) => scalar(&model.loss(&batch, NoneTape, &mut cx)?),
+            (Some(half), false) => scalar(&half.loss(&batch, NoneTape, &mut cx)?),
         };
         check_finite(train_loss, step, &last_checkpoint)?;
         if let Some(q) = &quant {
@@ -645,45 +653,54 @@ pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice>(
             initial_loss = Some(train_loss);
         }
         let evaluate = step % cfg.eval_every == 0 || step == end;
-        let val_loss = if evaluate {
+        let val = if evaluate {
             let v = match &half {
-                Some(half) => evaluate_loss(half, &dev, &val_batches, cfg)?,
-                None => evaluate_loss(&model, &dev, &val_batches, cfg)?,
+                Some(half) => evaluate_loss(half, &val_batches, cfg)?,
+                None => evaluate_loss(&model, &val_batches, cfg)?,
             };
-            check_finite(v, step, &last_checkpoint)?;
-            last_val = v;
+            check_finite(v.loss, step, &last_checkpoint)?;
+            last_val = v.loss;
+            last_metrics = v.metrics.clone();
             Some(v)
         } else {
             None
         };
         let seconds = seconds0 + clock.elapsed().as_secs_f64();
-        writeln!(
-            metrics,
+        let mut row = format!(
             "{step},{},{train_loss},{},{lr},{seconds:.3}",
-            step * tokens_per_step,
-            val_loss.map(|v| v.to_string()).unwrap_or_default(),
-        )
-        .and_then(|_| metrics.flush())
-        .map_err(|e| io(&paths.metrics, e))?;
+            step * batch.tokens(),
+            val.as_ref().map(|v| v.loss.to_string()).unwrap_or_default(),
+        );
+        if let Some(bpt) = bpt {
+            let bpb = val.as_ref().map(|v| bits_per_byte(v.loss, bpt));
+            write!(row, ",{}", bpb.map(|b| b.to_string()).unwrap_or_default()).ok();
+        }
+        for m in M::METRICS {
+            let v = val.as_ref().and_then(|v| v.metrics.get(*m));
+            write!(row, ",{}", v.map(|b| b.to_string()).unwrap_or_default()).ok();
+        }
+        writeln!(metrics, "{row}")
+            .and_then(|_| metrics.flush())
+            .map_err(|e| io(&paths.metrics, e))?;
         let resumed_here = step == start && start > 0;
         if (step % cfg.eval_every == 0 && !resumed_here) || step == end {
             save_checkpoint(&paths, &model, &mut opt, step, seconds)?;
             last_checkpoint = format!("{} (step {step})", paths.model.display());
         }
-        let done = (step - start) as f64;
         observe(&Progress {
             step,
             steps: cfg.steps,
             train_loss,
-            val_loss,
-            tokens_per_second: done * tokens_per_step as f64
-                / clock.elapsed().as_secs_f64().max(1e-9),
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_metrics: val.map(|v| v.metrics).unwrap_or_default(),
+            tokens_per_second: tokens_trained as f64 / clock.elapsed().as_secs_f64().max(1e-9),
         });
         if !updating {
             break;
         }
         opt.update(&mut model, &mut grads)?;
         model.zero_grads(&mut grads);
+        tokens_trained += batch.tokens();
         // The allocation cache keeps every freed buffer; buffers made from host vectors (ids,
         // one-hot targets, simulated-precision roundings) enter it without leaving. Emptying it
         // bounds memory (the f32 step leaves ≈ 2 MB, a simulated-precision step ≈ 130 MB);
@@ -694,22 +711,33 @@ pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice>(
         }
         step += 1;
     }
-    let trained = (step - start) * tokens_per_step;
     let sample = if run.sample_len > 0 {
-        generate(&model, corpus, &hp, cfg, run.sample_len)?
+        generate(&model, data, cfg, run.sample_len)?
     } else {
         String::new()
     };
-    Ok(Summary {
+    let summary = Summary {
         initial_loss,
         final_val_loss: last_val,
+        val_metrics: last_metrics,
+        final_val_bpb: bpt.map(|b| bits_per_byte(last_val, b)),
         step,
         stopped: step < cfg.steps,
-        tokens_per_second: trained as f64 / clock.elapsed().as_secs_f64().max(1e-9),
+        tokens_per_second: tokens_trained as f64 / clock.elapsed().as_secs_f64().max(1e-9),
         quant_stats: stats,
         sample,
         table,
-    })
+    };
+    if !summary.stopped {
+        RunResult::of(&summary).write(&run.out)?;
+    }
+    Ok(summary)
+}
+
+/// A loss in nats per token as bits per byte of text, with `bytes_per_token` bytes per token:
+/// `loss / ln 2 / bytes_per_token`.
+pub fn bits_per_byte(loss: f64, bytes_per_token: f64) -> f64 {
+    loss / std::f64::consts::LN_2 / bytes_per_token
 }
 
 /// The value of a scalar tensor on any device.
@@ -827,22 +855,35 @@ fn resume<M: Trainable<Dev>, Dev: TrainDevice>(
     Ok((state.step, state.seconds))
 }
 
-/// Errors unless the run in `paths` was started with exactly `cfg` (its `config.json`).
+/// Errors unless the run in `paths` was started with exactly `cfg` (its `config.json`): data
+/// with another description is named first (another tokenizer, another file, another
+/// sequence length), then any other setting.
 fn check_same_config(paths: &Paths, cfg: &TrainConfig, prefix: &str, hint: &str) -> Result<()> {
     let saved: TrainConfig = read_json(&paths.config)?;
-    if saved != *cfg {
+    let dir = paths.config.parent().unwrap_or(&paths.config).display();
+    if !cfg.data.is_empty() && saved.data != cfg.data {
         return Err(Error::Invalid(format!(
-            "{prefix}the settings differ from the run in {} (see its config.json){hint}",
-            paths.config.parent().unwrap_or(&paths.config).display()
+            "{prefix}the run in {dir} was trained on `{}`, this run's data is `{}`{hint}",
+            saved.data, cfg.data
+        )));
+    }
+    let cfg = TrainConfig {
+        data: saved.data.clone(),
+        ..cfg.clone()
+    };
+    if saved != cfg {
+        return Err(Error::Invalid(format!(
+            "{prefix}the settings differ from the run in {dir} (see its config.json){hint}"
         )));
     }
     Ok(())
 }
 
-/// The final validation loss of the run of `cfg` in `out` once it has finished all `cfg.steps`
-/// steps; `None` while `out` holds no run or an unfinished one. A run in `out` that was started
-/// with other settings is an error, never a result to reuse.
-pub fn finished_val_loss(cfg: &TrainConfig, out: &Path) -> Result<Option<f64>> {
+/// The result of the run of `cfg` in `out` once it has finished all `cfg.steps` steps; `None`
+/// while `out` holds no run or an unfinished one. A run in `out` that was started with other
+/// settings is an error, never a result to reuse (`cfg.data` empty: on any data). Reads
+/// `result.json` ([`RunResult`]), or the last row of `metrics.csv` of a run from before it.
+pub fn finished_result(cfg: &TrainConfig, out: &Path) -> Result<Option<RunResult>> {
     let paths = Paths::new(out);
     if !paths.config.exists() {
         return Ok(None);
@@ -853,25 +894,34 @@ pub fn finished_val_loss(cfg: &TrainConfig, out: &Path) -> Result<Option<f64>> {
         "",
         "; use the same settings, or another directory",
     )?;
+    if let Some(r) = RunResult::read(out)? {
+        return Ok((r.step == cfg.steps).then_some(r));
+    }
     let Ok(text) = std::fs::read_to_string(&paths.metrics) else {
         return Ok(None);
     };
     // The last row `step,tokens,train_loss,val_loss,...` (see `open_metrics`).
     let last: Vec<&str> = text.lines().last().unwrap_or("").split(',').collect();
     let step = last.first().and_then(|s| s.parse::<usize>().ok());
-    Ok(if step == Some(cfg.steps) {
-        last.get(3).and_then(|s| s.parse::<f64>().ok())
-    } else {
-        None
+    let loss = last.get(3).and_then(|s| s.parse::<f64>().ok());
+    Ok(match (step, loss) {
+        (Some(step), Some(val_loss)) if step == cfg.steps => Some(RunResult {
+            step,
+            val_loss,
+            metrics: BTreeMap::new(),
+        }),
+        _ => None,
     })
 }
 
-/// Opens `metrics.csv`: a new file with the header, or (resuming at `start`) the existing rows
-/// before `start`.
-fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
-    const HEADER: &str = "step,tokens,train_loss,val_loss,lr,seconds";
-    let mut text = String::new();
-    writeln!(text, "{HEADER}").ok();
+/// Opens `metrics.csv`: a new file with the header (the fixed columns, then `columns`), or
+/// (resuming at `start`) the existing rows before `start`.
+fn open_metrics(path: &Path, start: usize, columns: &[String]) -> Result<std::fs::File> {
+    let mut text = String::from("step,tokens,train_loss,val_loss,lr,seconds");
+    for c in columns {
+        write!(text, ",{c}").ok();
+    }
+    text.push('\n');
     if start > 0 {
         let old = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
         for line in old.lines().skip(1) {
@@ -892,57 +942,52 @@ fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
         .map_err(|e| io(path, e))
 }
 
+/// The mean loss over `batches` (weighted by their examples) and the model's metrics.
 fn evaluate_loss<E: Dtype, M: Trainable<Dev, E>, Dev: TrainDevice + Backend<E>>(
     model: &M,
-    dev: &Dev,
-    batches: &[Batch],
+    batches: &[M::Batch],
     cfg: &TrainConfig,
-) -> Result<f64> {
+) -> Result<Evaluation> {
     let formats = cfg.precision.formats();
     let hp = cfg.hyper();
-    let mut total = 0.0;
+    let metrics = Metrics::new();
+    let (mut total, mut weight) = (0.0, 0.0);
     for (j, b) in batches.iter().enumerate() {
         let mut quant =
             (!formats.is_none()).then(|| MatmulQuantiser::new(formats, cfg.seed ^ j as u64));
-        let ids = dev
-            .try_tensor_from_vec(b.inputs.clone(), (b.inputs.len(),))
-            .map_err(Error::device)?;
         let mut cx = Step {
-            hp: &hp,
-            heads: cfg.heads,
-            rope: cfg.rope,
             quant: quant.as_mut(),
-            log: None,
+            metrics: Some(&metrics),
+            ..Step::new(&hp, &cfg.options)
         };
-        total += scalar(&model.loss(ids, b, &mut cx)?);
+        let w = b.examples() as f64;
+        total += scalar(&model.loss(b, NoneTape, &mut cx)?) * w;
+        weight += w;
     }
-    Ok(total / batches.len() as f64)
+    Ok(Evaluation {
+        loss: total / weight,
+        metrics: metrics.means(),
+    })
 }
 
-/// Samples `len` bytes after a prompt taken from the start of the validation split
-/// (temperature 0.8, seeded by the config's seed), for models that generate
-/// ([`Trainable::next_byte_logits`]); empty for the others.
-fn generate<M: Trainable<Dev>, Dev: TrainDevice>(
+/// Samples `len` tokens after the data's prompt ([`Data::generation`]; temperature 0.8, seeded
+/// by the config's seed), for models that generate ([`Trainable::next_token_logits`]); empty
+/// for the others and for data that is not text.
+fn generate<M: Trainable<Dev>, Dev: TrainDevice, D: Data + ?Sized>(
     model: &M,
-    corpus: &Corpus,
-    hp: &Hyper,
+    data: &D,
     cfg: &TrainConfig,
     len: usize,
 ) -> Result<String> {
-    let val = corpus.split(Split::Val);
-    let prompt_len = cfg.seq.min(val.len()).min(32);
-    let mut text: Vec<usize> = val[..prompt_len].iter().map(|&b| b as usize).collect();
-    let mut rng = step_rng(cfg.seed, 4, 0);
+    let Some(g) = data.generation() else {
+        return Ok(String::new());
+    };
+    let hp = cfg.hyper();
+    let mut text = g.prompt;
+    let mut rng = step_rng(cfg.seed, SAMPLE_STREAM, 0);
     for _ in 0..len {
-        let ctx = &text[text.len().saturating_sub(cfg.seq)..];
-        let mut cx = Step {
-            hp,
-            heads: cfg.heads,
-            rope: cfg.rope,
-            quant: None,
-            log: None,
-        };
-        let Some(logits) = model.next_byte_logits(ctx, &mut cx)? else {
+        let ctx = &text[text.len().saturating_sub(g.context)..];
+        let Some(logits) = model.next_token_logits(ctx, &mut Step::new(&hp, &cfg.options))? else {
             return Ok(String::new());
         };
         let scaled: Vec<f64> = logits.iter().map(|l| l / 0.8).collect();
@@ -960,5 +1005,5 @@ fn generate<M: Trainable<Dev>, Dev: TrainDevice>(
         }
         text.push(next);
     }
-    Ok(text.iter().map(|&b| b as u8 as char).collect())
+    Ok(data.decode(&text))
 }

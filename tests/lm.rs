@@ -1,9 +1,9 @@
 //! The shipped transformer LM against the reference's `TransformerDecoder` numbers (spec §5, §7.3).
 
 use umup::dfdx::prelude::*;
+use umup::models::Lm;
 use umup::models::LmOptions;
 use umup::nn::{Hyper, Umup};
-use umup::train::Lm;
 
 type Small = Lm<128, 512, 4, Umup>;
 

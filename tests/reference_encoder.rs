@@ -11,9 +11,9 @@ use common::{
     assert_each_alpha_matters, assert_within, collect, compare, fill_and_check, index, File,
 };
 use serde::Deserialize;
-use umup::data::Batch;
+use umup::data::TokenBatch;
 use umup::dfdx::prelude::*;
-use umup::family::{Step, Trainable};
+use umup::family::{training_tape, Options, Step, Trainable};
 use umup::models::MaskedEncoder;
 use umup::nn::Umup;
 use umup::optim::{OptimConfig, Optimizer};
@@ -57,7 +57,7 @@ where
     fill_and_check(&mut m, &case.names, &case.init);
     let index = |n: &str| index(&case.names, n);
     let hp = case.alphas.hyper(case.lr);
-    let batch = Batch {
+    let batch = TokenBatch {
         inputs: case.model.inputs.clone(),
         targets: case.model.targets.clone(),
         positions: case.model.positions.clone(),
@@ -82,17 +82,10 @@ where
     }
     let (mut loss_err, mut grad_err) = (0f64, 0f64);
     for (i, want) in case.losses.iter().enumerate() {
-        let ids = dev.tensor_from_vec(batch.inputs.clone(), (batch.inputs.len(),));
-        let mut step = Step {
-            hp: &hp,
-            heads: case.model.width / case.model.d_head,
-            rope: false,
-            quant: None,
-            log: None,
-        };
-        let loss = m
-            .loss(ids.traced(m.alloc_grads()), &batch, &mut step)
-            .unwrap();
+        let options = Options::new().with("heads", case.model.width / case.model.d_head);
+        let mut step = Step::new(&hp, &options);
+        let tape = training_tape(&dev, m.alloc_grads());
+        let loss = m.loss(&batch, tape, &mut step).unwrap();
         let got = loss.array().to_f64().unwrap();
         loss_err = loss_err.max((got - want).abs() / want);
         let mut grads = loss.backward();

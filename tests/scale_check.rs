@@ -1,17 +1,23 @@
 //! The scale check at two small widths: what it records, and the u-μP checks it applies.
 
 use umup::analysis::Kind;
-use umup::data::Corpus;
+use umup::data::{Corpus, NextToken, TokenCorpus};
+use umup::family::Options;
+use umup::models::Lm;
 use umup::nn::Umup;
 use umup::scale_check::{
-    by_tensor, out_of_band, scale_check, umup_violations, LossRow, Report, Row, Settings,
+    by_tensor, out_of_band, scale_check_model, umup_violations, LossRow, Report, Row, Settings,
 };
 
-fn corpus() -> Corpus {
+/// Windows of 32 pseudo-random printable bytes.
+fn corpus() -> NextToken {
     let text: Vec<u8> = (0..50_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 % 64 + 32)
         .collect();
-    Corpus::from_bytes(text, 0.1).unwrap()
+    NextToken::new(
+        TokenCorpus::bytes(&Corpus::from_bytes(text, 0.1).unwrap()),
+        32,
+    )
 }
 
 #[test]
@@ -19,14 +25,13 @@ fn records_every_tensor_at_every_width_and_step() {
     let c = corpus();
     let s = Settings {
         batch: 2,
-        seq: 32,
         steps: 1,
-        d_head: 32,
+        options: Options::new().with("d_head", 32),
         ..Settings::default()
     };
     let (mut rows, mut loss) = (Vec::new(), Vec::new());
-    scale_check::<64, 256, 2, Umup>(&c, &s, &mut rows, &mut loss).unwrap();
-    scale_check::<128, 512, 2, Umup>(&c, &s, &mut rows, &mut loss).unwrap();
+    scale_check_model::<Lm<64, 256, 2, Umup>, _>(&c, &s, 64, &mut rows, &mut loss).unwrap();
+    scale_check_model::<Lm<128, 512, 2, Umup>, _>(&c, &s, 128, &mut rows, &mut loss).unwrap();
     assert_eq!(loss.len(), 4);
     for l in loss.iter().filter(|l| l.step == 0) {
         assert!((l.value - 256f64.ln()).abs() < 0.05, "{l:?}");
@@ -69,6 +74,7 @@ fn the_umup_checks_flag_drift_and_exempt_the_logits() {
     };
     let mut r = Report {
         parametrization: "umup".into(),
+        classes: Some(256),
         rows: vec![
             row(64, Kind::Param, "w", 1.01),
             row(256, Kind::Param, "w", 0.99),

@@ -2,26 +2,41 @@
 
 use std::path::{Path, PathBuf};
 
-use umup::data::Corpus;
+use umup::data::{Corpus, MaskedTokens, NextToken, TokenCorpus};
 use umup::device::DeviceKind;
-use umup::nn::{Sp, Umup};
+use umup::family::{Family, Options};
+use umup::models::{EncoderFamily, Lm, LmFamily};
+use umup::nn::Umup;
 use umup::train::{self, Precision, RunOptions, TrainConfig};
 
-fn corpus() -> Corpus {
+/// Windows of 16 bytes of a 45-byte cycle, next byte as target.
+fn corpus() -> NextToken {
     let text: Vec<u8> = (0..20_000u32)
         .map(|i| b"the quick brown fox jumps over the lazy dog. "[(i % 45) as usize])
         .collect();
-    Corpus::from_bytes(text, 0.1).unwrap()
+    NextToken::new(
+        TokenCorpus::bytes(&Corpus::from_bytes(text, 0.1).unwrap()),
+        16,
+    )
+}
+
+/// The same text, masked (the encoder's task).
+fn masked() -> MaskedTokens {
+    MaskedTokens::new(corpus().corpus, 16, 0.15)
+}
+
+/// The final validation loss of the finished run of `cfg` in `out`.
+fn finished(cfg: &TrainConfig, out: &Path) -> umup::Result<Option<f64>> {
+    Ok(train::finished_result(cfg, out)?.map(|r| r.val_loss))
 }
 
 fn cfg() -> TrainConfig {
     TrainConfig {
         width: 64,
         depth: 2,
-        heads: 2,
+        options: Options::new().with("heads", 2),
         steps: 6,
         batch: 2,
-        seq: 16,
         warmup: 2,
         eval_every: 3,
         eval_batches: 2,
@@ -59,31 +74,25 @@ fn rows(out: &Path) -> Vec<Vec<String>> {
 fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
     let (c, cfg) = (corpus(), cfg());
     let a = dir("a");
-    let full =
-        train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
+    let full = LmFamily::train(&cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
     assert_eq!(full.step, 6);
     let l0 = full.initial_loss.unwrap();
     assert!((l0 - 256f64.ln()).abs() < 0.05, "step-0 loss {l0}");
 
     let b = dir("b");
-    let half =
-        train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&b, false, Some(3)), &mut |_| {}).unwrap();
+    let half = LmFamily::train(&cfg, &c, &opts(&b, false, Some(3)), &mut |_| {}).unwrap();
     assert!(half.stopped && half.step == 3);
     // A run stopped early is not finished; a missing run neither.
-    assert_eq!(train::finished_val_loss(&cfg, &b).unwrap(), None);
-    assert_eq!(train::finished_val_loss(&cfg, &dir("none")).unwrap(), None);
-    let rest =
-        train::train::<64, 256, 2, Umup>(&cfg, &c, &opts(&b, true, None), &mut |_| {}).unwrap();
+    assert_eq!(finished(&cfg, &b).unwrap(), None);
+    assert_eq!(finished(&cfg, &dir("none")).unwrap(), None);
+    let rest = LmFamily::train(&cfg, &c, &opts(&b, true, None), &mut |_| {}).unwrap();
     assert_eq!(rest.step, 6);
     let (ra, rb) = (rows(&a), rows(&b));
     assert_eq!(ra[0], ["step", "tokens", "train_loss", "val_loss", "lr"]);
     assert_eq!(ra.len(), 8);
     assert_eq!(ra, rb, "resumed metrics differ");
     assert_eq!(full.final_val_loss, rest.final_val_loss);
-    assert_eq!(
-        train::finished_val_loss(&cfg, &a).unwrap(),
-        Some(full.final_val_loss)
-    );
+    assert_eq!(finished(&cfg, &a).unwrap(), Some(full.final_val_loss));
     // The files the run promises.
     for f in [
         "config.json",
@@ -99,11 +108,10 @@ fn stopping_and_resuming_gives_the_losses_of_an_uninterrupted_run() {
 
     // Resuming with other settings is refused.
     let other = TrainConfig { lr: 0.5, ..cfg };
-    let e = train::train::<64, 256, 2, Umup>(&other, &c, &opts(&b, true, None), &mut |_| {})
-        .unwrap_err();
+    let e = LmFamily::train(&other, &c, &opts(&b, true, None), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("settings differ"), "{e}");
     // ... and so is reading its result as another run's.
-    let e = train::finished_val_loss(&other, &a).unwrap_err();
+    let e = finished(&other, &a).unwrap_err();
     assert!(e.to_string().contains("settings differ"), "{e}");
     for d in [a, b] {
         std::fs::remove_dir_all(d).unwrap();
@@ -126,7 +134,7 @@ fn frozen_parameters_do_not_move_and_are_part_of_the_run_settings() {
     };
     let out = dir("freeze");
     let run = |cfg: &TrainConfig, resume, stop_at| {
-        train::train::<64, 256, 2, Umup>(cfg, &c, &opts(&out, resume, stop_at), &mut |_| {})
+        LmFamily::train(cfg, &c, &opts(&out, resume, stop_at), &mut |_| {})
     };
     run(&cfg, false, Some(3)).unwrap();
     let at3 = weights(&out);
@@ -174,8 +182,7 @@ fn a_non_finite_loss_stops_training_and_keeps_what_was_written() {
         ..cfg()
     };
     let out = dir("nan");
-    let e = train::train::<64, 256, 2, Sp>(&cfg, &c, &opts(&out, false, None), &mut |_| {})
-        .unwrap_err();
+    let e = LmFamily::train(&cfg, &c, &opts(&out, false, None), &mut |_| {}).unwrap_err();
     let msg = e.to_string();
     assert!(
         matches!(e, umup::Error::Diverged { step, .. } if step >= 1),
@@ -190,16 +197,19 @@ fn a_non_finite_loss_stops_training_and_keeps_what_was_written() {
 #[test]
 fn bad_settings_are_errors() {
     let c = corpus();
-    let bad = TrainConfig { heads: 3, ..cfg() };
-    let out = dir("bad");
-    let e = train::train::<64, 256, 2, Umup>(&bad, &c, &opts(&out, false, None), &mut |_| {});
-    assert!(e.unwrap_err().to_string().contains("heads"));
-    let wrong_size = TrainConfig {
-        width: 128,
+    let bad = TrainConfig {
+        options: Options::new().with("heads", 3),
         ..cfg()
     };
-    let e =
-        train::train::<64, 256, 2, Umup>(&wrong_size, &c, &opts(&out, false, None), &mut |_| {});
+    let out = dir("bad");
+    let e = LmFamily::train(&bad, &c, &opts(&out, false, None), &mut |_| {});
+    assert!(e.unwrap_err().to_string().contains("heads 3"));
+    assert!(
+        !out.exists(),
+        "nothing is written for a model that refuses its settings"
+    );
+    let wrong_size = TrainConfig { width: 96, ..cfg() };
+    let e = LmFamily::train(&wrong_size, &c, &opts(&out, false, None), &mut |_| {});
     assert!(e.unwrap_err().to_string().contains("width"));
     assert!("fp9".parse::<Precision>().is_err());
     let _ = std::fs::remove_dir_all(out);
@@ -217,7 +227,7 @@ fn devices_parse_and_a_device_the_build_lacks_is_an_error() {
         device: DeviceKind::Cuda,
         ..opts(&out, false, None)
     };
-    let e = train::train_model::<train::Lm<64, 256, 2, Umup>, umup::dfdx::prelude::Cpu>(
+    let e = train::train_model::<Lm<64, 256, 2, Umup>, umup::dfdx::prelude::Cpu, _>(
         &cfg(),
         &c,
         &cuda_run,
@@ -228,7 +238,7 @@ fn devices_parse_and_a_device_the_build_lacks_is_an_error() {
     assert!(e.contains("cuda") && e.contains("cpu"), "{e}");
     assert_eq!(DeviceKind::Cuda.compiled(), cfg!(feature = "cuda"));
     if !DeviceKind::Cuda.compiled() {
-        let e = train::train::<64, 256, 2, Umup>(&cfg(), &c, &cuda_run, &mut |_| {})
+        let e = LmFamily::train(&cfg(), &c, &cuda_run, &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(e.contains("`cuda` feature"), "{e}");
@@ -241,25 +251,17 @@ fn devices_parse_and_a_device_the_build_lacks_is_an_error() {
 
 #[test]
 fn every_listed_compiled_size_dispatches_and_others_are_refused() {
-    for &(width, depth) in train::COMPILED_SIZES {
+    use umup::family::param_table;
+    for &(width, depth) in LmFamily::SIZES {
         for param in ["umup", "mup", "sp"] {
-            let cfg = TrainConfig {
-                width,
-                depth,
-                param: param.into(),
-                ..TrainConfig::default()
-            };
-            let table = train::param_table_compiled(&cfg).unwrap();
+            let table = param_table::<LmFamily>(width, depth, param).unwrap();
             // embedding + 7 linears per layer + readout.
             assert_eq!(table.rows.len(), 2 + 7 * depth, "{width}×{depth} {param}");
         }
     }
-    let cfg = TrainConfig {
-        width: 1024,
-        depth: 2,
-        ..TrainConfig::default()
-    };
-    let err = train::param_table_compiled(&cfg).unwrap_err().to_string();
+    let err = param_table::<LmFamily>(1024, 2, "umup")
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("--width 1024 --depth 2")
             && err.contains("1024×4")
@@ -268,28 +270,15 @@ fn every_listed_compiled_size_dispatches_and_others_are_refused() {
     );
     // The encoder family: its own sizes and table (2 embeddings, 8 layer tensors with biases
     // and 2 norms × (gain, bias) per layer, final norm, readout).
-    let enc = TrainConfig {
-        model: "encoder".into(),
-        depth: 2,
-        ..cfg.clone()
-    };
-    let err = train::param_table_compiled(&enc).unwrap_err().to_string();
+    let err = param_table::<EncoderFamily>(1024, 2, "umup")
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("EncoderFamily") && err.contains("512×4"),
         "{err}"
     );
-    let table = train::param_table_compiled(&TrainConfig {
-        width: 64,
-        ..enc.clone()
-    })
-    .unwrap();
+    let table = param_table::<EncoderFamily>(64, 2, "umup").unwrap();
     assert_eq!(table.rows.len(), 2 + 16 * 2 + 2 + 1);
-    let other = TrainConfig {
-        model: "gpt".into(),
-        ..enc
-    };
-    let err = train::param_table_compiled(&other).unwrap_err().to_string();
-    assert!(err.contains("gpt") && err.contains("lm, encoder"), "{err}");
 }
 
 /// Flips one byte in the middle of `path` (inside the tensor data of a checkpoint file).
@@ -311,7 +300,7 @@ fn a_corrupted_checkpoint_is_refused_on_resume_naming_the_file() {
     );
     for file in ["model.safetensors", "optim.safetensors"] {
         let out = dir(&format!("corrupt-{file}"));
-        train::train_compiled(&cfg, &c, &opts(&out, false, Some(3)), &mut |_| {}).unwrap();
+        LmFamily::train(&cfg, &c, &opts(&out, false, Some(3)), &mut |_| {}).unwrap();
         let state = std::fs::read_to_string(out.join("state.json")).unwrap();
         assert!(
             state.contains(file),
@@ -319,13 +308,13 @@ fn a_corrupted_checkpoint_is_refused_on_resume_naming_the_file() {
         );
         let pristine = std::fs::read(out.join(file)).unwrap();
         flip_middle_byte(&out.join(file));
-        let e = train::train_compiled(&cfg, &c, &opts(&out, true, None), &mut |_| {})
+        let e = LmFamily::train(&cfg, &c, &opts(&out, true, None), &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(e.contains(file) && e.contains("corrupted"), "{e}");
         // Restored, the same checkpoint resumes.
         std::fs::write(out.join(file), pristine).unwrap();
-        let s = train::train_compiled(&cfg, &c, &opts(&out, true, None), &mut |_| {}).unwrap();
+        let s = LmFamily::train(&cfg, &c, &opts(&out, true, None), &mut |_| {}).unwrap();
         assert_eq!(s.step, cfg.steps);
         std::fs::remove_dir_all(out).unwrap();
     }
@@ -333,7 +322,7 @@ fn a_corrupted_checkpoint_is_refused_on_resume_naming_the_file() {
 
 #[test]
 fn the_encoder_trains_through_the_same_loop_and_resumes_bit_exactly() {
-    let c = corpus();
+    let c = masked();
     let cfg = TrainConfig {
         model: "encoder".into(),
         precision: Precision::F32,
@@ -341,7 +330,7 @@ fn the_encoder_trains_through_the_same_loop_and_resumes_bit_exactly() {
         ..cfg()
     };
     let (a, b) = (dir("enc-a"), dir("enc-b"));
-    let s = train::train_compiled(&cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
+    let s = EncoderFamily::train(&cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
     // Unit scale at init: the loss is ≈ ln 256 (the 256 bytes equally likely).
     let l0 = s.initial_loss.unwrap();
     assert!((l0 - 256f64.ln()).abs() < 0.05, "{l0}");
@@ -351,8 +340,8 @@ fn the_encoder_trains_through_the_same_loop_and_resumes_bit_exactly() {
         .collect();
     assert!(losses.last().unwrap() < &(l0 - 0.5), "{losses:?}");
     assert!(s.sample.is_empty(), "the encoder does not generate");
-    train::train_compiled(&cfg, &c, &opts(&b, false, Some(4)), &mut |_| {}).unwrap();
-    train::train_compiled(&cfg, &c, &opts(&b, true, None), &mut |_| {}).unwrap();
+    EncoderFamily::train(&cfg, &c, &opts(&b, false, Some(4)), &mut |_| {}).unwrap();
+    EncoderFamily::train(&cfg, &c, &opts(&b, true, None), &mut |_| {}).unwrap();
     assert_eq!(rows(&a), rows(&b));
     let saved = std::fs::read_to_string(a.join("config.json")).unwrap();
     assert!(saved.contains("\"model\": \"encoder\""), "{saved}");
@@ -367,7 +356,7 @@ fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umu
     use umup::nn::Mup;
     use umup::optim::{OptimConfig, Optimizer};
     use umup::params::Multipliers;
-    type M = train::Lm<64, 256, 2, Mup<64>>;
+    type M = Lm<64, 256, 2, Mup<64>>;
     let table = M::param_table().unwrap();
     let build = || M::build(&Cpu::seed_from_u64(3)).unwrap();
     let (plain, mut scaled) = (build(), build());
@@ -444,8 +433,7 @@ fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umu
     );
     let (a, b) = (dir("mult-a"), dir("mult-b"));
     let t = |out: &Path, resume, stop| {
-        train::train::<64, 256, 2, Sp>(&run, &corpus, &opts(out, resume, stop), &mut |_| {})
-            .unwrap()
+        LmFamily::train(&run, &corpus, &opts(out, resume, stop), &mut |_| {}).unwrap()
     };
     t(&a, false, None);
     t(&b, false, Some(3));
@@ -457,15 +445,13 @@ fn mup_multipliers_scale_the_init_and_the_embedding_lr_and_are_refused_under_umu
         sigma_init: 1.0,
         ..run.clone()
     };
-    train::train::<64, 256, 2, Sp>(&unscaled, &corpus, &opts(&plain, false, None), &mut |_| {})
-        .unwrap();
+    LmFamily::train(&unscaled, &corpus, &opts(&plain, false, None), &mut |_| {}).unwrap();
     assert_ne!(
         rows(&a)[1],
         rows(&plain)[1],
         "the multipliers change the run"
     );
-    let e = train::train::<64, 256, 2, Sp>(&unscaled, &corpus, &opts(&a, true, None), &mut |_| {})
-        .unwrap_err();
+    let e = LmFamily::train(&unscaled, &corpus, &opts(&a, true, None), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("settings differ"), "{e}");
     for d in [a, b, plain] {
         std::fs::remove_dir_all(d).unwrap();
@@ -486,7 +472,7 @@ fn master_gradients_are_the_f16_copys_gradients_widened_and_keyed_by_the_master(
     use umup::dfdx::prelude::*;
     use umup::family::{Mixed, Step};
     use umup::nn::Hyper;
-    type M = train::Lm<64, 256, 2, Umup>;
+    type M = Lm<64, 256, 2, Umup>;
     let dev = Cpu::seed_from_u64(0);
     let master = M::build(&dev).unwrap();
     let half = master.to_half().unwrap();
@@ -498,35 +484,17 @@ fn master_gradients_are_the_f16_copys_gradients_widened_and_keyed_by_the_master(
         .zip(&h)
         .all(|(a, b)| umup::dfdx::dtypes::f16::from_f32(*a) == *b));
 
-    let batch = corpus()
-        .task_batch(
-            <M as umup::family::Trainable<Cpu>>::TASK,
-            umup::data::Split::Train,
-            2,
-            16,
-            &mut umup::data::step_rng(0, 1, 0),
-        )
-        .unwrap();
+    use umup::data::Data;
+    let batch = corpus().batch(umup::data::Split::Train, 0, 2, 0).unwrap();
     let hp = Hyper::default();
-    let step = || Step {
-        hp: &hp,
-        heads: 2,
-        rope: false,
-        quant: None,
-        log: None,
-    };
-    use umup::family::Trainable;
-    let ids = || dev.tensor_from_vec(batch.inputs.clone(), (batch.inputs.len(),));
-    let l32 = Trainable::loss(
-        &master,
-        ids().traced(master.alloc_grads()),
-        &batch,
-        &mut step(),
-    )
-    .unwrap();
+    let options = Options::new().with("heads", 2);
+    let step = || Step::new(&hp, &options);
+    use umup::family::{training_tape, Trainable};
+    let tape = training_tape(&dev, master.alloc_grads());
+    let l32 = Trainable::loss(&master, &batch, tape, &mut step()).unwrap();
     let g32 = l32.backward();
-    let l16 =
-        Trainable::loss(&half, ids().traced(half.alloc_grads()), &batch, &mut step()).unwrap();
+    let tape = training_tape(&dev, half.alloc_grads());
+    let l16 = Trainable::loss(&half, &batch, tape, &mut step()).unwrap();
     assert!((l16.as_vec()[0].to_f32() - 256f32.ln()).abs() < 0.05);
     let mut g16 = l16.backward();
     let from_half = umup::optim::master_gradients(&master, &half, &mut g16).unwrap();
@@ -550,7 +518,7 @@ fn master_gradients_are_the_f16_copys_gradients_widened_and_keyed_by_the_master(
     close("q", &master.layers[1].attn.q.weight, &from_half, &g32);
     close("readout", &master.readout.weight, &from_half, &g32);
     // The copy of another model is refused, naming a tensor.
-    let other = train::Lm::<64, 256, 1, Umup>::build(&dev).unwrap();
+    let other = Lm::<64, 256, 1, Umup>::build(&dev).unwrap();
     assert!(umup::optim::master_gradients(&other, &half, &mut g16).is_err());
 }
 
@@ -568,10 +536,8 @@ fn f16_mixed_precision_trains_close_to_f32_keeps_f32_masters_and_resumes_bit_exa
         ..f32_cfg.clone()
     };
     let (a, b, r) = (dir("f32"), dir("f16"), dir("f16-resume"));
-    let full = train::train::<64, 256, 2, Umup>(&f32_cfg, &c, &opts(&a, false, None), &mut |_| {})
-        .unwrap();
-    let mixed = train::train::<64, 256, 2, Umup>(&f16_cfg, &c, &opts(&b, false, None), &mut |_| {})
-        .unwrap();
+    let full = LmFamily::train(&f32_cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
+    let mixed = LmFamily::train(&f16_cfg, &c, &opts(&b, false, None), &mut |_| {}).unwrap();
     let (l32, l16) = (full.final_val_loss, mixed.final_val_loss);
     assert!(
         l16 < mixed.initial_loss.unwrap() - 0.3,
@@ -585,8 +551,8 @@ fn f16_mixed_precision_trains_close_to_f32_keeps_f32_masters_and_resumes_bit_exa
         .iter()
         .any(|&x| f32::from(umup::dfdx::dtypes::f16::from_f32(x)) != x));
     // Stop at 4 and resume: the same rows as the uninterrupted f16 run.
-    train::train::<64, 256, 2, Umup>(&f16_cfg, &c, &opts(&r, false, Some(4)), &mut |_| {}).unwrap();
-    train::train::<64, 256, 2, Umup>(&f16_cfg, &c, &opts(&r, true, None), &mut |_| {}).unwrap();
+    LmFamily::train(&f16_cfg, &c, &opts(&r, false, Some(4)), &mut |_| {}).unwrap();
+    LmFamily::train(&f16_cfg, &c, &opts(&r, true, None), &mut |_| {}).unwrap();
     assert_eq!(rows(&b), rows(&r));
     // The names: `f16` is the real mode, `f16-sim` the simulated one.
     assert_eq!("f16".parse::<Precision>().unwrap(), Precision::F16);

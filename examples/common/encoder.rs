@@ -7,7 +7,7 @@
 use umup::device::TrainDevice;
 use umup::dfdx::nn::builders as nnb;
 use umup::dfdx::prelude::*;
-use umup::family::Step;
+use umup::family::{Options, Step};
 // The layer of the shipped masked-byte encoder: LayerNorm, biased q/k/v/o, GELU MLP.
 use umup::models::EncoderLayer;
 use umup::nn::{functional, Hyper, Param};
@@ -72,13 +72,8 @@ impl<
         )?;
         let mut x = x.try_reshape_like(&(batch * S, Const::<D>)).map_err(err)?;
         let taus = functional::residual_taus(hp, L)?;
-        let mut step = Step {
-            hp,
-            heads,
-            rope: false,
-            quant: None,
-            log: None,
-        };
+        let options = Options::new().with("heads", heads);
+        let mut step = Step::new(hp, &options);
         for (i, l) in self.layers.iter().enumerate() {
             x = l.forward(x, S, [taus[2 * i], taus[2 * i + 1]], i, &mut step)?;
         }

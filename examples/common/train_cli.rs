@@ -1,14 +1,17 @@
 //! The command line of `train_lm` and `train_encoder`: the same flags, outputs and checkpoints
-//! for every model family, over [`umup::train::train_compiled`].
+//! for every shipped text family, over [`umup::train::train_family`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use umup::data::Corpus;
+use umup::data::Data;
 use umup::device::DeviceKind;
-use umup::train::{self, Precision, RunOptions, TrainConfig};
+use umup::family::Options;
+use umup::train::{Precision, RunOptions, TrainConfig};
+
+use crate::shipped::{self, DataArgs};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -27,9 +30,8 @@ struct Args {
     /// Sequences per batch.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Tokens (bytes) per sequence.
-    #[arg(long, default_value_t = 128)]
-    seq: usize,
+    #[command(flatten)]
+    data: DataArgs,
     /// Global learning rate η [default: 1.0 for umup, 2^-7 for mup and sp].
     #[arg(long)]
     lr: Option<f64>,
@@ -94,12 +96,6 @@ struct Args {
     /// Stop after this many updates (checkpointed; finish later with --resume).
     #[arg(long)]
     stop_at: Option<usize>,
-    /// Train on this file instead (text or bytes; .gz is decompressed).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Fraction of the data held out for validation (the last bytes).
-    #[arg(long, default_value_t = 0.1)]
-    val_fraction: f64,
     /// Keep these parameters at their initial values (comma-separated paths of the table that
     /// --print-table shows, e.g. layers.0.attn.q.weight,layers.0.attn.k.weight).
     #[arg(long, value_delimiter = ',')]
@@ -168,17 +164,22 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/train_{model}")));
+    let mut options = Options::new();
+    if let Some(h) = args.heads {
+        options.set("heads", h);
+    }
+    if args.rope {
+        options.set("rope", true);
+    }
     let cfg = TrainConfig {
         model: model.into(),
         width: args.width,
         depth: args.depth,
-        heads: args.heads.unwrap_or((args.width / 64).max(1)),
-        rope: args.rope,
+        options,
         param: param.into(),
         precision,
         steps: args.steps,
         batch: args.batch,
-        seq: args.seq,
         lr: args
             .lr
             .unwrap_or(if param == "umup" { 1.0 } else { 2f64.powi(-7) }),
@@ -196,35 +197,30 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
         seed: args.seed,
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
-        data: args
-            .data
-            .as_ref()
-            .map_or("shakespeare (embedded)".into(), |p| p.display().to_string()),
+        data: String::new(),
         freeze: args.freeze.clone(),
     };
     if args.print_table {
-        print!("{}", train::param_table_compiled(&cfg)?);
+        print!("{}", shipped::param_table(&cfg)?);
         return Ok(());
     }
-    train::param_table_compiled(&cfg)?;
+    shipped::param_table(&cfg)?;
     cfg.validate()?;
-    let corpus = match &args.data {
-        Some(p) => Corpus::from_path(p, args.val_fraction)?,
-        None => Corpus::shakespeare(args.val_fraction)?,
-    };
+    let tokens = args.data.tokens()?;
     println!(
-        "umup train_{model}: {} · width {} depth {} heads {} · {} · η {} · batch {}×{} · {} steps · {} bytes ({} held out) · {}",
+        "umup train_{model}: {} · width {} depth {} heads {} · {} · η {} · batch {}×{} · {} steps · {} ({} + {} tokens) · {}",
         cfg.param,
         cfg.width,
         cfg.depth,
-        cfg.heads,
+        args.heads.unwrap_or((cfg.width / 64).max(1)),
         cfg.precision.name(),
         cfg.lr,
         cfg.batch,
-        cfg.seq,
+        args.data.seq_or(128),
         cfg.steps,
-        corpus.len(),
-        corpus.split(umup::data::Split::Val).len(),
+        tokens.name(),
+        tokens.split(umup::data::Split::Train).len(),
+        tokens.split(umup::data::Split::Val).len(),
         args.device,
     );
     let opts = RunOptions {
@@ -236,24 +232,29 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
     };
     let bar = progress_bar(cfg.steps, args.quiet);
     let mut last_val = None;
-    let s = train::train_compiled(&cfg, &corpus, &opts, &mut |p| {
-        if p.val_loss.is_some() {
-            last_val = p.val_loss;
-        }
-        bar.set_position(p.step as u64);
-        bar.set_message(format!(
-            "loss {:.4}  val {}  {:.0} tok/s",
-            p.train_loss,
-            last_val.map_or("-".into(), |v| format!("{v:.4}")),
-            p.tokens_per_second
-        ));
+    let mut data_name = String::new();
+    let s = with_shipped!(model, args.data, 128, |F, data| {
+        data_name = data.describe();
+        F::train(&cfg, &data, &opts, &mut |p| {
+            if p.val_loss.is_some() {
+                last_val = p.val_loss;
+            }
+            bar.set_position(p.step as u64);
+            bar.set_message(format!(
+                "loss {:.4}  val {}  {:.0} tok/s",
+                p.train_loss,
+                last_val.map_or("-".into(), |v| format!("{v:.4}")),
+                p.tokens_per_second
+            ));
+        })
     });
     bar.finish();
     let s = s?;
     if let Some(l0) = s.initial_loss {
         println!(
-            "loss at step 0:        {l0:.4}  (ln 256 = {:.4})",
-            256f64.ln()
+            "loss at step 0:        {l0:.4}  (ln {} = {:.4})",
+            tokens.vocab(),
+            (tokens.vocab() as f64).ln()
         );
     }
     println!(
@@ -266,10 +267,14 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
             ""
         }
     );
+    if let Some(b) = s.final_val_bpb {
+        println!("                       {b:.4} bits per byte");
+    }
     println!(
-        "byte unigram entropy:  {:.4}  (training split)",
-        corpus.unigram_entropy()
+        "unigram entropy:       {:.4}  (training split)",
+        tokens.unigram_entropy()
     );
+    println!("data:                  {data_name}");
     println!("throughput:            {:.0} tokens/s", s.tokens_per_second);
     if precision != Precision::F32 {
         let (f, b) = s.quant_stats;

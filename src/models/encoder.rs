@@ -6,14 +6,14 @@
 //! layers (LayerNorm with gain and bias → non-causal multi-head attention with biased
 //! projections; LayerNorm → GELU MLP ×4 with biases), each branch added through the residual
 //! τ rule → the rows of the masked positions → LayerNorm → readout to the 256 bytes. The task
-//! ([`Task::MaskedBytes`]): 15% of the positions are chosen, and the model predicts their
-//! original bytes.
+//! ([`crate::data::MaskedTokens`] on bytes): 15% of the positions are chosen, and the model
+//! predicts their original bytes.
 
 use dfdx::prelude::*;
 
-use crate::data::{Batch, MASK};
+use crate::data::{TokenBatch, MASK};
 use crate::device::TrainDevice;
-use crate::family::{Step, Task, Trainable};
+use crate::family::{Step, Trainable};
 use crate::nn::{functional, Param};
 use crate::ops::Backend;
 use crate::tape::{Fork, TracedLike};
@@ -93,7 +93,7 @@ where
 {
     /// One pre-norm layer on the rows of sequences of `seq` positions: `x + attn(ln1(x))`, then
     /// `x + mlp(ln2(x))`, each through the residual τ rule (`taus`: this layer's two entries of
-    /// `functional::residual_taus`), the attention non-causal with `step.heads` heads, the MLP
+    /// `functional::residual_taus`), the attention non-causal with [`Step::heads`] heads, the MLP
     /// `down(gelu(up(h)))` with α_ffn-act. Tapped as `layers.{index}.attn.{in,q,k,v,sdpa,out}`,
     /// `layers.{index}.mlp.{in,act,out}` and `layers.{index}.residual`.
     pub fn forward<T: Tape<E, Dev> + Merge<T>>(
@@ -104,7 +104,7 @@ where
         index: usize,
         step: &mut Step<'_>,
     ) -> Result<Rows<D, Dev, T, E>> {
-        let (hp, heads) = (step.hp, step.heads);
+        let (hp, heads) = (step.hp, step.heads(D)?);
         let name = |s: &str| format!("layers.{index}.{s}");
         let x = P::residual(x, taus[0], |r| {
             let h = step.tap(self.ln1.try_forward(r)?, || name("attn.in"))?;
@@ -149,31 +149,33 @@ where
     P: Param,
     crate::rand_distr::StandardNormal: crate::rand_distr::Distribution<E>,
 {
-    const TASK: Task = Task::MaskedBytes {
-        fraction: MASK_FRACTION,
-    };
+    /// Masked byte windows ([`crate::data::MaskedTokens`] on bytes, [`MASK_FRACTION`]).
+    type Batch = TokenBatch;
 
     /// Mean cross entropy of the original bytes at the masked positions. Tapped activations:
     /// `embed`, `layers.{i}.attn.{in,q,k,v,sdpa,out}`, `layers.{i}.mlp.{in,act,out}`,
-    /// `layers.{i}.residual`, `final_norm`, `logits`.
+    /// `layers.{i}.residual`, `final_norm`, `logits`. Options: `heads` or `d_head` ([`Step::heads`]).
     fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
-        ids: Tensor<(usize,), usize, Dev, T>,
-        batch: &Batch,
+        batch: &TokenBatch,
+        tape: T,
         step: &mut Step<'_>,
     ) -> Result<Tensor<(), E, Dev, T>> {
+        step.options.check_known(&Step::HEAD_OPTIONS)?;
         let (b, seq) = (batch.batch, batch.seq);
-        if seq > S || ids.shape().0 != b * seq || batch.positions.is_empty() {
+        let n = batch.inputs.len();
+        if seq > S || n != b * seq || batch.positions.is_empty() {
             return Err(Error::ShapeMismatch {
                 op: "MaskedEncoder::loss",
                 detail: format!(
-                    "{} ids for batch {b} × seq {seq} (at most {S} positions), {} masked positions",
-                    ids.shape().0,
+                    "{n} ids for batch {b} × seq {seq} (at most {S} positions), {} masked positions",
                     batch.positions.len()
                 ),
             });
         }
-        debug_assert!(batch.inputs.iter().all(|&i| i <= MASK));
+        let ids = batch
+            .ids(self.tok.weight.device(), MASK + 1)?
+            .put_tape(tape);
         let dev = ids.device().clone();
         let hp = step.hp;
         // x = (tok(ids) + pos(positions)) / √2 (a unit-scaled add, spec §4.8).

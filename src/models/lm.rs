@@ -12,9 +12,9 @@
 use dfdx::prelude::*;
 
 use crate::analysis::{tap, ScaleLog};
-use crate::data::Batch;
+use crate::data::TokenBatch;
 use crate::device::TrainDevice;
-use crate::family::{Step, Task, Trainable};
+use crate::family::{Step, Trainable};
 use crate::nn::{functional::residual_taus, Hyper, Param, UnitLinear};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::rand_distr::{Distribution, StandardNormal};
@@ -343,30 +343,42 @@ fn check_inputs<const D: usize>(
     hp.validate()
 }
 
+impl LmOptions {
+    /// The options a [`Step`] names: `heads` or `d_head` ([`Step::heads`]: by default one head
+    /// per 64 channels) and the flag `rope`; any other option is an error naming it.
+    pub fn of(step: &Step<'_>, width: usize) -> Result<Self> {
+        step.options.check_known(&["heads", "d_head", "rope"])?;
+        Ok(LmOptions {
+            heads: step.heads(width)?,
+            rope: step.options.flag("rope")?,
+        })
+    }
+}
+
 // Not listed as a suggestion in the error for a model without `Trainable`.
 #[diagnostic::do_not_recommend]
-impl<const D: usize, const F: usize, const L: usize, E, Dev, P> Trainable<Dev, E>
-    for TransformerLm<VOCAB, D, F, L, E, Dev, P>
+impl<const V: usize, const D: usize, const F: usize, const L: usize, E, Dev, P> Trainable<Dev, E>
+    for TransformerLm<V, D, F, L, E, Dev, P>
 where
     E: Dtype,
     Dev: TrainDevice + Backend<E>,
     P: Param,
     StandardNormal: Distribution<E>,
 {
-    const TASK: Task = Task::NextByte;
+    /// Token windows with the next token as target ([`crate::data::NextToken`]): bytes at
+    /// `V = 256`, a tokenizer's ids at its vocabulary.
+    type Batch = TokenBatch;
 
     /// [`TransformerLm::loss`], with every activation tapped for the scale check
-    /// ([`TransformerLm::logits_logged`]).
+    /// ([`TransformerLm::logits_logged`]). Options: `heads`, `rope` ([`LmOptions::of`]).
     fn loss<T: Tape<E, Dev> + Merge<T>>(
         &self,
-        ids: Tensor<(usize,), usize, Dev, T>,
-        batch: &Batch,
+        batch: &TokenBatch,
+        tape: T,
         step: &mut Step<'_>,
     ) -> Result<Tensor<(), E, Dev, T>> {
-        let opts = LmOptions {
-            heads: step.heads,
-            rope: step.rope,
-        };
+        let opts = LmOptions::of(step, D)?;
+        let ids = batch.ids(self.embed.weight.device(), V)?.put_tape(tape);
         let log = step.log;
         let hp = step.hp;
         let logits =
@@ -375,19 +387,20 @@ where
     }
 
     /// The last position's logits × α_loss-softmax (the loss's softmax sees `α·logits`).
-    fn next_byte_logits(&self, context: &[usize], step: &mut Step<'_>) -> Result<Option<Vec<f64>>> {
+    fn next_token_logits(
+        &self,
+        context: &[usize],
+        step: &mut Step<'_>,
+    ) -> Result<Option<Vec<f64>>> {
         let dev = self.embed.weight.device().clone();
         let ids = dev
             .try_tensor_from_vec(context.to_vec(), (context.len(),))
             .map_err(Error::device)?;
-        let opts = LmOptions {
-            heads: step.heads,
-            rope: step.rope,
-        };
+        let opts = LmOptions::of(step, D)?;
         let logits = self
             .logits(ids, (1, context.len()), step.hp, &opts, None)?
             .as_vec();
-        let last = &logits[(context.len() - 1) * VOCAB..];
+        let last = &logits[(context.len() - 1) * V..];
         let alpha = step.hp.alpha_loss_softmax;
         Ok(Some(
             last.iter()
@@ -399,6 +412,14 @@ where
 
 /// The byte vocabulary of the shipped families.
 pub const VOCAB: usize = 256;
+
+/// The byte-level language model at width `D`, MLP width `F`, depth `L`, parametrization `P`,
+/// on `Cpu`.
+pub type Lm<const D: usize, const F: usize, const L: usize, P> = LmOn<D, F, L, P, Cpu>;
+
+/// [`Lm`] on the device `Dev` (e.g. `Cuda`).
+pub type LmOn<const D: usize, const F: usize, const L: usize, P, Dev> =
+    TransformerLm<VOCAB, D, F, L, f32, Dev, P>;
 
 crate::family! {
     /// The byte-level language model [`TransformerLm`] (vocabulary 256, MLP width 4 × width) at

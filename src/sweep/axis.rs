@@ -224,7 +224,10 @@ impl AxisSweep {
                     .range((p.clone(), v, i32::MIN)..=(p.clone(), v, i32::MAX))
                     .count();
                 let b = best_exp(&means, p, v).filter(|_| done == grid);
-                best.entry(p).or_default().push(b.map(|b| b.0));
+                let exps = self.base.lr_exps(p);
+                best.entry(p)
+                    .or_default()
+                    .push(b.and_then(|b| super::grid_index(exps, b.0)));
                 match b {
                     Some((e, l)) => write!(summary, " 2^{e} ({l:.4}) |").ok(),
                     None => write!(summary, " - ({done} of {grid} points) |").ok(),
@@ -289,8 +292,9 @@ fn best_exp(
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-/// The drift of a sequence of best log2 η's, in grid steps: `(last − first, max − min)`;
-/// `None` unless every value has a best η.
+/// The drift of a sequence of best η's given as positions in their grid
+/// ([`super::grid_index`]), in grid steps: `(last − first, max − min)`; `None` unless every
+/// value has a best η.
 pub fn drift(best: &[Option<i32>]) -> Option<(i32, i32)> {
     let best: Vec<i32> = best.iter().copied().collect::<Option<_>>()?;
     let (first, last) = (*best.first()?, *best.last()?);

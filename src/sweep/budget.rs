@@ -224,7 +224,6 @@ impl EqualBudget {
             for seed in self.proxy.seed..self.proxy.seed + self.target_seeds {
                 let tuned = TrainConfig {
                     width: self.target_width,
-                    heads: (self.target_width / 64).max(1),
                     seed,
                     ..win.cfg.clone()
                 };

@@ -1,16 +1,19 @@
-//! The η-transfer sweep and the independent α search (spec §6.1), for any model the trainer
-//! runs.
+//! The η-transfer sweep and the independent α search (spec §6.1), for any model family the
+//! trainer runs, on any data.
 //!
 //! A [`Sweep`] names a grid: log2 η values × widths × parametrizations × seeds (the η stage),
 //! then 1-D sweeps of each α at the best u-μP η (the α stage), then every α at its optimum
 //! together (the combined stage). Every grid point is a [`Point`]: a label and the
 //! [`TrainConfig`] of an independent training run in `out/<label>/`. A point whose run finished
-//! ([`finished_val_loss`]) is never redone, so an interrupted sweep resumes where it stopped;
-//! a point that diverged leaves a `diverged` marker and counts as loss ∞.
+//! ([`finished_result`]: its `result.json`) is never redone, so an interrupted sweep resumes
+//! where it stopped; a point that diverged leaves a `diverged` marker and counts as loss ∞.
+//! Points are ranked by their final validation loss; the model's metrics (accuracy, bits per
+//! byte) are reported beside it.
 //!
 //! The sweep is generic over how a point is trained: [`Sweep::run`] and [`Sweep::run_points`]
-//! take the trainer as a closure, e.g. for a user's family
-//! `|cfg, run| train_family::<MyFamily>(cfg, &corpus, run, &mut |_| {})`; [`Sweep::plan`]
+//! take the trainer as a closure returning the run's [`Summary`] (the sweep records it as the
+//! point's [`RunResult`]), e.g. for a user's family and data
+//! `|cfg, run| train_family::<MyFamily, _>(cfg, &data, run, &mut |_| {})`; [`Sweep::plan`]
 //! writes one shell command per pending point instead (for GNU parallel or a Slurm array), and
 //! [`Sweep::collect`] merges what finished. [`Sweep::report`] writes `sweep.csv`, `summary.md`
 //! (best η per width and its drift, loss vs width at each η, α optima), `transfer.png` and
@@ -19,7 +22,7 @@
 //! ```ignore
 //! let sweep = Sweep { model: "bigram".into(), widths: vec![32, 64], params: vec!["umup".into()],
 //!     umup_lr_exps: vec![-1, 0, 1], steps: 100, out: "runs/bigram_sweep".into(), ..Sweep::default() };
-//! let train = |cfg: &TrainConfig, run: &RunOptions| train_family::<Bigram>(cfg, &corpus, run, &mut |_| {});
+//! let train = |cfg: &TrainConfig, run: &RunOptions| train_family::<Bigram, _>(cfg, &data, run, &mut |_| {});
 //! let summary = sweep.run(&[Stage::Eta], train, |_| {})?;
 //! ```
 
@@ -34,9 +37,9 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::family::{self, Family};
+use crate::family::{self, Family, Options};
 use crate::plot::{self, Panel};
-use crate::train::{finished_val_loss, RunOptions, Summary, TrainConfig};
+use crate::train::{finished_result, RunOptions, RunResult, Summary, TrainConfig};
 use crate::{Error, Result};
 
 /// The α's of the u-μP LM that the α stage sweeps by default ([`crate::nn::Hyper::set`] names).
@@ -112,10 +115,11 @@ pub struct Sweep {
     pub alpha_width: Option<usize>,
     /// Steps per point.
     pub steps: usize,
-    /// Sequences per batch.
+    /// Examples per batch.
     pub batch: usize,
-    /// Tokens per sequence.
-    pub seq: usize,
+    /// The family's run-time settings at every point ([`Options`]; e.g. `heads`: unset, each
+    /// model's own default).
+    pub options: Options,
     /// Linear warm-up as a fraction of `steps`.
     pub warmup_fraction: f64,
     /// Final LR of the cosine decay as a fraction of η.
@@ -134,7 +138,7 @@ pub struct Sweep {
 
 impl Default for Sweep {
     /// The `lr_sweep` example's defaults: the LM at widths 64, 128, 256, depth 2, u-μP and SP,
-    /// 300 steps of 8 × 64 bytes per point.
+    /// 300 steps of batch 8 per point (the LM's windows of 64 bytes are the data's setting).
     fn default() -> Self {
         Sweep {
             model: "lm".into(),
@@ -149,7 +153,7 @@ impl Default for Sweep {
             alpha_width: None,
             steps: 300,
             batch: 8,
-            seq: 64,
+            options: Options::default(),
             warmup_fraction: 0.1,
             final_lr_fraction: 0.1,
             eval_batches: 8,
@@ -253,17 +257,16 @@ impl Sweep {
     }
 
     /// The run settings of a point: `param` at `width` with η `lr`, every α 1, one validation at
-    /// the end, `width / 64` heads (at least 1).
+    /// the end, the sweep's [`Sweep::options`].
     pub fn base(&self, param: &str, width: usize, lr: f64) -> TrainConfig {
         TrainConfig {
             model: self.model.clone(),
             width,
             depth: self.depth,
-            heads: (width / 64).max(1),
+            options: self.options.clone(),
             param: param.into(),
             steps: self.steps,
             batch: self.batch,
-            seq: self.seq,
             lr,
             warmup: (self.steps as f64 * self.warmup_fraction).round() as usize,
             final_lr_fraction: self.final_lr_fraction,
@@ -354,15 +357,22 @@ impl Sweep {
 
     /// The final validation loss of `point` if it finished (∞ if it diverged), `None` if it is
     /// still to run; a directory holding a run with other settings is an error
-    /// ([`finished_val_loss`]).
+    /// ([`finished_result`]).
     pub fn finished(&self, point: &Point) -> Result<Option<f64>> {
+        Ok(self.finished_result(point)?.map(|r| r.val_loss))
+    }
+
+    /// The [`RunResult`] of `point` if it finished (loss ∞, no metrics, if it diverged).
+    pub fn finished_result(&self, point: &Point) -> Result<Option<RunResult>> {
         let dir = point.dir(&self.out);
-        let loss = finished_val_loss(&point.cfg, &dir)?;
-        Ok(if dir.join("diverged").exists() {
-            Some(f64::INFINITY)
-        } else {
-            loss
-        })
+        if dir.join("diverged").exists() {
+            return Ok(Some(RunResult {
+                step: point.cfg.steps,
+                val_loss: f64::INFINITY,
+                metrics: BTreeMap::new(),
+            }));
+        }
+        finished_result(&point.cfg, &dir)
     }
 
     /// The points that have not finished (their settings checked against their directories).
@@ -412,7 +422,11 @@ impl Sweep {
                         sample_len: 0,
                         device: Default::default(),
                     };
-                    match train(&point.cfg, &run) {
+                    match train(&point.cfg, &run).and_then(|sm| {
+                        // The trainer's own record, for a trainer that does not write it.
+                        RunResult::of(&sm).write(&run.out)?;
+                        Ok(sm)
+                    }) {
                         Ok(sm) => observe(Event::Finished {
                             point,
                             loss: sm.final_val_loss,
@@ -624,10 +638,30 @@ impl Sweep {
     /// run) and `alphas.png`. Returns the summary.
     pub fn report(&self, results: &[(Point, Option<f64>)]) -> Result<String> {
         std::fs::create_dir_all(&self.out).map_err(|e| io(&self.out, e))?;
-        let mut csv = String::from("label,param,width,lr,seed,alpha_ffn_act,alpha_attn_softmax,alpha_res,alpha_res_attn_ratio,alpha_loss_softmax,final_val_loss\n");
-        for (p, l) in results {
+        // The metrics of every finished point, and their names in order.
+        let metrics: Vec<BTreeMap<String, f64>> = results
+            .iter()
+            .map(|(p, _)| {
+                Ok(self
+                    .finished_result(p)?
+                    .map(|r| r.metrics)
+                    .unwrap_or_default())
+            })
+            .collect::<Result<_>>()?;
+        let names: Vec<String> = metrics
+            .iter()
+            .flat_map(|m| m.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut csv = String::from("label,param,width,lr,seed,alpha_ffn_act,alpha_attn_softmax,alpha_res,alpha_res_attn_ratio,alpha_loss_softmax,final_val_loss");
+        for n in &names {
+            write!(csv, ",final_val_{n}").ok();
+        }
+        csv.push('\n');
+        for ((p, l), m) in results.iter().zip(&metrics) {
             let c = &p.cfg;
-            writeln!(
+            write!(
                 csv,
                 "{},{},{},{},{},{},{},{},{},{},{}",
                 p.label,
@@ -643,6 +677,15 @@ impl Sweep {
                 l.map_or(String::new(), |v| v.to_string())
             )
             .ok();
+            for n in &names {
+                write!(
+                    csv,
+                    ",{}",
+                    m.get(n).map_or(String::new(), |v| v.to_string())
+                )
+                .ok();
+            }
+            csv.push('\n');
         }
         let write = |name: &str, text: &str| {
             std::fs::write(self.out.join(name), text)
@@ -656,7 +699,32 @@ impl Sweep {
         } else {
             String::new()
         };
-        let mut summary = format!("## η transfer{seeds}\n\n| parametrization | width | best η | loss at best η |\n|---|---:|---:|---:|\n");
+        let mut summary = format!(
+            "## η transfer{seeds}\n\n| parametrization | width | best η | loss at best η |"
+        );
+        for n in &names {
+            write!(summary, " {n} at best η |").ok();
+        }
+        write!(
+            summary,
+            "\n|---|---:|---:|---:|{}\n",
+            "---:|".repeat(names.len())
+        )
+        .ok();
+        // A metric of the η point of `param`, `w`, log2 η `e` at `--seed`.
+        let metric_at = |param: &str, w: usize, e: i32, name: &str| {
+            results
+                .iter()
+                .zip(&metrics)
+                .find(|((p, _), _)| {
+                    p.label.starts_with("eta")
+                        && p.cfg.param == param
+                        && p.cfg.width == w
+                        && p.cfg.seed == self.seed
+                        && p.cfg.lr.log2().round() as i32 == e
+                })
+                .and_then(|(_, m)| m.get(name).copied())
+        };
         let mut panels = Vec::new();
         for param in &self.params {
             let mut series = Vec::new();
@@ -675,21 +743,27 @@ impl Sweep {
                     .filter(|p| p.1.is_finite())
                     .min_by(|a, b| a.1.total_cmp(&b.1))
                 {
-                    writeln!(
-                        summary,
-                        "| {param} | {w} | 2^{} | {loss:.4} |",
-                        lr.log2().round()
-                    )
-                    .ok();
-                    best_per_width.push(lr.log2());
+                    let e = lr.log2().round() as i32;
+                    write!(summary, "| {param} | {w} | 2^{e} | {loss:.4} |").ok();
+                    for n in &names {
+                        let v = metric_at(param, w, e, n);
+                        write!(
+                            summary,
+                            " {} |",
+                            v.map_or("-".into(), |v| format!("{v:.4}"))
+                        )
+                        .ok();
+                    }
+                    summary.push('\n');
+                    best_per_width.push(grid_index(self.lr_exps(param), e));
                 }
                 series.push((format!("width {w}"), pts));
             }
-            if let (Some(first), Some(last)) = (best_per_width.first(), best_per_width.last()) {
+            if let Some((end, _)) = axis::drift(&best_per_width) {
                 writeln!(
                     summary,
-                    "| {param} | drift | {:+} grid steps from the narrowest to the widest | |",
-                    (last - first).round()
+                    "| {param} | drift | {end:+} grid steps from the narrowest to the widest | |{}",
+                    " |".repeat(names.len())
                 )
                 .ok();
             }
@@ -781,14 +855,35 @@ impl Sweep {
     }
 }
 
-/// The flags of the shipped trainers (`train_lm`, `train_encoder`, and any binary with their
-/// command line) that run `cfg` into `dir` quietly without a sample: `--quiet --sample-len 0
-/// --param ... --out <dir>`.
+/// The position of the log2 η `e` in the η grid `exps` (ascending order): drifts are counted
+/// in grid points, so a move between neighbours of a grid with step 2 (2^0 → 2^2) is one step.
+pub fn grid_index(exps: &[i32], e: i32) -> Option<i32> {
+    let mut sorted = exps.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.iter().position(|&x| x == e).map(|i| i as i32)
+}
+
+/// The flags of the shipped trainers (`train_lm`, `train_encoder`, `train_vit`, and any binary
+/// with their command line) that run `cfg` into `dir` quietly without a sample: `--quiet
+/// --sample-len 0 --param ... --out <dir>`, each option as `--<name> <value>` (a flag that is
+/// true as `--<name>`). The data's own flags (`--seq`, `--data`, ...) are the caller's to add.
 pub fn train_flags(cfg: &TrainConfig, dir: &Path) -> String {
     let c = cfg;
+    let mut options = String::new();
+    for (name, v) in c.options.iter() {
+        let flag = name.replace('_', "-");
+        match v {
+            serde_json::Value::Bool(true) => write!(options, " --{flag}"),
+            serde_json::Value::Bool(false) => Ok(()),
+            serde_json::Value::String(s) => write!(options, " --{flag} {s}"),
+            other => write!(options, " --{flag} {other}"),
+        }
+        .ok();
+    }
     format!(
-        "--quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seq {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --alpha-input {} --sigma-init {} --out {}",
-        c.param, c.width, c.depth, c.steps, c.batch, c.seq, c.seed, c.lr, c.warmup, c.final_lr_fraction, c.eval_every, c.eval_batches,
+        "--quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --alpha-input {} --sigma-init {}{options} --out {}",
+        c.param, c.width, c.depth, c.steps, c.batch, c.seed, c.lr, c.warmup, c.final_lr_fraction, c.eval_every, c.eval_batches,
         c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax, c.alpha_input, c.sigma_init,
         dir.display()
     )

@@ -201,7 +201,8 @@ fn instance_type(
     input: &FamilyInput,
     w: &LitInt,
     l: &LitInt,
-    dev: &Ident,
+    dev: &TokenStream,
+    param: &TokenStream,
 ) -> syn::Result<syn::TypePath> {
     let ts = substitute(
         substitute(input.template.clone(), &input.width, w),
@@ -221,7 +222,7 @@ fn instance_type(
     let extra: [syn::GenericArgument; 3] = [
         syn::parse_quote_spanned!(span=> f32),
         syn::parse_quote_spanned!(span=> #dev),
-        syn::parse_quote_spanned!(span=> UmupP),
+        syn::parse_quote_spanned!(span=> #param),
     ];
     match &mut last.arguments {
         syn::PathArguments::AngleBracketed(args) => args.args.extend(extra),
@@ -262,10 +263,22 @@ pub fn family(input: TokenStream) -> TokenStream {
     };
     let at = format_ident!("__UmupFamilyAt{}", name);
     let dev = format_ident!("UmupDev");
+    let (dev_ts, param_ts) = (quote!(#dev), quote!(UmupP));
     let mut arms = Vec::new();
     let mut impls = Vec::new();
+    // The family's batch: the `Trainable::Batch` of its first size (u-μP, on `Cpu`); every size
+    // must take the same (`Instance::Batch = Family::Batch` is checked where `visit` names it).
+    let batch = match input
+        .sizes
+        .first()
+        .map(|(wl, ll)| instance_type(&input, wl, ll, &quote!(#f::Cpu), &quote!(#f::Umup)))
+    {
+        Some(Ok(t)) => quote!(<#t as #f::Trainable<#f::Cpu>>::Batch),
+        Some(Err(e)) => return e.to_compile_error(),
+        None => quote!(()),
+    };
     for ((w, l), (wl, ll)) in sizes.iter().zip(&input.sizes) {
-        let ty = match instance_type(&input, wl, ll, &dev) {
+        let ty = match instance_type(&input, wl, ll, &dev_ts, &param_ts) {
             Ok(t) => t,
             Err(e) => return e.to_compile_error(),
         };
@@ -281,6 +294,7 @@ pub fn family(input: TokenStream) -> TokenStream {
                 type Param = UmupP;
                 const WIDTH: usize = #w;
                 const DEPTH: usize = #l;
+                type Batch = #batch;
                 type Model<#dev: #f::TrainDevice> = #ty;
             }
         });
@@ -308,9 +322,11 @@ pub fn family(input: TokenStream) -> TokenStream {
 
         #[automatically_derived]
         impl #f::Family for #name {
+            type Batch = #batch;
+
             const SIZES: &'static [(usize, usize)] = &[#(#size_list),*];
 
-            fn visit<UmupV: #f::Visitor>(
+            fn visit<UmupV: #f::Visitor<Self::Batch>>(
                 width: usize,
                 depth: usize,
                 param: &str,
