@@ -11,6 +11,7 @@
 // Lets `#[umup_model]` (which refers to `::umup::__private`) be used inside this crate.
 extern crate self as umup;
 
+pub mod arrays;
 pub mod data;
 pub mod device;
 pub mod family;
