@@ -11,7 +11,6 @@
 // Lets `#[umup_model]` (which refers to `::umup::__private`) be used inside this crate.
 extern crate self as umup;
 
-pub mod arrays;
 pub mod data;
 pub mod device;
 pub mod family;

@@ -9,6 +9,8 @@
 //!   [`Dataset`] (random access to examples), [`Batcher`] (examples → a batch) and [`Loader`]
 //!   (a train and a validation dataset → [`Data`], with epochs shuffled from the seed). Ready
 //!   pieces: [`InMemory`], [`FeatureBatch`] and [`FeatureBatcher`].
+//! - Arrays from files ([`arrays`]): features ([`Array`]) and labels ([`Labels`]) from
+//!   safetensors and `.npy`, checked at load; the embedded 8×8 digits ([`arrays::digits`]).
 //! - Text: [`TokenCorpus`] (token ids with a train/validation split: bytes, or a tokenizer's
 //!   ids) and its two tasks, [`NextToken`] (a causal LM) and [`MaskedTokens`] (BERT-style), both
 //!   giving [`TokenBatch`]es. The embedded Shakespeare text is [`Corpus::shakespeare`].
@@ -26,6 +28,7 @@
 //! assert_eq!(b, data.batch(Split::Train, 0, 4, 0).unwrap());
 //! ```
 
+pub mod arrays;
 pub mod dataset;
 pub mod text;
 

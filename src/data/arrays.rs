@@ -30,7 +30,7 @@
 //! ([`Labels::check_labels`]).
 //!
 //! ```no_run
-//! use umup::arrays::{Array, Labels};
+//! use umup::data::arrays::{Array, Labels};
 //!
 //! let x = Array::from_npy("features.npy")?; // e.g. f32 [N, 64]
 //! let y = Labels::from_safetensors("data.safetensors", "labels")?; // e.g. i64 [N]
@@ -38,7 +38,7 @@
 //! y.expect_count(&x)?;
 //! y.check_labels(10)?;
 //!
-//! let (images, digits) = umup::arrays::digits()?; // [1797, 8, 8] in 0..=16, [1797] in 0..10
+//! let (images, digits) = umup::data::arrays::digits()?; // [1797, 8, 8] in 0..=16, [1797] in 0..10
 //! # Ok::<(), umup::Error>(())
 //! ```
 //!
@@ -56,7 +56,7 @@ use crate::{Error, Result};
 
 /// `data/digits.safetensors`: `images` U8 `[1797, 8, 8]` and `labels` U8 `[1797]`
 /// (see `data/digits.README.md`).
-const DIGITS_SAFETENSORS: &[u8] = include_bytes!("../data/digits.safetensors");
+const DIGITS_SAFETENSORS: &[u8] = include_bytes!("../../data/digits.safetensors");
 
 /// How the embedded digits file is named in error messages.
 const DIGITS_SOURCE: &str = "digits.safetensors (embedded)";
