@@ -398,9 +398,7 @@ impl Parametrization {
     /// through [`Multipliers`]). SP: 1.
     pub fn forward_multiplier(self, p: &ParamSpec) -> Result<f64> {
         Ok(match (self, p.role) {
-            (Parametrization::Umup, Role::Weight | Role::Input) => {
-                (p.fan_in()? as f64).powf(-0.5)
-            }
+            (Parametrization::Umup, Role::Weight | Role::Input) => (p.fan_in()? as f64).powf(-0.5),
             (Parametrization::Umup, Role::Output) => 1.0 / p.fan_in()? as f64,
             (Parametrization::Mup { base_width }, Role::Output) => {
                 base_width as f64 / p.fan_in()? as f64

@@ -99,10 +99,7 @@ mod tests {
     fn each_positions_gradient_is_the_constraints_scale_times_the_output_gradient() {
         let dev = Cpu::default();
         // G[b, k] = 1 + b + k/4.
-        let g = dev.tensor_from_vec(
-            vec![1.0, 1.25, 1.5, 2.0, 2.25, 2.5],
-            (2usize, Const::<3>),
-        );
+        let g = dev.tensor_from_vec(vec![1.0, 1.25, 1.5, 2.0, 2.25, 2.5], (2usize, Const::<3>));
         let cases = [
             (Constraint::ToOutputScale, 0.5, 0.5),
             (Constraint::None, 0.5, 1.0),
@@ -125,7 +122,10 @@ mod tests {
             for (i, v) in gx.iter().enumerate() {
                 let (b, k) = (i / 12, i % 3);
                 let want = sx * (1.0 + b as f64 + k as f64 / 4.0);
-                assert!((v - want).abs() <= 1e-12, "{c}: grad x[{i}] = {v}, want {want}");
+                assert!(
+                    (v - want).abs() <= 1e-12,
+                    "{c}: grad x[{i}] = {v}, want {want}"
+                );
             }
         }
     }
