@@ -31,11 +31,14 @@ pub enum Role {
     /// (init variance `1/fan_in`, Adam LR `η`, SGD LR `η·fan_out`), as [`Role::Embedding`].
     ///
     /// **Differs from the reference library**, which has no input type and tags every linear
-    /// `"weight"` (spec §7.1), so that an input projection there gets Adam LR `η/√fan_in`:
-    /// width-independent too, but another constant, and without the `1/√fan_out` of the
-    /// paper's input rule. Aleph Alpha gives it LR `η` (spec §2.2). umup follows the paper, so
-    /// that a float-input projection and a token embedding (the other input weight) share one
-    /// LR rule. [`Role::mup_type`] still reports the reference's `"weight"`.
+    /// `"weight"` (spec §7.1), so that an input projection there gets Adam LR `η/√fan_in`: a
+    /// width-independent constant (μP's `η` up to that constant; Aleph Alpha gives it `η`
+    /// itself, spec §2.2), without the `1/√fan_out` of the paper's input rule. umup follows the
+    /// paper, whose slides find `1/√fan_out` better than μP's width-independent input LR for
+    /// the embedding (spec §2.1), so that a float-input projection and a token embedding (the
+    /// other input weight) share one LR rule. The two agree only where the width equals
+    /// `fan_in` (fan_in 16: η/4 in both at width 16; at width 256 η/4 there, η/16 here).
+    /// [`Role::mup_type`] still reports the reference's `"weight"`.
     Input,
     /// An embedding table `E[V, d]`. The reference tags it `"weight"`, so its fan-in is `d` and
     /// its Adam LR is `η/√d` (spec §2.1); its gradient scale is `√(V/B_tok)`.
