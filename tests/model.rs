@@ -650,3 +650,130 @@ fn conv_fields_run_the_op_with_their_geometry_and_are_unit_scaled() {
         Init::Normal(48f64.powf(-0.5))
     );
 }
+
+/// A float-input model (a ViT's patch projection and a biased frame projection, fan_in 16, then
+/// a hidden layer and a readout).
+#[umup_model]
+pub struct PatchNet<const D: usize> {
+    #[input]
+    patch: Linear<16, D>,
+    #[input(bias)]
+    frame: Linear<16, D>,
+    #[hidden]
+    fc: Linear<D, D>,
+    #[output]
+    head: Linear<D, 10>,
+}
+
+fn normal_std(init: Init) -> f64 {
+    match init {
+        Init::Normal(s) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn input_fields_get_the_input_rules_at_every_width() {
+    fn check<const D: usize>() {
+        let d = D as f64;
+        // u-μP: forward 1/√16, init 1, Adam LR η/√D (SGD η·√D), as the embedding's rule.
+        let t = PatchNet::<D>::param_table().unwrap();
+        let patch = t.get("patch.weight").unwrap();
+        assert_eq!(patch.spec.role, Role::Input);
+        assert_eq!(patch.spec.role.mup_type(), "weight");
+        assert_eq!((patch.spec.shape.clone(), patch.fan_in), (vec![D, 16], 16));
+        assert_eq!(patch.init, Init::Normal(1.0));
+        assert_eq!(patch.forward_multiplier, 0.25);
+        assert!(
+            close(patch.adam_lr, 1.0 / d.sqrt(), 1e-12),
+            "{}",
+            patch.adam_lr
+        );
+        assert!(close(patch.sgd_lr, d.sqrt(), 1e-12));
+        let bias = t.get("frame.bias").unwrap();
+        assert_eq!((bias.spec.role, bias.adam_lr), (Role::Bias, 1.0));
+        assert_eq!(bias.forward_multiplier, 0.25);
+        assert_eq!(t.get("frame.weight").unwrap().spec.role, Role::Input);
+        let fc = t.get("fc.weight").unwrap();
+        assert!(close(fc.adam_lr, 1.0 / d.sqrt(), 1e-12));
+        let text = t.to_string();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("patch.weight") && l.contains(" input ")),
+            "{text}"
+        );
+        let opt = Optimizer::<f32, Cpu>::for_table(OptimConfig::adamw(0.1), &t).unwrap();
+        assert!(close(opt.groups()[0].lr, 0.1 / d.sqrt(), 1e-6));
+
+        // μP (base 64): LR η and init 1/√16 at every width; the hidden layer gets base/D.
+        let t = PatchNet::<D, f32, Cpu, Mup<64>>::param_table().unwrap();
+        let patch = t.get("patch.weight").unwrap();
+        assert_eq!((patch.adam_lr, patch.forward_multiplier), (1.0, 1.0));
+        assert_eq!(patch.sgd_lr, d / 64.0);
+        assert_eq!(normal_std(patch.init), 0.25);
+        assert!(close(t.get("fc.weight").unwrap().adam_lr, 64.0 / d, 1e-12));
+
+        // SP: as a hidden weight.
+        let t = PatchNet::<D, f32, Cpu, Sp>::param_table().unwrap();
+        let patch = t.get("patch.weight").unwrap();
+        assert_eq!((patch.adam_lr, normal_std(patch.init)), (1.0, 0.25));
+    }
+    check::<64>();
+    check::<256>();
+}
+
+#[test]
+fn an_input_projection_of_unit_features_is_unit_scaled_in_umup_and_mup() {
+    let dev = Cpu::seed_from_u64(11);
+    let x: Tensor<(usize, Const<16>), f32, Cpu> = dev.sample_normal_like(&(1024usize, Const));
+    // u-μP: W ~ N(0,1), forward 1/√16.
+    let net = PatchNet::<256>::build(&dev).unwrap();
+    assert!((std_of(&net.patch.weight.as_vec()) - 1.0).abs() < 0.02);
+    let y = net.patch.forward(x.leaky_trace());
+    assert!(
+        (std_of(&y.as_vec()) - 1.0).abs() < 0.03,
+        "{}",
+        std_of(&y.as_vec())
+    );
+    // The weight gradient of a unit output gradient is unit (1/√B_tok), as for any linear.
+    let g: Tensor<(usize, Const<256>), f32, Cpu> = dev.sample_normal_like(y.shape());
+    let grads = (y * g).sum::<(), _>().backward();
+    let gw = std_of(&grads.get(&net.patch.weight).as_vec());
+    assert!((gw - 1.0).abs() < 0.03, "{gw}");
+    // μP: W ~ N(0, 1/16), no multiplier: the same unit output.
+    let net = PatchNet::<256, f32, Cpu, Mup<64>>::build(&dev).unwrap();
+    assert!((std_of(&net.patch.weight.as_vec()) - 0.25).abs() < 0.005);
+    let y = net.patch.forward(x);
+    assert!((std_of(&y.as_vec()) - 1.0).abs() < 0.03);
+}
+
+/// The conformance runner's parameter rules read a role by name: a fixture parameter named
+/// `"mup_type": "input"` runs the input rule (the fixture file itself is the reference's and
+/// names no input role; this edits a copy of one of its cases in memory).
+#[test]
+fn the_conformance_runner_accepts_the_input_role() {
+    let file =
+        conformance::load(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/public.json")).unwrap();
+    let reference = file
+        .cases
+        .iter()
+        .find(|c| c.name == "optimizer_lr/adam/mixed/lr0.5_wd0")
+        .unwrap();
+    assert!(conformance::run_case(reference).passed);
+    let mut case = reference.clone();
+    let params = case.params["parameters"].as_array_mut().unwrap();
+    assert_eq!(params[0]["name"], "w_in");
+    assert_eq!(params[0]["shape"], serde_json::json!([64, 32]));
+    params[0]["mup_type"] = "input".into();
+    // As "weight" (the reference): η/√32; as "input": η/√fan_out = 0.5/8.
+    let r = conformance::run_case(&case);
+    assert!(!r.passed, "{r}");
+    let groups = case.expected.param_groups.as_mut().unwrap();
+    assert!(close(groups[0].lr, 0.5 / 32f64.sqrt(), 1e-12));
+    groups[0].lr = 0.0625;
+    let r = conformance::run_case(&case);
+    assert!(r.passed, "{r}");
+    case.params["parameters"][0]["mup_type"] = "inptu".into();
+    let r = conformance::run_case(&case);
+    assert!(r.message.unwrap_or_default().contains("input"));
+}

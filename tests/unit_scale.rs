@@ -507,6 +507,70 @@ fn add_broadcast_is_unit() {
     assert!(0.0001 < gb && gb < 5.0, "|grad b| = {gb}");
 }
 
+// ---------------------------------------------------------------- mean_pool
+
+/// x[256·64, 256] ~ N(0,1) pooled over S = 64 positions; returns (RMS of y, RMS of grad x) for a
+/// randn output gradient.
+fn mean_pool_stats(constraint: Constraint) -> (f64, f64) {
+    let dev = seeded();
+    let x = randn(&dev, (256usize * 64, Const::<256>));
+    let y = ops::mean_pool(x.leaky_trace(), 64, constraint).unwrap();
+    assert_eq!(y.shape().0, 256);
+    let (y, grads) = unit_backward(&dev, y);
+    (rms(&y), rms(&grad_of(&grads, &x)))
+}
+
+#[test]
+fn mean_pool_to_output_scale_gives_a_unit_output() {
+    let (y, gx) = mean_pool_stats(Constraint::ToOutputScale);
+    assert_unit("mean_pool(to_output_scale) rms(y)", y);
+    // Every position receives G/√S: rms 1/8 at S = 64.
+    assert_rel("mean_pool(to_output_scale) rms(grad x)", gx, 0.125, 0.02);
+}
+
+#[test]
+fn mean_pool_no_constraint_is_unit_forward_and_backward() {
+    let (y, gx) = mean_pool_stats(Constraint::None);
+    // A plain mean would have rms 1/8.
+    assert_unit("mean_pool(None) rms(y)", y);
+    assert_unit("mean_pool(None) rms(grad x)", gx);
+}
+
+#[test]
+fn mean_pool_to_grad_input_scale_is_a_plain_sum() {
+    let (y, gx) = mean_pool_stats(Constraint::ToGradInputScale);
+    assert_rel("mean_pool(to_grad_input_scale) rms(y)", y, 8.0, 0.03);
+    assert_unit("mean_pool(to_grad_input_scale) rms(grad x)", gx);
+}
+
+/// `ops::mean_pool(x, S, to_output_scale)` is the pooling the encoder example wrote by hand
+/// before it (a dfdx mean over positions, then `scale_grad(·, √S, √S)`): same values and
+/// gradients, to f32 rounding.
+#[test]
+fn mean_pool_equals_the_rescaled_mean_it_replaces() {
+    const S: usize = 128;
+    let dev = seeded();
+    let x = randn(&dev, (4 * S, Const::<32>));
+    let g: Tensor<(usize, Const<32>), f32, Cpu> = dev.sample_normal_like(&(4usize, Const));
+    let y = ops::mean_pool(x.leaky_trace(), S, Constraint::ToOutputScale).unwrap();
+    let root = (S as f64).sqrt();
+    let old = ops::scale_grad(
+        x.leaky_trace()
+            .reshape_like(&(4usize, Const::<S>, Const::<32>))
+            .mean::<(usize, Const<32>), Axis<1>>(),
+        root,
+        root,
+    )
+    .unwrap();
+    let (a, b) = (y.as_vec(), old.as_vec());
+    let ga = grad_of(&(y * g.clone()).sum::<(), _>().backward(), &x);
+    let gb = grad_of(&(old * g).sum::<(), _>().backward(), &x);
+    for (u, v) in a.iter().zip(&b).chain(ga.iter().zip(&gb)) {
+        assert!((u - v).abs() <= 2e-6 * (1.0 + v.abs()), "{u} vs {v}");
+    }
+    assert!(rms(&a) > 0.5 && rms(&ga) > 0.05);
+}
+
 // ---------------------------------------------------------------- residual
 
 #[test]

@@ -1,8 +1,8 @@
 //! The encoder classifier of the step benchmark, written as a user would: `#[umup_model]` and
 //! umup's public ops only, no hand-written kernels. Vocab 256, width 256, 4 layers, 4 heads,
 //! seq 128, non-causal attention, LayerNorm with gain and bias, a GELU MLP (×4) with biases, a
-//! learned position embedding, and a mean-pooled readout to 16 classes. The same model from
-//! stock dfdx modules is [`PlainEncoder`].
+//! learned position embedding, and a mean-pooled readout (`ops::mean_pool`) to 16 classes. The
+//! same model from stock dfdx modules is [`PlainEncoder`].
 
 use umup::device::TrainDevice;
 use umup::dfdx::nn::builders as nnb;
@@ -78,14 +78,8 @@ impl<
             x = l.forward(x, S, [taus[2 * i], taus[2 * i + 1]], i, &mut step)?;
         }
         let x = self.ln_f.try_forward(x)?;
-        let pooled = x
-            .try_reshape_like(&(batch, Const::<S>, Const::<D>))
-            .map_err(err)?
-            .try_mean::<(usize, Const<D>), Axis<1>>()
-            .map_err(err)?;
-        // A mean of S positions, rescaled by √S to keep unit scale.
-        let root = (S as f64).sqrt();
-        let pooled = ops::scale_grad(pooled, root, root)?;
+        // The mean of each sequence's S positions, unit-scaled: √S·mean, gradient G/√S.
+        let pooled = ops::mean_pool(x, S, Constraint::ToOutputScale)?;
         P::cross_entropy(self.head.try_forward(pooled)?, labels, hp)
     }
 }

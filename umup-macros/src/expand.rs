@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::Ident;
 
 use crate::parse::{self, Errors, ModelIr};
-use crate::validate::{self, Layer, Model};
+use crate::validate::{self, Layer, LinearKind, Model};
 
 /// Entry point: parse → validate → expand, or errors plus a fallback struct.
 pub fn umup_model(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -140,15 +140,15 @@ fn field_type(f: &validate::Field) -> TokenStream {
         Layer::Linear {
             fan_in,
             fan_out,
-            readout,
+            role,
             bias,
             constraint,
         } => {
             let code = Literal::u8_unsuffixed(*constraint);
-            let role = if *readout {
-                quote!(#r::nn::Readout<#code>)
-            } else {
-                quote!(#r::nn::Hidden<#code>)
+            let role = match role {
+                LinearKind::Readout => quote!(#r::nn::Readout<#code>),
+                LinearKind::Input => quote!(#r::nn::Input<#code>),
+                LinearKind::Hidden => quote!(#r::nn::Hidden<#code>),
             };
             let ty = if *bias {
                 quote!(UnitLinearBias)

@@ -34,11 +34,17 @@ use proc_macro::TokenStream;
 /// | attribute | field type | parameters |
 /// |---|---|---|
 /// | `#[embedding]` | `Embedding<V, D>` | table `[V, D]` |
+/// | `#[input]`, `#[input(bias, constraint = "...")]` | `Linear<IN, OUT>` | input weight `[OUT, IN]` (+ bias) |
 /// | `#[hidden]`, `#[hidden(bias, constraint = "...")]` | `Linear<IN, OUT>` | weight `[OUT, IN]` (+ bias) |
 /// | `#[hidden]`, `#[hidden(stride = 2, padding = 1, dilation = 1, groups = 2, bias, constraint = "...")]` | `Conv1d<C_IN, C_OUT, K>` | weight `[C_OUT, C_IN/groups, K]` (+ bias) |
 /// | `#[output]`, `#[output(bias, constraint = "...")]` | `Linear<IN, OUT>` | readout weight (+ bias) |
 /// | `#[norm]` | `RmsNorm<D>` or `LayerNorm<D>` | gain (+ bias) |
 /// | `#[model]` | another `#[umup_model]` struct | its parameters, under the field's path |
+///
+/// `#[input]` is the input weight of float features (a patch, frame or feature projection):
+/// `IN` is fixed and `OUT` is the width. It runs like `#[hidden]` (u-μP forward `1/√IN`) but
+/// takes the input-weight rules: u-μP Adam LR `η/√OUT` (the embedding's rule), μP LR `η` and
+/// init `1/√IN` (see `umup::params::Role::Input`).
 ///
 /// A `Conv1d` field's geometry is given by integer-literal arguments of `#[hidden(..)]` (defaults
 /// stride 1, padding 0, dilation 1, groups 1, no bias, `to_output_scale`); it becomes

@@ -44,15 +44,17 @@ impl Errors {
 pub enum RoleKind {
     Embedding,
     Hidden,
+    Input,
     Output,
     Norm,
     Model,
 }
 
 impl RoleKind {
-    pub const ALL: [(&'static str, RoleKind); 5] = [
+    pub const ALL: [(&'static str, RoleKind); 6] = [
         ("embedding", RoleKind::Embedding),
         ("hidden", RoleKind::Hidden),
+        ("input", RoleKind::Input),
         ("output", RoleKind::Output),
         ("norm", RoleKind::Norm),
         ("model", RoleKind::Model),
@@ -62,6 +64,7 @@ impl RoleKind {
         match self {
             RoleKind::Embedding => "embedding",
             RoleKind::Hidden => "hidden",
+            RoleKind::Input => "input",
             RoleKind::Output => "output",
             RoleKind::Norm => "norm",
             RoleKind::Model => "model",
@@ -332,7 +335,7 @@ fn field_attr(attr: Attribute, field: &mut FieldIr, errors: &mut Errors) {
         errors.at(
             attr.path(),
             format_args!(
-                "unknown field attribute `#[{name}]`: a field's role is one of `#[embedding]`, `#[hidden]`, `#[output]`, `#[norm]`, `#[model]` (plus `#[depth]` on a stack){hint}"
+                "unknown field attribute `#[{name}]`: a field's role is one of `#[embedding]`, `#[input]`, `#[hidden]`, `#[output]`, `#[norm]`, `#[model]` (plus `#[depth]` on a stack){hint}"
             ),
         );
         return;
@@ -358,11 +361,11 @@ fn field_attr(attr: Attribute, field: &mut FieldIr, errors: &mut Errors) {
         conv: [None, None, None, None],
     };
     if let syn::Meta::List(list) = &attr.meta {
-        if !matches!(kind, RoleKind::Hidden | RoleKind::Output) {
+        if !matches!(kind, RoleKind::Hidden | RoleKind::Input | RoleKind::Output) {
             errors.at(
                 list,
                 format_args!(
-                    "`#[{}]` takes no arguments (only `#[hidden(..)]` and `#[output(..)]` do)",
+                    "`#[{}]` takes no arguments (only `#[hidden(..)]`, `#[input(..)]` and `#[output(..)]` do)",
                     kind.name()
                 ),
             );
@@ -484,6 +487,7 @@ fn role_args(attr: &Attribute, role: &mut RoleAttr, errors: &mut Errors) {
                         kind.name(),
                         match kind {
                             RoleKind::Output => " or `tie = \"...\"`",
+                            RoleKind::Input => "",
                             _ => " (or, on a `Conv1d` field, `stride`, `padding`, `dilation`, `groups`)",
                         }
                     ),

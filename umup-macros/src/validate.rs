@@ -12,7 +12,7 @@ pub enum Layer {
     Linear {
         fan_in: GenericArgument,
         fan_out: GenericArgument,
-        readout: bool,
+        role: LinearKind,
         bias: bool,
         constraint: u8,
     },
@@ -40,6 +40,17 @@ pub enum Layer {
     Model {
         path: TypePath,
     },
+}
+
+/// The role of a `Linear` field, as the runtime's `LinearRole` marker types name it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LinearKind {
+    /// `#[hidden]`: `nn::Hidden`.
+    Hidden,
+    /// `#[input]`: `nn::Input`.
+    Input,
+    /// `#[output]`: `nn::Readout`.
+    Readout,
 }
 
 /// A checked field.
@@ -100,7 +111,7 @@ pub fn validate(ir: ModelIr, errors: &mut Errors) -> Option<Model> {
             errors.at(
                 &f.ident,
                 format_args!(
-                    "field `{}` has no u-μP role: add one of `#[embedding]`, `#[hidden]`, `#[output]`, `#[norm]` or `#[model]` (there is no silent fallback to standard parametrization)",
+                    "field `{}` has no u-μP role: add one of `#[embedding]`, `#[input]`, `#[hidden]`, `#[output]`, `#[norm]` or `#[model]` (there is no silent fallback to standard parametrization)",
                     f.ident
                 ),
             );
@@ -245,6 +256,7 @@ fn check_layer(
     let wanted = match kind {
         RoleKind::Embedding => "a field of type `Embedding<V, D>`",
         RoleKind::Hidden => "a field of type `Linear<IN, OUT>` or `Conv1d<C_IN, C_OUT, K>`",
+        RoleKind::Input => "a field of type `Linear<IN, OUT>` (a projection of float features: `IN` fixed, `OUT` the width)",
         RoleKind::Output => "a field of type `Linear<IN, OUT>`",
         RoleKind::Norm => "a field of type `RmsNorm<D>` or `LayerNorm<D>`",
         RoleKind::Model => "a field whose type is another `#[umup_model]` struct",
@@ -252,14 +264,21 @@ fn check_layer(
     let compatible = match (kind, name.as_str()) {
         (RoleKind::Embedding, n) => n == "Embedding",
         (RoleKind::Hidden, n) => n == "Linear" || n == "Conv1d",
+        (RoleKind::Input, n) => n == "Linear",
         (RoleKind::Output, n) => n == "Linear",
         (RoleKind::Norm, n) => n == "RmsNorm" || n == "LayerNorm",
         (RoleKind::Model, _) => layer.is_none(),
     };
     if !compatible {
         let suggestion = match name.as_str() {
-            "Linear" => "; a `Linear` takes `#[hidden]` or `#[output]`",
+            "Linear" => "; a `Linear` takes `#[hidden]`, `#[input]` or `#[output]`",
+            "Conv1d" if kind == RoleKind::Input => {
+                "; a `Conv1d` takes `#[hidden]` (`#[input]` is for a `Linear` projection of float features)"
+            }
             "Conv1d" => "; a `Conv1d` takes `#[hidden]` (a convolution is never the readout)",
+            "Embedding" if kind == RoleKind::Input => {
+                "; an `Embedding` (a table of token ids) takes `#[embedding]`, which has the same LR rule"
+            }
             "Embedding" => "; an `Embedding` takes `#[embedding]`",
             "RmsNorm" | "LayerNorm" => "; a norm takes `#[norm]`",
             _ => "; the macro reads the field's type as written and does not see through a type alias of a layer (write the layer type here); a nested `#[umup_model]` struct takes `#[model]`",
@@ -321,7 +340,11 @@ fn check_layer(
         "Linear" => Layer::Linear {
             fan_in: arg(0),
             fan_out: arg(1),
-            readout: kind == RoleKind::Output,
+            role: match kind {
+                RoleKind::Output => LinearKind::Readout,
+                RoleKind::Input => LinearKind::Input,
+                _ => LinearKind::Hidden,
+            },
             bias: role.bias,
             constraint: constraint_code(role, errors)?,
         },

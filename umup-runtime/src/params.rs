@@ -14,6 +14,32 @@ use crate::error::{Error, Result};
 pub enum Role {
     /// A hidden weight `W[fan_out, fan_in]` (reference `"weight"`): forward `1/√fan_in`.
     Weight,
+    /// An input weight `W[fan_out, fan_in]`: a linear projection of float features (a ViT's
+    /// patch projection, a frame or feature projection) whose `fan_in` is fixed and whose
+    /// `fan_out` is the width (spec §2, "input: only fan_out grows with width").
+    ///
+    /// | | A (forward) | B (init std) | C (Adam LR) |
+    /// |---|---|---|---|
+    /// | u-μP | `fan_in^-½` | 1 | `η·fan_out^-½` |
+    /// | μP | 1 (α_in, [`Multipliers::input`]) | `fan_in^-½` | `η` |
+    /// | SP | 1 | `fan_in^-½` | `η` |
+    ///
+    /// Under u-μP the forward is the Aleph-Alpha `INPUT_WEIGHT` row (spec §2.2: forward and
+    /// grad-input `n_in^-½`, weight gradient `B_tok^-½`), i.e. a unit-scaled `linear` (spec
+    /// §4.2), and the LR is the u-μP paper's input-weight rule `η/√fan_out` (Table 3), the same
+    /// rule as the embedding's `η/√d` (spec §2, §2.1). μP is Tensor Programs V's input-weight row
+    /// (init variance `1/fan_in`, Adam LR `η`, SGD LR `η·fan_out`), as [`Role::Embedding`].
+    ///
+    /// **Differs from the reference library**, which has no input type and tags every linear
+    /// `"weight"` (spec §7.1), so that an input projection there gets Adam LR `η/√fan_in`: a
+    /// width-independent constant (μP's `η` up to that constant; Aleph Alpha gives it `η`
+    /// itself, spec §2.2), without the `1/√fan_out` of the paper's input rule. umup follows the
+    /// paper, whose slides find `1/√fan_out` better than μP's width-independent input LR for
+    /// the embedding (spec §2.1), so that a float-input projection and a token embedding (the
+    /// other input weight) share one LR rule. The two agree only where the width equals
+    /// `fan_in` (fan_in 16: η/4 in both at width 16; at width 256 η/4 there, η/16 here).
+    /// [`Role::mup_type`] still reports the reference's `"weight"`.
+    Input,
     /// An embedding table `E[V, d]`. The reference tags it `"weight"`, so its fan-in is `d` and
     /// its Adam LR is `η/√d` (spec §2.1); its gradient scale is `√(V/B_tok)`.
     Embedding,
@@ -27,8 +53,9 @@ pub enum Role {
 
 impl Role {
     /// All roles.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Weight,
+        Role::Input,
         Role::Embedding,
         Role::Output,
         Role::Bias,
@@ -39,6 +66,7 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::Weight => "weight",
+            Role::Input => "input",
             Role::Embedding => "embedding",
             Role::Output => "output",
             Role::Bias => "bias",
@@ -46,21 +74,22 @@ impl Role {
         }
     }
 
-    /// The reference library's `mup_type` for the role (`"weight"` for embeddings).
+    /// The reference library's `mup_type` for the role (`"weight"` for embeddings and input
+    /// weights: the reference tags every linear and embedding weight so, spec §7.1).
     pub fn mup_type(self) -> &'static str {
         match self {
-            Role::Weight | Role::Embedding => "weight",
+            Role::Weight | Role::Input | Role::Embedding => "weight",
             Role::Output => "output",
             Role::Bias => "bias",
             Role::Norm => "norm",
         }
     }
 
-    /// The init standard deviation under u-μP (spec §2): 1 for weights, embeddings and the
-    /// readout; biases are zeros and norm gains ones (std 0).
+    /// The init standard deviation under u-μP (spec §2): 1 for hidden and input weights,
+    /// embeddings and the readout; biases are zeros and norm gains ones (std 0).
     pub fn init_std(self) -> f64 {
         match self {
-            Role::Weight | Role::Embedding | Role::Output => 1.0,
+            Role::Weight | Role::Input | Role::Embedding | Role::Output => 1.0,
             Role::Bias | Role::Norm => 0.0,
         }
     }
@@ -68,10 +97,12 @@ impl Role {
 
 impl FromStr for Role {
     type Err = Error;
-    /// Accepts this crate's names, the reference's `mup_type` names and `hidden` for `weight`.
+    /// Accepts this crate's names (`input` among them), the reference's `mup_type` names and
+    /// `hidden` for `weight`.
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "weight" | "hidden" => Ok(Role::Weight),
+            "input" => Ok(Role::Input),
             "embedding" => Ok(Role::Embedding),
             "output" | "readout" => Ok(Role::Output),
             "bias" => Ok(Role::Bias),
@@ -79,7 +110,7 @@ impl FromStr for Role {
             _ => Err(Error::UnknownName {
                 kind: "parameter role",
                 name: s.to_string(),
-                expected: "weight (hidden), embedding, output, bias, norm",
+                expected: "weight (hidden), input, embedding, output, bias, norm",
             }),
         }
     }
@@ -139,6 +170,12 @@ impl ParamSpec {
             }),
             Some(d) => Ok((d as f64).powf(-0.5)),
         }
+    }
+
+    /// `fan_out` of a weight: its first dim (`shape[0]` of `W[fan_out, fan_in]`), the dim that
+    /// grows with width for an input weight (spec §2).
+    pub fn fan_out(&self) -> Result<usize> {
+        self.first_dim().map(|n| n as usize)
     }
 
     fn first_dim(&self) -> Result<f64> {
@@ -201,9 +238,14 @@ impl LrRule {
 
     /// The LR multiplier of one parameter (multiply by η to get its LR).
     ///
-    /// * Adam rule: weight/embedding `δ·fan_in^-½`; bias, norm, output `δ`.
-    /// * SGD with constrained readout: weight/embedding `δ·fan_in^+½`; bias, norm `δ·shape[0]`;
-    ///   output `δ`.
+    /// * Adam rule: weight/embedding `δ·fan_in^-½` (an embedding's fan-in is `d`, spec §2.1);
+    ///   input weight `δ·fan_out^-½` (the paper's input rule, as the embedding's, see
+    ///   [`Role::Input`]); bias, norm, output `δ`.
+    /// * SGD with constrained readout: weight/embedding `δ·fan_in^+½`; input weight
+    ///   `δ·fan_out^+½`; bias, norm `δ·shape[0]`; output `δ`. (The constrained readout scales
+    ///   every gradient below it by a factor ∝ 1/width, so each Adam factor of a width-sized
+    ///   tensor is multiplied by its width dim, spec §7.2; for the input weight that is
+    ///   `fan_out`, as `d` for the embedding.)
     ///
     /// `δ = depth^-½` (spec §3.3, §7.2).
     pub fn lr_scale(self, p: &ParamSpec) -> Result<f64> {
@@ -213,6 +255,8 @@ impl LrRule {
             (LrRule::SgdConstrainedReadout, Role::Weight | Role::Embedding) => {
                 (p.fan_in()? as f64).sqrt()
             }
+            (LrRule::Adam, Role::Input) => p.first_dim()?.powf(-0.5),
+            (LrRule::SgdConstrainedReadout, Role::Input) => p.first_dim()?.sqrt(),
             (LrRule::SgdConstrainedReadout, Role::Bias | Role::Norm) => p.first_dim()?,
             (_, Role::Bias | Role::Norm | Role::Output) => 1.0,
         };
@@ -330,9 +374,11 @@ impl Parametrization {
     }
 
     /// The init of a parameter (spec §2): u-μP N(0,1) for every weight; SP and μP
-    /// `N(0, 1/√fan_in)` for hidden weights, N(0,1) for embeddings, and for the readout
-    /// `1/√fan_in` (SP) or `1/√base_width` (μP: σ constant in width, the `base/fan_in` multiplier
-    /// carries the width dependence). Biases zeros, norm gains ones in every parametrization.
+    /// `N(0, 1/√fan_in)` for hidden and input weights (for an input weight `fan_in` is fixed, so
+    /// this σ is constant in width: Tensor Programs V's input init, variance `1/fan_in`),
+    /// N(0,1) for embeddings, and for the readout `1/√fan_in` (SP) or `1/√base_width` (μP: σ
+    /// constant in width, the `base/fan_in` multiplier carries the width dependence). Biases
+    /// zeros, norm gains ones in every parametrization.
     pub fn init(self, p: &ParamSpec) -> Result<Init> {
         Ok(match (self, p.role) {
             (_, Role::Bias) => Init::Zeros,
@@ -341,16 +387,21 @@ impl Parametrization {
             (Parametrization::Mup { base_width }, Role::Output) => {
                 Init::Normal((base_width.max(1) as f64).powf(-0.5))
             }
-            (_, Role::Weight | Role::Output) => Init::Normal((p.fan_in()? as f64).powf(-0.5)),
+            (_, Role::Weight | Role::Input | Role::Output) => {
+                Init::Normal((p.fan_in()? as f64).powf(-0.5))
+            }
         })
     }
 
-    /// The multiplier applied to the tensor's value in the forward pass. u-μP: hidden
-    /// `fan_in^-½`, readout `1/fan_in`, everything else 1 (a bias shares its layer's output scale,
-    /// which the layer reports). μP: readout `base/fan_in`. SP: 1.
+    /// The multiplier applied to the tensor's value in the forward pass. u-μP: hidden and input
+    /// weights `fan_in^-½` (spec §2, §2.2 `INPUT_WEIGHT`; for an input weight a width-independent
+    /// constant that makes its output unit-scaled for unit inputs), readout `1/fan_in`,
+    /// everything else 1 (a bias shares its layer's output scale, which the layer reports). μP:
+    /// readout `base/fan_in` (the input multiplier α_in of embeddings and input weights acts
+    /// through [`Multipliers`]). SP: 1.
     pub fn forward_multiplier(self, p: &ParamSpec) -> Result<f64> {
         Ok(match (self, p.role) {
-            (Parametrization::Umup, Role::Weight) => (p.fan_in()? as f64).powf(-0.5),
+            (Parametrization::Umup, Role::Weight | Role::Input) => (p.fan_in()? as f64).powf(-0.5),
             (Parametrization::Umup, Role::Output) => 1.0 / p.fan_in()? as f64,
             (Parametrization::Mup { base_width }, Role::Output) => {
                 base_width as f64 / p.fan_in()? as f64
@@ -362,9 +413,14 @@ impl Parametrization {
     /// The LR multiplier of a parameter under `rule` (multiply by η).
     ///
     /// * u-μP: [`LrRule::lr_scale`] (spec §7.2, with depth factors).
-    /// * μP, Adam: hidden `base/fan_in`, everything else 1 (Tensor Programs V, Table 3).
-    /// * μP, SGD: embeddings, biases and gains `fan_out/base`, hidden 1, readout `base/fan_in`.
+    /// * μP, Adam: hidden `base/fan_in`, everything else 1 (Tensor Programs V, Table 3; input
+    ///   weights and embeddings: `η`, width-independent).
+    /// * μP, SGD: embeddings, input weights, biases and gains `fan_out/base` (TP-V's "input
+    ///   weights & all biases" row, SGD LR `η·fan_out`), hidden 1, readout `base/fan_in`.
     /// * SP: 1.
+    ///
+    /// The flag in the μP match is whether `rule` is SGD ([`LrRule::SgdConstrainedReadout`]);
+    /// μP's SGD rules do not depend on the readout constraint.
     pub fn lr_scale(self, rule: LrRule, p: &ParamSpec) -> Result<f64> {
         match self {
             Parametrization::Umup => rule.lr_scale(p),
@@ -377,6 +433,8 @@ impl Parametrization {
                     (Role::Weight, true) => 1.0,
                     (Role::Output, true) => base / p.fan_in()? as f64,
                     (Role::Embedding, true) => p.shape.last().copied().unwrap_or(1) as f64 / base,
+                    (Role::Input, true) => p.first_dim()? / base,
+                    (Role::Input, false) => 1.0,
                     (Role::Bias | Role::Norm, true) => p.first_dim()? / base,
                     _ => 1.0,
                 })
@@ -425,13 +483,14 @@ impl FromStr for Parametrization {
 /// Both act through Adam's symmetry (TP-V App. F; Adam ignores a gradient's scale up to ε): a
 /// forward multiplier `α` on a tensor initialised `N(0, σ²)` trained at LR `η` is the same
 /// model as the tensor `αW`, initialised `N(0, (ασ)²)` and trained at `αη`. So
-/// * `input` (α_in, the embedding's output multiplier) multiplies the embedding's init std and
-///   its LR ([`Self::init_factor`], [`Self::lr_factor`]);
+/// * `input` (α_in, the output multiplier of the input weights: the embedding and any
+///   [`Role::Input`] projection) multiplies their init std and their LR ([`Self::init_factor`],
+///   [`Self::lr_factor`]);
 /// * `init` (σ_init) multiplies the init std of every hidden and readout weight, relative to the
 ///   parametrization's own (`1/√fan_in` for hidden weights; μP's readout `1/√base`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Multipliers {
-    /// α_in: the embedding's output multiplier.
+    /// α_in: the output multiplier of the embedding and the input weights.
     pub input: f64,
     /// σ_init: the init std of hidden and readout weights, as a multiple of the rule's.
     pub init: f64,
@@ -466,20 +525,20 @@ impl Multipliers {
         Ok(())
     }
 
-    /// The factor on `p`'s init std: α_in for the embedding, σ_init for hidden and readout
-    /// weights, 1 for biases and gains (their init is not random).
+    /// The factor on `p`'s init std: α_in for the embedding and input weights, σ_init for
+    /// hidden and readout weights, 1 for biases and gains (their init is not random).
     pub fn init_factor(&self, p: &ParamSpec) -> f64 {
         match p.role {
-            Role::Embedding => self.input,
+            Role::Embedding | Role::Input => self.input,
             Role::Weight | Role::Output => self.init,
             Role::Bias | Role::Norm => 1.0,
         }
     }
 
-    /// The factor on `p`'s LR: α_in for the embedding, 1 otherwise.
+    /// The factor on `p`'s LR: α_in for the embedding and input weights, 1 otherwise.
     pub fn lr_factor(&self, p: &ParamSpec) -> f64 {
         match p.role {
-            Role::Embedding => self.input,
+            Role::Embedding | Role::Input => self.input,
             _ => 1.0,
         }
     }
@@ -739,6 +798,82 @@ mod tests {
             .is_err());
     }
 
+    // Role::Input: a patch projection `Linear<16, D>` (weight [D, 16]) at widths 64, 256, 1024.
+    #[test]
+    fn input_rule_values_in_every_parametrization() {
+        let at = |d: usize| ParamSpec::new("patch.weight", Role::Input, &[d, 16]);
+        let p = at(256);
+        assert_eq!(p.fan_in().unwrap(), 16);
+        assert_eq!(p.fan_out().unwrap(), 256);
+        // u-μP: A = 1/√16, B = 1, C = η/√256 (Adam), η·√256 (SGD, constrained readout).
+        let u = Parametrization::Umup;
+        assert_eq!(u.forward_multiplier(&p).unwrap(), 0.25);
+        assert_eq!(u.init(&p).unwrap(), Init::Normal(1.0));
+        assert_eq!(u.lr_scale(LrRule::Adam, &p).unwrap(), 1.0 / 16.0);
+        assert_eq!(u.lr_scale(LrRule::SgdConstrainedReadout, &p).unwrap(), 16.0);
+        assert_eq!(Role::Input.init_std(), 1.0);
+        // The forward is width-independent, the LR follows 1/√width, as the embedding's.
+        for d in [64, 1024] {
+            assert_eq!(u.forward_multiplier(&at(d)).unwrap(), 0.25);
+            let emb = ParamSpec::new("e", Role::Embedding, &[1000, d]);
+            assert!(close(
+                u.lr_scale(LrRule::Adam, &at(d)).unwrap(),
+                u.lr_scale(LrRule::Adam, &emb).unwrap()
+            ));
+        }
+        // Inside a depth-4 stack the depth factor applies too.
+        assert!(close(
+            LrRule::Adam.lr_scale(&at(256).with_depth(4)).unwrap(),
+            1.0 / 16.0 / 2.0
+        ));
+        // The reference would give the same tensor as "weight" η/√fan_in = η/4 at every width.
+        let as_weight = ParamSpec::new("patch.weight", Role::Weight, &[256, 16]);
+        assert_eq!(LrRule::Adam.lr_scale(&as_weight).unwrap(), 0.25);
+
+        // μP: A = 1, B = 1/√16 and C = η at every width; SGD C = η·fan_out/base.
+        let m = Parametrization::Mup { base_width: 64 };
+        for d in [64, 256, 1024] {
+            assert_eq!(m.forward_multiplier(&at(d)).unwrap(), 1.0);
+            assert_eq!(m.init(&at(d)).unwrap(), Init::Normal(0.25));
+            assert_eq!(m.lr_scale(LrRule::Adam, &at(d)).unwrap(), 1.0);
+            assert_eq!(
+                m.lr_scale(LrRule::SgdConstrainedReadout, &at(d)).unwrap(),
+                d as f64 / 64.0
+            );
+        }
+        // A hidden weight of the same width gets base/fan_in instead.
+        let hidden = ParamSpec::new("h", Role::Weight, &[256, 256]);
+        assert_eq!(m.lr_scale(LrRule::Adam, &hidden).unwrap(), 0.25);
+
+        // SP: as a hidden weight.
+        let sp = Parametrization::Sp;
+        assert_eq!(sp.init(&p).unwrap(), Init::Normal(0.25));
+        assert_eq!(sp.forward_multiplier(&p).unwrap(), 1.0);
+        assert_eq!(sp.lr_scale(LrRule::Adam, &p).unwrap(), 1.0);
+
+        // α_in acts on input weights as on the embedding: init and LR; σ_init does not.
+        let mult = Multipliers {
+            input: 3.0,
+            init: 0.5,
+        };
+        assert_eq!((mult.init_factor(&p), mult.lr_factor(&p)), (3.0, 3.0));
+        let g = param_groups(&[p], m, LrRule::Adam, 0.01, 0.0, true, &mult).unwrap();
+        assert!(close(g[0].lr, 0.03));
+
+        // The table row.
+        let row = ParamRow::new(at(256), u, None).unwrap();
+        assert_eq!(row.fan_in, 16);
+        assert_eq!((row.adam_lr, row.sgd_lr), (1.0 / 16.0, 16.0));
+        let table = ParamTable {
+            parametrization: u,
+            rows: vec![row],
+        };
+        let line = table.to_string();
+        let line = line.lines().nth(2).unwrap();
+        assert!(line.starts_with("patch.weight  input "), "{line}");
+        assert!(line.ends_with("0.250000  0.062500  16.000000"), "{line}");
+    }
+
     #[test]
     fn role_names() {
         for r in Role::ALL {
@@ -747,5 +882,10 @@ mod tests {
         assert_eq!("hidden".parse::<Role>().unwrap(), Role::Weight);
         assert!("hiden".parse::<Role>().is_err());
         assert_eq!(Role::Embedding.mup_type(), "weight");
+        assert_eq!("input".parse::<Role>().unwrap(), Role::Input);
+        assert_eq!(Role::Input.to_string(), "input");
+        assert_eq!(Role::Input.mup_type(), "weight");
+        let e = "inptu".parse::<Role>().unwrap_err().to_string();
+        assert!(e.contains("input"), "{e}");
     }
 }

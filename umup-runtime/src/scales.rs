@@ -264,6 +264,21 @@ pub fn add(
     constraint.apply([o, (out / a).powf(-0.5), (out / b).powf(-0.5)])
 }
 
+/// `mean_pool` over `seq` positions (spec §1, §4: the output is a sum of `S` values, scaled as
+/// unit scaling scales any sum): raw `o = S^-½` (a sum of `S` independent unit values has std
+/// `√S`) and `s_x = 1` (each position's gradient is the output gradient, broadcast, already
+/// unit); `(o, s_x) = constraint(o, s_x)`. So `to_output_scale` gives `(S^-½, S^-½)`, `none`
+/// `(S^-½, 1)`, `to_grad_input_scale` `(1, 1)` (a plain sum), `gmean` `(S^-¼, S^-¼)`, `hmean`
+/// `2/(√S+1)` and `amean` `(S^-½+1)/2` for both; the three-scale selectors are errors.
+pub fn mean_pool(seq: usize, constraint: Constraint) -> Result<OpScales> {
+    let s = count("seq (positions pooled)", seq)?;
+    OpScales {
+        output: s.powf(-0.5),
+        grad_input: 1.0,
+    }
+    .constrained(constraint)
+}
+
 /// Residual branch and skip weights for a given τ (spec §3.1): `a = τ/√(1+τ²)`, `b = 1/√(1+τ²)`.
 pub fn residual(tau: f64) -> Result<(f64, f64)> {
     let tau = check_positive("tau", tau)?;
@@ -419,6 +434,26 @@ mod tests {
         assert!(close(cross_entropy_grad(32000).unwrap(), 178.888, 1e-5));
         assert_eq!(add(12, 12, 12, Constraint::None).unwrap()[0], 0.5f64.sqrt());
         assert_eq!(add(12, 12, 1, Constraint::None).unwrap()[0], 1.0);
+    }
+
+    // The pooling rule for every constraint at S = 16.
+    #[test]
+    fn mean_pool_rule() {
+        let at = |c| {
+            let s = mean_pool(16, c).unwrap();
+            (s.output, s.grad_input)
+        };
+        assert_eq!(at(Constraint::ToOutputScale), (0.25, 0.25));
+        assert_eq!(at(Constraint::None), (0.25, 1.0));
+        assert_eq!(at(Constraint::ToGradInputScale), (1.0, 1.0));
+        assert_eq!(at(Constraint::Gmean), (0.5, 0.5));
+        assert!(close(at(Constraint::Hmean).0, 0.4, 1e-15));
+        assert_eq!(at(Constraint::Amean), (0.625, 0.625));
+        assert!(mean_pool(16, Constraint::ToLeftGradScale).is_err());
+        assert!(mean_pool(0, Constraint::None).is_err());
+        // One position: the pool is the identity.
+        let one = mean_pool(1, Constraint::None).unwrap();
+        assert_eq!((one.output, one.grad_input), (1.0, 1.0));
     }
 
     // Spec §4.4: fan-in is the weight's second dim (C_in/groups) times k.

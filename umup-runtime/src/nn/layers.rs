@@ -45,7 +45,8 @@ fn init_of<P: Param>(role: Role, shape: &[usize]) -> Init {
         .unwrap_or(Init::Normal(1.0))
 }
 
-/// The output multiplier of a linear layer: the constrained u-μP output scale, or the
+/// The output multiplier of a linear layer: the constrained u-μP output scale (a hidden or
+/// input weight's [`scales::linear`], the readout's [`scales::linear_readout`]), or the
 /// baseline's multiplier.
 fn linear_output_scale<R: LinearRole, P: Param>(fan_in: usize, fan_out: usize) -> Result<f64> {
     match P::parametrization() {
@@ -142,7 +143,7 @@ macro_rules! forward_rank3 {
 }
 
 /// A linear layer without bias: weight `W[O, I]` (torch layout), role and constraint from `R`
-/// ([`super::Hidden`] or [`super::Readout`]), parametrization `P`.
+/// ([`super::Hidden`], [`super::Input`] or [`super::Readout`]), parametrization `P`.
 #[derive(Debug, Clone)]
 pub struct UnitLinear<const I: usize, const O: usize, R, E: Dtype, D: Storage<E>, P> {
     /// `W[fan_out, fan_in]`.

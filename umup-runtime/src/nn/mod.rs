@@ -116,7 +116,8 @@ impl Param for Sp {
 
 /// The role and constraint of a linear layer, as a type.
 pub trait LinearRole: 'static + Copy + Clone + Default + Debug + Send + Sync {
-    /// [`Role::Weight`] (hidden) or [`Role::Output`] (readout).
+    /// [`Role::Weight`] (hidden), [`Role::Input`] (input projection) or [`Role::Output`]
+    /// (readout).
     const ROLE: Role;
     /// The constraint on `(output, grad_input)` scales.
     const CONSTRAINT: Constraint;
@@ -127,12 +128,26 @@ pub trait LinearRole: 'static + Copy + Clone + Default + Debug + Send + Sync {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Hidden<const C: u8 = 4>;
 
+/// An input projection of float features (`#[input]`, [`Role::Input`]): a linear layer whose
+/// `fan_in` is fixed and whose `fan_out` is the width. Under u-μP its forward is the unit-scaled
+/// `linear` of a hidden layer (`1/√fan_in`, grad-input by the constraint `C`, `to_output_scale`
+/// by default; weight gradient `1/√B_tok`; spec §2.2 `INPUT_WEIGHT`, §4.2) and its Adam LR is
+/// `η/√fan_out` (the paper's input rule, as the embedding's); see [`Role::Input`] for every
+/// parametrization's rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Input<const C: u8 = 4>;
+
 /// A readout layer (`#[output]`): forward `1/fan_in`, unconstrained by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Readout<const C: u8 = 0>;
 
 impl<const C: u8> LinearRole for Hidden<C> {
     const ROLE: Role = Role::Weight;
+    const CONSTRAINT: Constraint = Constraint::from_code(C);
+}
+
+impl<const C: u8> LinearRole for Input<C> {
+    const ROLE: Role = Role::Input;
     const CONSTRAINT: Constraint = Constraint::from_code(C);
 }
 
@@ -218,7 +233,7 @@ pub trait UmupModule {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a `#[umup_model]` struct, so it cannot be a `#[model]` field",
     label = "`#[model]` needs a struct annotated with `#[umup_model]` here",
-    note = "put `#[umup_model]` on the struct that defines this type, or give the field the role of its layer: `#[hidden]`/`#[output]` for `Linear<IN, OUT>`, `#[embedding]` for `Embedding<V, D>`, `#[norm]` for `RmsNorm<D>`/`LayerNorm<D>`"
+    note = "put `#[umup_model]` on the struct that defines this type, or give the field the role of its layer: `#[hidden]`/`#[input]`/`#[output]` for `Linear<IN, OUT>`, `#[embedding]` for `Embedding<V, D>`, `#[norm]` for `RmsNorm<D>`/`LayerNorm<D>`"
 )]
 pub trait UmupModel {
     /// The model with dtype `E2`, device `D2` and parametrization `P2`.
