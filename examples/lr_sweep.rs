@@ -299,7 +299,7 @@ fn command(point: &Point, dir: &Path, text: &DataArgs) -> String {
     format!(
         "cargo run --release --example train_{} -- {flags} {}",
         point.cfg.model,
-        text.flags(SEQ)
+        text.flags(&point.cfg.model, SEQ)
     )
 }
 

@@ -18,5 +18,6 @@ fn main() -> std::process::ExitCode {
     train_cli::main(
         "encoder",
         "Train a byte-level u-μP masked-byte encoder (default: Shakespeare, embedded)",
+        train_cli::TEXT,
     )
 }

@@ -17,5 +17,6 @@ fn main() -> std::process::ExitCode {
     train_cli::main(
         "lm",
         "Train a byte-level u-μP transformer LM (default: Shakespeare, embedded)",
+        train_cli::TEXT,
     )
 }

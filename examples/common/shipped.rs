@@ -1,5 +1,6 @@
-//! The shipped model families and their data, by name: the `--model lm|encoder` dispatch of the
-//! examples' command lines (`train_lm`, `train_encoder`, `scale_check`, `lr_sweep`). The
+//! The shipped model families and their data, by name: the `--model lm|encoder|vit` dispatch of
+//! the examples' command lines (`train_lm`, `train_encoder`, `train_vit`, `scale_check`,
+//! `lr_sweep`). The
 //! library's workflow knows no model; this is where the examples name them, through the same
 //! public API a user's own family uses.
 
@@ -7,11 +8,17 @@
 
 use std::path::PathBuf;
 
+use umup::data::{Array, FeatureBatcher, InMemory, Labels, Loader};
 use umup::data::{Corpus, MaskedTokens, NextToken, TokenCorpus};
 use umup::models::MASK_FRACTION;
 
 /// The names `--model` takes.
-pub const MODELS: &str = "lm, encoder";
+pub const MODELS: &str = "lm, encoder, vit";
+
+/// The text families (the others read images).
+pub fn is_text(model: &str) -> bool {
+    matches!(model, "lm" | "encoder")
+}
 
 /// The data flags of the shipped families.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -19,11 +26,16 @@ pub struct DataArgs {
     /// Tokens (bytes) per sequence (lm, encoder) [default: 128; lr_sweep: 64].
     #[arg(long)]
     pub seq: Option<usize>,
-    /// Train on this file instead of the embedded data: text or bytes for lm and encoder
-    /// (.gz is decompressed).
+    /// Train on this file instead of the embedded data: text or bytes for lm and encoder (.gz
+    /// is decompressed); for vit 8×8 images, a safetensors file with the tensors `images`
+    /// `[n, 8, 8]` and `labels` `[n]`, or a .npy file of images with `--labels`.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Fraction of the data held out for validation (the last bytes of a text).
+    /// vit: the labels of `--data` as a .npy file (or a safetensors file with `labels`).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Fraction of the data held out for validation (the last bytes of a text; a random but
+    /// fixed choice of images).
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
 }
@@ -61,16 +73,53 @@ impl DataArgs {
         ))
     }
 
+    /// The images and labels of the ViT: the embedded digits, or `--data` (and `--labels`).
+    pub fn images(&self) -> umup::Result<Loader<InMemory<(Vec<f32>, usize)>, FeatureBatcher>> {
+        if self.seq.is_some() {
+            return Err(umup::Error::Invalid(
+                "--seq: the vit model reads images, not sequences".into(),
+            ));
+        }
+        let Some(path) = &self.data else {
+            return umup::models::vit::digits(self.val_fraction, 0);
+        };
+        let is_npy = |p: &std::path::Path| p.extension().is_some_and(|e| e == "npy");
+        let images = Array::from_file(path, (!is_npy(path)).then_some("images"))?;
+        let labels = match &self.labels {
+            Some(l) => Labels::from_file(l, (!is_npy(l)).then_some("labels"))?,
+            None if is_npy(path) => {
+                return Err(umup::Error::Invalid(format!(
+                    "--data {}: a .npy file holds the images only; give their labels with --labels",
+                    path.display()
+                )))
+            }
+            None => Labels::from_file(path, Some("labels"))?,
+        };
+        umup::models::vit::vit_data(&images, &labels, self.val_fraction, 0)
+    }
+
+    /// Errors on `--labels` for a text model.
+    pub fn check_text(&self) -> umup::Result<()> {
+        match &self.labels {
+            Some(_) => Err(umup::Error::Invalid(
+                "--labels: the text models read no labels".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The flags that give the same data to a shipped trainer (for `lr_sweep --plan`), with
     /// `seq` unless `--seq` was given.
-    pub fn flags(&self, seq: usize) -> String {
-        let mut f = format!(
-            "--seq {} --val-fraction {}",
-            self.seq_or(seq),
-            self.val_fraction
-        );
+    pub fn flags(&self, model: &str, seq: usize) -> String {
+        let mut f = format!("--val-fraction {}", self.val_fraction);
+        if is_text(model) {
+            f += &format!(" --seq {}", self.seq_or(seq));
+        }
         if let Some(p) = &self.data {
             f += &format!(" --data {}", p.display());
+        }
+        if let Some(p) = &self.labels {
+            f += &format!(" --labels {}", p.display());
         }
         f
     }
@@ -84,12 +133,19 @@ macro_rules! with_shipped {
         match $model {
             "lm" => {
                 type $F = umup::models::LmFamily;
+                $args.check_text()?;
                 let $data = $args.next_token($seq)?;
                 $body
             }
             "encoder" => {
                 type $F = umup::models::EncoderFamily;
+                $args.check_text()?;
                 let $data = $args.masked($seq)?;
+                $body
+            }
+            "vit" => {
+                type $F = umup::models::VitFamily;
+                let $data = $args.images()?;
                 $body
             }
             other => Err(umup::Error::UnknownName {
@@ -111,6 +167,10 @@ macro_rules! with_family {
             }
             "encoder" => {
                 type $F = umup::models::EncoderFamily;
+                $body
+            }
+            "vit" => {
+                type $F = umup::models::VitFamily;
                 $body
             }
             other => Err(umup::Error::UnknownName {

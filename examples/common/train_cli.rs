@@ -18,21 +18,23 @@ struct Args {
     /// Optimizer updates.
     #[arg(long, default_value_t = 400)]
     steps: usize,
-    /// Model width (compiled: 64, 128, 256, 512; the LM also 1024 at depth 4).
-    #[arg(long, default_value_t = 128)]
-    width: usize,
-    /// Number of layers (compiled: 2, 4; the LM also 8 and 16 at width 128).
-    #[arg(long, default_value_t = 4)]
-    depth: usize,
+    /// Model width [default: 128; vit: 64] (compiled: 64, 128, 256, 512; the LM also 1024 at
+    /// depth 4; vit 32 to 256).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Number of layers [default: 4; vit: 2] (compiled: 2, 4; the LM also 8 and 16 at width
+    /// 128; vit 2).
+    #[arg(long)]
+    depth: Option<usize>,
     /// Attention heads [default: width / 64, at least 1].
     #[arg(long)]
     heads: Option<usize>,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    /// Examples (sequences, images) per batch [default: 16; vit: 64].
+    #[arg(long)]
+    batch: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
-    /// Global learning rate η [default: 1.0 for umup, 2^-7 for mup and sp].
+    /// Global learning rate η [default: 1.0 for umup (vit: 2^-2), 2^-7 for mup and sp].
     #[arg(long)]
     lr: Option<f64>,
     /// α_ffn-act.
@@ -129,16 +131,37 @@ fn progress_bar(steps: usize, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Parses the command line and trains the shipped model `model` (`lm` or `encoder`), as
-/// `about` says.
-pub fn main(model: &str, about: &'static str) -> ExitCode {
+/// A family's defaults for the flags that differ between families.
+pub struct Defaults {
+    /// `--width`.
+    pub width: usize,
+    /// `--depth`.
+    pub depth: usize,
+    /// `--batch`.
+    pub batch: usize,
+    /// `--lr` under u-μP.
+    pub umup_lr: f64,
+}
+
+/// The text families' defaults: width 128, depth 4, batch 16, η 1.
+#[allow(dead_code)]
+pub const TEXT: Defaults = Defaults {
+    width: 128,
+    depth: 4,
+    batch: 16,
+    umup_lr: 1.0,
+};
+
+/// Parses the command line and trains the shipped model `model` (`lm`, `encoder` or `vit`), as
+/// `about` says, with its `defaults`.
+pub fn main(model: &str, about: &'static str, defaults: Defaults) -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Args::command().about(about).get_matches();
     let args = match Args::from_arg_matches(&matches) {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
-    match main_inner(model, args) {
+    match main_inner(model, args, defaults) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -147,7 +170,7 @@ pub fn main(model: &str, about: &'static str) -> ExitCode {
     }
 }
 
-fn main_inner(model: &str, args: Args) -> umup::Result<()> {
+fn main_inner(model: &str, args: Args, defaults: Defaults) -> umup::Result<()> {
     let param = args.param.as_str();
     if !["umup", "mup", "sp"].contains(&param) {
         return Err(umup::Error::Invalid(format!(
@@ -173,16 +196,18 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
     }
     let cfg = TrainConfig {
         model: model.into(),
-        width: args.width,
-        depth: args.depth,
+        width: args.width.unwrap_or(defaults.width),
+        depth: args.depth.unwrap_or(defaults.depth),
         options,
         param: param.into(),
         precision,
         steps: args.steps,
-        batch: args.batch,
-        lr: args
-            .lr
-            .unwrap_or(if param == "umup" { 1.0 } else { 2f64.powi(-7) }),
+        batch: args.batch.unwrap_or(defaults.batch),
+        lr: args.lr.unwrap_or(if param == "umup" {
+            defaults.umup_lr
+        } else {
+            2f64.powi(-7)
+        }),
         alpha_ffn_act: args.alpha_ffn_act,
         alpha_attn_softmax: args.alpha_attn_softmax,
         alpha_res: args.alpha_res,
@@ -206,9 +231,8 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
     }
     shipped::param_table(&cfg)?;
     cfg.validate()?;
-    let tokens = args.data.tokens()?;
     println!(
-        "umup train_{model}: {} · width {} depth {} heads {} · {} · η {} · batch {}×{} · {} steps · {} ({} + {} tokens) · {}",
+        "umup train_{model}: {} · width {} depth {} heads {} · {} · η {} · batch {} · {} steps · {}",
         cfg.param,
         cfg.width,
         cfg.depth,
@@ -216,11 +240,7 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
         cfg.precision.name(),
         cfg.lr,
         cfg.batch,
-        args.data.seq_or(128),
         cfg.steps,
-        tokens.name(),
-        tokens.split(umup::data::Split::Train).len(),
-        tokens.split(umup::data::Split::Val).len(),
         args.device,
     );
     let opts = RunOptions {
@@ -231,17 +251,23 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
         device: args.device,
     };
     let bar = progress_bar(cfg.steps, args.quiet);
+    let unit = if shipped::is_text(model) {
+        "tokens"
+    } else {
+        "examples"
+    };
     let mut last_val = None;
-    let mut data_name = String::new();
+    let mut classes = None;
     let s = with_shipped!(model, args.data, 128, |F, data| {
-        data_name = data.describe();
+        classes = data.classes();
+        println!("data: {}", data.describe());
         F::train(&cfg, &data, &opts, &mut |p| {
             if p.val_loss.is_some() {
                 last_val = p.val_loss;
             }
             bar.set_position(p.step as u64);
             bar.set_message(format!(
-                "loss {:.4}  val {}  {:.0} tok/s",
+                "loss {:.4}  val {}  {:.0} {unit}/s",
                 p.train_loss,
                 last_val.map_or("-".into(), |v| format!("{v:.4}")),
                 p.tokens_per_second
@@ -250,11 +276,10 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
     });
     bar.finish();
     let s = s?;
-    if let Some(l0) = s.initial_loss {
+    if let (Some(l0), Some(c)) = (s.initial_loss, classes) {
         println!(
-            "loss at step 0:        {l0:.4}  (ln {} = {:.4})",
-            tokens.vocab(),
-            (tokens.vocab() as f64).ln()
+            "loss at step 0:        {l0:.4}  (ln {c} = {:.4})",
+            (c as f64).ln()
         );
     }
     println!(
@@ -270,12 +295,16 @@ fn main_inner(model: &str, args: Args) -> umup::Result<()> {
     if let Some(b) = s.final_val_bpb {
         println!("                       {b:.4} bits per byte");
     }
-    println!(
-        "unigram entropy:       {:.4}  (training split)",
-        tokens.unigram_entropy()
-    );
-    println!("data:                  {data_name}");
-    println!("throughput:            {:.0} tokens/s", s.tokens_per_second);
+    for (name, v) in &s.val_metrics {
+        println!("validation {name}: {v:.4}");
+    }
+    if shipped::is_text(model) {
+        println!(
+            "unigram entropy:       {:.4}  (training split)",
+            args.data.tokens()?.unigram_entropy()
+        );
+    }
+    println!("throughput:            {:.0} {unit}/s", s.tokens_per_second);
     if precision != Precision::F32 {
         let (f, b) = s.quant_stats;
         println!(

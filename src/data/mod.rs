@@ -32,6 +32,7 @@ pub mod arrays;
 pub mod dataset;
 pub mod text;
 
+pub use arrays::{Array, Labels};
 pub use dataset::{Batcher, Dataset, FeatureBatch, FeatureBatcher, InMemory, Loader};
 pub use text::{Corpus, MaskedTokens, NextToken, TokenBatch, TokenCorpus, MASK};
 

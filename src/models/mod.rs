@@ -3,13 +3,15 @@
 
 pub mod encoder;
 pub mod lm;
+pub mod vit;
 
 pub use encoder::{EncoderFamily, EncoderLayer, MaskedEncoder, MASK_FRACTION};
+pub use vit::{Vit, VitFamily};
 pub use lm::{
     Attention, DecoderLayer, Lm, LmFamily, LmOn, LmOptions, SwiGlu, TransformerLm, VOCAB,
 };
 
-use crate::data::{Data, TokenBatch};
+use crate::data::{Data, FeatureBatch, TokenBatch};
 use crate::scale_check::{measure, Measurement, Report};
 use crate::train::{train_family, Progress, RunOptions, Summary, TrainConfig};
 use crate::Result;
@@ -47,3 +49,4 @@ macro_rules! compiled_once {
 
 compiled_once!(LmFamily, TokenBatch);
 compiled_once!(EncoderFamily, TokenBatch);
+compiled_once!(VitFamily, FeatureBatch);
