@@ -18,6 +18,7 @@ pub mod models;
 pub mod plot;
 pub mod scale_check;
 pub mod sweep;
+pub mod tokenizer;
 pub mod train;
 
 pub use umup_macros::{family, umup_model};
