@@ -31,6 +31,7 @@
 pub mod arrays;
 pub mod dataset;
 pub mod text;
+pub mod tokenizer;
 
 pub use arrays::{Array, Labels};
 pub use dataset::{Batcher, Dataset, FeatureBatch, FeatureBatcher, InMemory, Loader};
