@@ -174,9 +174,9 @@ fn run(args: Args) -> umup::Result<()> {
             proxy: Sweep { seeds: 1, ..sweep },
         };
         budget.validate()?;
-        check_compiled(&budget.proxy)?;
+        check_compiled(&budget.proxy, &text)?;
         for p in &budget.proxy.params {
-            shipped::param_table(&budget.default_config(p, 0))?;
+            shipped::param_table(&budget.default_config(p, 0), &text)?;
         }
         return finish(
             &text,
@@ -201,7 +201,7 @@ fn run(args: Args) -> umup::Result<()> {
         let (axis, values) = Axis::parse(spec)?;
         let axis = AxisSweep::new(axis, values, sweep)?;
         for (_, s) in axis.sweeps() {
-            check_compiled(&s)?;
+            check_compiled(&s, &text)?;
         }
         let name = axis.axis.name();
         return finish(
@@ -219,7 +219,7 @@ fn run(args: Args) -> umup::Result<()> {
         );
     }
     sweep.validate()?;
-    check_compiled(&sweep)?;
+    check_compiled(&sweep, &text)?;
     finish(
         &text,
         &sweep.model,
@@ -283,11 +283,11 @@ fn finish(
     Ok(())
 }
 
-/// Errors unless the trainer was compiled at every size of `sweep`.
-fn check_compiled(sweep: &Sweep) -> umup::Result<()> {
+/// Errors unless the trainer was compiled at every size of `sweep` (on the data of `text`).
+fn check_compiled(sweep: &Sweep, text: &DataArgs) -> umup::Result<()> {
     for p in &sweep.params {
         for &w in &sweep.widths {
-            shipped::param_table(&sweep.base(p, w, 1.0))?;
+            shipped::param_table(&sweep.base(p, w, 1.0), text)?;
         }
     }
     Ok(())

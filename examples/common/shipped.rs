@@ -6,8 +6,10 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use umup::data::tokenizer::BpeTokenizer;
 use umup::data::{Array, FeatureBatcher, InMemory, Labels, Loader};
 use umup::data::{Corpus, MaskedTokens, NextToken, TokenCorpus};
 use umup::models::MASK_FRACTION;
@@ -38,6 +40,17 @@ pub struct DataArgs {
     /// fixed choice of images).
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
+    /// lm: the tokens: `bytes` (vocabulary 256), `bpe` (a byte-level BPE of `--vocab` tokens
+    /// trained on the training split) or a `tokenizer.json` file (a BPE of a compiled
+    /// vocabulary).
+    #[arg(long, default_value = "bytes")]
+    pub tokenizer: String,
+    /// With `--tokenizer bpe`: the vocabulary (compiled: 1024).
+    #[arg(long, default_value_t = umup::models::BPE_VOCAB)]
+    pub vocab: usize,
+    /// The tokenizer, made once.
+    #[arg(skip)]
+    made: OnceLock<Option<BpeTokenizer>>,
 }
 
 impl DataArgs {
@@ -54,9 +67,62 @@ impl DataArgs {
         }
     }
 
-    /// The tokens the flags name.
+    /// The BPE tokenizer the flags name (`None` for bytes): trained on the corpus's training
+    /// split (`bpe`, deterministic) or loaded (a file); made once.
+    pub fn tokenizer(&self) -> umup::Result<Option<&BpeTokenizer>> {
+        if let Some(t) = self.made.get() {
+            return Ok(t.as_ref());
+        }
+        let t = match self.tokenizer.as_str() {
+            "bytes" => None,
+            "bpe" => {
+                let corpus = self.corpus()?;
+                Some(BpeTokenizer::train_bpe(
+                    corpus.split(umup::data::Split::Train),
+                    self.vocab,
+                )?)
+            }
+            file => Some(BpeTokenizer::from_file(file)?),
+        };
+        Ok(self.made.get_or_init(|| t).as_ref())
+    }
+
+    /// The tokens the flags name: bytes, or the text in the tokenizer's tokens.
     pub fn tokens(&self) -> umup::Result<TokenCorpus> {
-        Ok(TokenCorpus::bytes(&self.corpus()?))
+        let corpus = self.corpus()?;
+        match self.tokenizer()? {
+            None => Ok(TokenCorpus::bytes(&corpus)),
+            Some(t) => TokenCorpus::tokenized(&corpus, t),
+        }
+    }
+
+    /// For a BPE run into `out`: writes `out/tokenizer.json`, or (resuming) checks that the
+    /// run's tokenizer is this one, naming both when not. A byte run resumed in a directory with
+    /// a tokenizer is refused the same way.
+    pub fn keep_tokenizer(&self, out: &Path, resume: bool) -> umup::Result<()> {
+        let path = out.join("tokenizer.json");
+        let ours = self.tokenizer()?;
+        if resume {
+            let theirs = match path.exists() {
+                true => Some(BpeTokenizer::from_file(&path)?),
+                false => None,
+            };
+            let name = |t: Option<&BpeTokenizer>| t.map_or("bytes".to_string(), |t| t.name());
+            let (a, b) = (name(theirs.as_ref()), name(ours));
+            if a != b {
+                return Err(umup::Error::Invalid(format!(
+                    "--resume: the run in {} was trained with the tokenizer `{a}`, this run's is `{b}`",
+                    out.display()
+                )));
+            }
+            return Ok(());
+        }
+        if let Some(t) = ours {
+            std::fs::create_dir_all(out)
+                .map_err(|e| umup::Error::BadInput(format!("{}: {e}", out.display())))?;
+            t.save(&path)?;
+        }
+        Ok(())
     }
 
     /// Next-token windows (the LM's data), `seq` tokens unless `--seq` says otherwise.
@@ -75,9 +141,9 @@ impl DataArgs {
 
     /// The images and labels of the ViT: the embedded digits, or `--data` (and `--labels`).
     pub fn images(&self) -> umup::Result<Loader<InMemory<(Vec<f32>, usize)>, FeatureBatcher>> {
-        if self.seq.is_some() {
+        if self.seq.is_some() || self.tokenizer != "bytes" {
             return Err(umup::Error::Invalid(
-                "--seq: the vit model reads images, not sequences".into(),
+                "--seq, --tokenizer: the vit model reads images, not text".into(),
             ));
         }
         let Some(path) = &self.data else {
@@ -98,14 +164,21 @@ impl DataArgs {
         umup::models::vit::vit_data(&images, &labels, self.val_fraction, 0)
     }
 
-    /// Errors on `--labels` for a text model.
-    pub fn check_text(&self) -> umup::Result<()> {
-        match &self.labels {
-            Some(_) => Err(umup::Error::Invalid(
+    /// Errors on `--labels` for a text model, and on a tokenizer other than bytes for `model`
+    /// when it reads bytes only.
+    pub fn check_text(&self, bytes_only: bool) -> umup::Result<()> {
+        if self.labels.is_some() {
+            return Err(umup::Error::Invalid(
                 "--labels: the text models read no labels".into(),
-            )),
-            None => Ok(()),
+            ));
         }
+        if bytes_only && self.tokenizer != "bytes" {
+            return Err(umup::Error::Invalid(format!(
+                "--tokenizer {}: the encoder is compiled for bytes (its mask token is byte 256)",
+                self.tokenizer
+            )));
+        }
+        Ok(())
     }
 
     /// The flags that give the same data to a shipped trainer (for `lr_sweep --plan`), with
@@ -114,6 +187,9 @@ impl DataArgs {
         let mut f = format!("--val-fraction {}", self.val_fraction);
         if is_text(model) {
             f += &format!(" --seq {}", self.seq_or(seq));
+        }
+        if self.tokenizer != "bytes" {
+            f += &format!(" --tokenizer {} --vocab {}", self.tokenizer, self.vocab);
         }
         if let Some(p) = &self.data {
             f += &format!(" --data {}", p.display());
@@ -132,14 +208,27 @@ macro_rules! with_shipped {
     ($model:expr, $args:expr, $seq:expr, |$F:ident, $data:ident| $body:expr) => {
         match $model {
             "lm" => {
-                type $F = umup::models::LmFamily;
-                $args.check_text()?;
+                $args.check_text(false)?;
                 let $data = $args.next_token($seq)?;
-                $body
+                match $data.corpus.vocab() {
+                    umup::models::VOCAB => {
+                        type $F = umup::models::LmFamily;
+                        $body
+                    }
+                    umup::models::BPE_VOCAB => {
+                        type $F = umup::models::BpeLmFamily;
+                        $body
+                    }
+                    v => Err(umup::Error::Invalid(format!(
+                        "a vocabulary of {v} tokens: the LM is compiled for {} (bytes) and {} (--tokenizer bpe)",
+                        umup::models::VOCAB,
+                        umup::models::BPE_VOCAB
+                    ))),
+                }
             }
             "encoder" => {
                 type $F = umup::models::EncoderFamily;
-                $args.check_text()?;
+                $args.check_text(true)?;
                 let $data = $args.masked($seq)?;
                 $body
             }
@@ -157,10 +246,15 @@ macro_rules! with_shipped {
     };
 }
 
-/// `$body` with the type `$F` bound to the shipped family `$model` names (no data).
+/// `$body` with the type `$F` bound to the shipped family `$model` names (no data; the LM at
+/// the vocabulary `$vocab`).
 macro_rules! with_family {
-    ($model:expr, |$F:ident| $body:expr) => {
+    ($model:expr, $vocab:expr, |$F:ident| $body:expr) => {
         match $model {
+            "lm" if $vocab == umup::models::BPE_VOCAB => {
+                type $F = umup::models::BpeLmFamily;
+                $body
+            }
             "lm" => {
                 type $F = umup::models::LmFamily;
                 $body
@@ -182,9 +276,23 @@ macro_rules! with_family {
     };
 }
 
-/// The parameter table of the shipped model that `cfg` names (family, size, parametrization).
-pub fn param_table(cfg: &umup::train::TrainConfig) -> umup::Result<umup::params::ParamTable> {
-    with_family!(cfg.model.as_str(), |F| umup::family::param_table::<F>(
-        cfg.width, cfg.depth, &cfg.param
-    ))
+/// The parameter table of the shipped model that `cfg` names (family, size, parametrization)
+/// on the data of `args` (the LM at its tokenizer's vocabulary).
+pub fn param_table(
+    cfg: &umup::train::TrainConfig,
+    args: &DataArgs,
+) -> umup::Result<umup::params::ParamTable> {
+    let vocab = match (cfg.model.as_str(), args.tokenizer.as_str()) {
+        ("lm", "bytes") => umup::models::VOCAB,
+        ("lm", "bpe") => args.vocab,
+        ("lm", _) => args
+            .tokenizer()?
+            .map_or(umup::models::VOCAB, |t| t.vocab_size()),
+        _ => 0,
+    };
+    with_family!(
+        cfg.model.as_str(),
+        vocab,
+        |F| umup::family::param_table::<F>(cfg.width, cfg.depth, &cfg.param)
+    )
 }

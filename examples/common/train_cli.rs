@@ -226,10 +226,10 @@ fn main_inner(model: &str, args: Args, defaults: Defaults) -> umup::Result<()> {
         freeze: args.freeze.clone(),
     };
     if args.print_table {
-        print!("{}", shipped::param_table(&cfg)?);
+        print!("{}", shipped::param_table(&cfg, &args.data)?);
         return Ok(());
     }
-    shipped::param_table(&cfg)?;
+    shipped::param_table(&cfg, &args.data)?;
     cfg.validate()?;
     println!(
         "umup train_{model}: {} · width {} depth {} heads {} · {} · η {} · batch {} · {} steps · {}",
@@ -250,6 +250,9 @@ fn main_inner(model: &str, args: Args, defaults: Defaults) -> umup::Result<()> {
         sample_len: args.sample_len,
         device: args.device,
     };
+    if shipped::is_text(model) {
+        args.data.keep_tokenizer(&opts.out, opts.resume)?;
+    }
     let bar = progress_bar(cfg.steps, args.quiet);
     let unit = if shipped::is_text(model) {
         "tokens"

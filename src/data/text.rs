@@ -9,6 +9,7 @@ use std::sync::Arc;
 use dfdx::prelude::*;
 use rand::Rng;
 
+use super::tokenizer::BpeTokenizer;
 use super::{step_rng, Batch, Data, Generation, Split, StdRng, TRAIN_STREAM, VAL_STREAM};
 use crate::{Error, Result};
 
@@ -144,6 +145,27 @@ impl TokenCorpus {
             bytes_per_token: 1.0,
             decode: Arc::new(|ids: &[usize]| ids.iter().map(|&b| b as u8 as char).collect()),
         }
+    }
+
+    /// The text of `corpus` in the tokens of `tokenizer` (each split encoded on its own): the
+    /// vocabulary is the tokenizer's, bits per byte count the corpus's bytes, and the name
+    /// carries the tokenizer's ([`BpeTokenizer::name`], with its checksum).
+    pub fn tokenized(corpus: &Corpus, tokenizer: &BpeTokenizer) -> Result<Self> {
+        let train = tokenizer.encode(corpus.split(Split::Train))?;
+        let val_text = corpus.split(Split::Val);
+        let val = tokenizer.encode(val_text)?;
+        let decoder = tokenizer.clone();
+        Self::from_ids(
+            &format!("{}, {}", corpus.name, tokenizer.name()),
+            train,
+            val,
+            tokenizer.vocab_size(),
+            val_text.len(),
+            move |ids: &[usize]| {
+                let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+                decoder.decode(&ids)
+            },
+        )
     }
 
     /// Token ids of a tokenized text: the `train` and `val` splits, the vocabulary `vocab` (every

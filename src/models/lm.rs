@@ -422,6 +422,16 @@ pub type LmOn<const D: usize, const F: usize, const L: usize, P, Dev> =
     TransformerLm<VOCAB, D, F, L, f32, Dev, P>;
 
 crate::family! {
+    /// The language model [`TransformerLm`] on BPE tokens of a [`BPE_VOCAB`]-token vocabulary
+    /// (`train_lm --tokenizer bpe --vocab 1024`; MLP width 4 × width).
+    pub struct BpeLmFamily = TransformerLm<BPE_VOCAB, W, {4 * W}, L>
+        for (W, L) in [(64, 2), (128, 2), (128, 4), (256, 2)];
+}
+
+/// The BPE vocabulary the shipped LM is compiled at ([`BpeLmFamily`]).
+pub const BPE_VOCAB: usize = 1024;
+
+crate::family! {
     /// The byte-level language model [`TransformerLm`] (vocabulary 256, MLP width 4 × width) at
     /// the sizes `train_lm`, `scale_check` and `lr_sweep` offer (depths 8 and 16 at width 128, for
     /// `lr_sweep --vary depth=...`).

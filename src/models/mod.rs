@@ -6,10 +6,11 @@ pub mod lm;
 pub mod vit;
 
 pub use encoder::{EncoderFamily, EncoderLayer, MaskedEncoder, MASK_FRACTION};
-pub use vit::{Vit, VitFamily};
 pub use lm::{
-    Attention, DecoderLayer, Lm, LmFamily, LmOn, LmOptions, SwiGlu, TransformerLm, VOCAB,
+    Attention, BpeLmFamily, DecoderLayer, Lm, LmFamily, LmOn, LmOptions, SwiGlu, TransformerLm,
+    BPE_VOCAB, VOCAB,
 };
+pub use vit::{Vit, VitFamily};
 
 use crate::data::{Data, FeatureBatch, TokenBatch};
 use crate::scale_check::{measure, Measurement, Report};
@@ -48,5 +49,6 @@ macro_rules! compiled_once {
 }
 
 compiled_once!(LmFamily, TokenBatch);
+compiled_once!(BpeLmFamily, TokenBatch);
 compiled_once!(EncoderFamily, TokenBatch);
 compiled_once!(VitFamily, FeatureBatch);
