@@ -66,6 +66,7 @@ fn the_umup_checks_flag_drift_and_exempt_the_logits() {
         kind,
         name: name.into(),
         rms,
+        samples: None,
     };
     let loss = |width, value| LossRow {
         width,
@@ -144,4 +145,48 @@ fn the_finite_width_fit_recovers_a_one_over_width_term_and_rejects_a_power_law()
     assert!(finite_width_fit(&two).is_none());
     let zero: BTreeMap<usize, f64> = [(64, 1.0), (128, 0.0), (256, 1.0)].into_iter().collect();
     assert!(finite_width_fit(&zero).is_none());
+}
+
+#[test]
+fn the_weight_check_allows_a_small_tensor_its_sampling_noise() {
+    use umup::scale_check::weight_tolerance;
+    // The RMS of n unit normals has a standard deviation of about 1/√(2n): three of them.
+    assert_eq!(weight_tolerance(None), 0.02);
+    assert_eq!(weight_tolerance(Some(1 << 20)), 0.02);
+    assert!((weight_tolerance(Some(640)) - 3.0 / 1280f64.sqrt()).abs() < 1e-15);
+    let row = |samples, rms| Row {
+        width: 64,
+        step: 0,
+        kind: Kind::Param,
+        name: "head.weight".into(),
+        rms,
+        samples,
+    };
+    let report = |r| Report {
+        parametrization: "umup".into(),
+        classes: None,
+        rows: vec![r],
+        loss: vec![],
+    };
+    // A [10, 64] readout at 0.974 is within its noise; a [256, 64] table is not.
+    assert!(umup_violations(&report(row(Some(640), 0.974))).is_empty());
+    assert_eq!(umup_violations(&report(row(Some(16384), 0.974))).len(), 1);
+    assert_eq!(umup_violations(&report(row(Some(640), 0.9))).len(), 1);
+    // Measured: the rows of parameters carry their entries.
+    let c = corpus();
+    let (mut rows, mut loss) = (Vec::new(), Vec::new());
+    let s = Settings {
+        batch: 1,
+        ..Settings::default()
+    };
+    scale_check_model::<Lm<64, 256, 2, Umup>, _>(&c, &s, 64, &mut rows, &mut loss).unwrap();
+    let embed = rows
+        .iter()
+        .find(|r| r.kind == Kind::Param && r.name == "embed.weight")
+        .unwrap();
+    assert_eq!(embed.samples, Some(256 * 64));
+    assert!(rows
+        .iter()
+        .filter(|r| r.kind != Kind::Param)
+        .all(|r| r.samples.is_none()));
 }

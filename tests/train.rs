@@ -561,3 +561,127 @@ fn f16_mixed_precision_trains_close_to_f32_keeps_f32_masters_and_resumes_bit_exa
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn the_vit_trains_on_the_digits_resumes_bit_exactly_and_reports_accuracy() {
+    use umup::models::{vit, VitFamily};
+    let data = vit::digits(0.1, 0).unwrap();
+    let cfg = TrainConfig {
+        model: "vit".into(),
+        width: 32,
+        depth: 2,
+        options: Options::new(),
+        batch: 16,
+        steps: 8,
+        lr: 0.25,
+        warmup: 1,
+        eval_every: 4,
+        eval_batches: 20,
+        precision: Precision::F32,
+        ..TrainConfig::default()
+    };
+    let (a, b) = (dir("vit-a"), dir("vit-b"));
+    let s = VitFamily::train(&cfg, &data, &opts(&a, false, None), &mut |_| {}).unwrap();
+    // Unit scale at init: the loss is ≈ ln 10.
+    let l0 = s.initial_loss.unwrap();
+    assert!((l0 - 10f64.ln()).abs() < 0.05, "{l0}");
+    let acc = s.val_metrics["accuracy"];
+    assert!((0.0..=1.0).contains(&acc), "{acc}");
+    // 180 validation images in batches of 16: the accuracy is a multiple of 1/180.
+    assert!(
+        ((acc * 180.0) - (acc * 180.0).round()).abs() < 1e-9,
+        "{acc}"
+    );
+    let text = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
+    assert!(text.starts_with("step,tokens,train_loss,val_loss,lr,seconds,val_accuracy\n"));
+    VitFamily::train(&cfg, &data, &opts(&b, false, Some(4)), &mut |_| {}).unwrap();
+    VitFamily::train(&cfg, &data, &opts(&b, true, None), &mut |_| {}).unwrap();
+    assert_eq!(rows(&a), rows(&b));
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn bad_image_data_is_refused_naming_what_is_wrong() {
+    use umup::data::{Array, Labels};
+    use umup::models::vit::vit_data;
+    let images = |shape: Vec<usize>| {
+        let n = shape.iter().product();
+        Array::new(shape, vec![1.0; n], "x.npy").unwrap()
+    };
+    let labels = |v: Vec<usize>| Labels::new(vec![v.len()], v, "y.npy").unwrap();
+    let ok = (0..20).map(|i| i % 10).collect::<Vec<_>>();
+    let e = vit_data(&images(vec![20, 7, 7]), &labels(ok.clone()), 0.1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x.npy") && e.contains("[7, 7]") && e.contains("[8, 8]"),
+        "{e}"
+    );
+    let mut big = ok.clone();
+    big[3] = 10;
+    let e = vit_data(&images(vec![20, 8, 8]), &labels(big), 0.1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label 10") && e.contains("10 classes"), "{e}");
+    let e = vit_data(&images(vec![20, 8, 8]), &labels(ok[..19].to_vec()), 0.1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("19") && e.contains("20"), "{e}");
+    // Too few images for a validation split.
+    let e = vit_data(&images(vec![2, 8, 8]), &labels(vec![0, 1]), 0.1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty"), "{e}");
+    assert!(vit_data(&images(vec![20, 8, 8]), &labels(ok), 0.1, 0).is_ok());
+}
+
+#[test]
+fn the_lm_trains_on_bpe_tokens_and_resumes_bit_exactly() {
+    use umup::data::tokenizer::BpeTokenizer;
+    use umup::models::{BpeLmFamily, BPE_VOCAB};
+    let text = Corpus::shakespeare(0.1)
+        .unwrap()
+        .split(umup::data::Split::Train)[..200_000]
+        .to_vec();
+    let corpus = Corpus::from_bytes(text, 0.1).unwrap();
+    let tok = BpeTokenizer::train_bpe(corpus.split(umup::data::Split::Train), BPE_VOCAB).unwrap();
+    let tokens = TokenCorpus::tokenized(&corpus, &tok).unwrap();
+    assert_eq!(tokens.vocab(), BPE_VOCAB);
+    assert!(
+        tokens.bytes_per_token() > 1.5,
+        "{}",
+        tokens.bytes_per_token()
+    );
+    let data = NextToken::new(tokens, 16);
+    let cfg = TrainConfig {
+        precision: Precision::F32,
+        ..cfg()
+    };
+    let (a, b) = (dir("bpe-a"), dir("bpe-b"));
+    let s = BpeLmFamily::train(&cfg, &data, &opts(&a, false, None), &mut |_| {}).unwrap();
+    let l0 = s.initial_loss.unwrap();
+    assert!((l0 - (BPE_VOCAB as f64).ln()).abs() < 0.05, "{l0}");
+    // Bits per byte: the loss per token over ln 2, per byte of text.
+    let bpb = s.final_val_bpb.unwrap();
+    let want = s.final_val_loss / 2f64.ln() / data.corpus.bytes_per_token();
+    assert!((bpb - want).abs() < 1e-12, "{bpb} {want}");
+    let header = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
+    assert!(header.starts_with("step,tokens,train_loss,val_loss,lr,seconds,val_bpb\n"));
+    BpeLmFamily::train(&cfg, &data, &opts(&b, false, Some(3)), &mut |_| {}).unwrap();
+    BpeLmFamily::train(&cfg, &data, &opts(&b, true, None), &mut |_| {}).unwrap();
+    assert_eq!(rows(&a), rows(&b));
+    // The same run on bytes is other data: the resume is refused, naming both.
+    let bytes = NextToken::new(TokenCorpus::bytes(&corpus), 16);
+    let e = LmFamily::train(&cfg, &bytes, &opts(&b, true, None), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bpe 1024 (crc32") && e.contains(", bytes ·"),
+        "{e}"
+    );
+    for d in [a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

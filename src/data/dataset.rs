@@ -122,6 +122,17 @@ pub struct Loader<D, B> {
     cache: Mutex<Option<(u64, u64, Arc<Vec<u32>>)>>,
 }
 
+impl<D: Dataset, B> std::fmt::Debug for Loader<D, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("name", &self.name)
+            .field("train", &self.train.len())
+            .field("val", &self.val.len())
+            .field("classes", &self.classes)
+            .finish()
+    }
+}
+
 impl<D: Dataset, B: Batcher<D::Item>> Loader<D, B> {
     /// A loader over `train` and `val` (neither may be empty: the error names the split),
     /// described as `name`.

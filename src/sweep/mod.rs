@@ -917,6 +917,18 @@ mod tests {
     }
 
     #[test]
+    fn drift_is_counted_in_points_of_the_grid() {
+        // own_model's grid 2^-2, 2^0, 2^2: a move from 2^0 to 2^2 is one grid step.
+        let grid = [-2, 0, 2];
+        let best = [grid_index(&grid, 0), grid_index(&grid, 2)];
+        assert_eq!(best, [Some(1), Some(2)]);
+        assert_eq!(axis::drift(&best), Some((1, 1)));
+        // Any order of the grid; an exponent off the grid has no position.
+        assert_eq!(grid_index(&[3, -1, 1], 3), Some(2));
+        assert_eq!(grid_index(&grid, 1), None);
+    }
+
+    #[test]
     fn an_alpha_stays_at_1_unless_another_value_is_strictly_better() {
         let s = sweep();
         let mut points = s.eta_points();
