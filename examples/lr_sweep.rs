@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --release --example lr_sweep                                  # η grid × widths × {umup, sp}
 //! cargo run --release --example lr_sweep -- --model encoder --seeds 2     # the masked-byte encoder
+//! cargo run --release --example lr_sweep -- --model vit --widths 32,64,128,256 --batch 64   # the ViT on the digits
+//! cargo run --release --example lr_sweep -- --tokenizer bpe               # the LM on BPE tokens
 //! cargo run --release --example lr_sweep -- --stage all                   # then 1-D α sweeps at the best η, then combined
 //! cargo run --release --example lr_sweep -- --widths 128 --depth 4 --vary depth=2,4,8,16   # η transfer across depth (or batch=, steps=)
 //! cargo run --release --example lr_sweep -- --widths 64 --param umup,mup,sp --equal-budget 512 --alpha-exps=-2,-1,1,2 --seeds 3   # u-μP vs μP vs SP at equal sweep budget
@@ -11,7 +13,7 @@
 //! cargo run --release --example lr_sweep -- --collect runs/lr_sweep       # merge finished points into CSV, plots, summary
 //! ```
 //!
-//! Every grid point is an independent `train_lm` (or `train_encoder`) run in `DIR/<point>/`; a point whose run
+//! Every grid point is an independent `train_lm` (`train_encoder`, `train_vit`) run in `DIR/<point>/`; a point whose run
 //! finished is never redone, so an interrupted sweep resumes where it stopped. Locally the points
 //! run `--jobs` at a time with a progress bar. Outputs: `DIR/sweep.csv`, `DIR/transfer.png`
 //! (final validation loss vs η, one curve per width, one panel per parametrization; with
@@ -36,7 +38,8 @@ use shipped::DataArgs;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "η transfer sweep across widths and parametrizations, then α sweeps")]
 struct Args {
-    /// The model family: lm (the transformer LM) or encoder (the masked-byte encoder).
+    /// The model family: lm (the transformer LM), encoder (the masked-byte encoder) or vit (the
+    /// image classifier on the digits).
     #[arg(long, default_value = "lm")]
     model: String,
     /// Output directory (one subdirectory per grid point).

@@ -1,10 +1,11 @@
 //! Scale check (μP's coord check): RMS of every parameter, activation and gradient of a model
-//! family (`--model lm`, the transformer LM, or `encoder`, the masked-byte encoder) at several
-//! widths, on real data, at init and over the first training steps.
+//! family (`--model lm`, the transformer LM; `encoder`, the masked-byte encoder; `vit`, the image
+//! classifier) at several widths, on real data, at init and over the first training steps.
 //!
 //! ```text
 //! cargo run --release --example scale_check                                   # u-μP LM, widths 64..1024
 //! cargo run --release --example scale_check -- --model encoder --widths 64,512 --repeats 8
+//! cargo run --release --example scale_check -- --model vit --widths 64,256 --repeats 4
 //! cargo run --release --example scale_check -- --param umup,mup,sp --widths 64,128,256,512
 //! cargo run --release --example scale_check -- --steps 5 --json runs/scale.json
 //! cargo run --release --example scale_check -- --load runs/scale.json             # re-check a saved run
@@ -35,15 +36,16 @@ mod shipped;
     about = "RMS of every parameter, activation and gradient of a model family across widths"
 )]
 struct Args {
-    /// The model family: lm (the transformer LM) or encoder (the masked-byte encoder).
+    /// The model family: lm (the transformer LM), encoder (the masked-byte encoder) or vit (the
+    /// image classifier on the digits).
     #[arg(long, default_value = "lm")]
     model: String,
     /// Widths (compiled: 64, 128, 256, 512; the LM also 1024).
     #[arg(long, default_value = "64,128,256,512,1024", value_delimiter = ',')]
     widths: Vec<usize>,
-    /// Number of layers (compiled: 2, 4; the LM at width 1024: 4).
-    #[arg(long, default_value_t = 4)]
-    depth: usize,
+    /// Number of layers [default: 4; vit: 2] (compiled: 2, 4; the LM at width 1024: 4; vit: 2).
+    #[arg(long)]
+    depth: Option<usize>,
     /// Parametrizations, comma-separated: umup, mup (base width 64), sp.
     #[arg(long, default_value = "umup", value_delimiter = ',')]
     param: Vec<String>,
@@ -110,7 +112,9 @@ fn run(args: Args) -> umup::Result<()> {
 fn measure(args: &Args) -> umup::Result<Vec<Report>> {
     let m = Measurement {
         widths: args.widths.clone(),
-        depth: args.depth,
+        depth: args
+            .depth
+            .unwrap_or(if args.model == "vit" { 2 } else { 4 }),
         params: args.param.clone(),
         repeats: args.repeats,
         settings: Settings {

@@ -1,6 +1,6 @@
 //! The training loop of every model family on any data: behind `examples/train_lm.rs`,
 //! `examples/train_encoder.rs`, `examples/train_vit.rs` and the sweeps. [`train_family`] trains
-//! any [`Family`](crate::family::Family) at the size a [`TrainConfig`] names on any
+//! any [`Family`] at the size a [`TrainConfig`] names on any
 //! [`Data`] source whose batches the family takes; [`train_model`] trains one model type.
 //!
 //! Everything a run depends on is in [`TrainConfig`] and the data ([`Data::describe`], recorded

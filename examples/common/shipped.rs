@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use umup::data::tokenizer::BpeTokenizer;
-use umup::data::{Array, FeatureBatcher, InMemory, Labels, Loader};
+use umup::data::{Array, Labels};
 use umup::data::{Corpus, MaskedTokens, NextToken, TokenCorpus};
 use umup::models::MASK_FRACTION;
 
@@ -140,7 +140,7 @@ impl DataArgs {
     }
 
     /// The images and labels of the ViT: the embedded digits, or `--data` (and `--labels`).
-    pub fn images(&self) -> umup::Result<Loader<InMemory<(Vec<f32>, usize)>, FeatureBatcher>> {
+    pub fn images(&self) -> umup::Result<umup::models::vit::Images> {
         if self.seq.is_some() || self.tokenizer != "bytes" {
             return Err(umup::Error::Invalid(
                 "--seq, --tokenizer: the vit model reads images, not text".into(),

@@ -75,16 +75,6 @@ pub struct MaskedEncoder<const S: usize, const D: usize, const F: usize, const L
 /// Rows `[batch·seq, D]`: one row per position.
 pub type Rows<const D: usize, Dev, T, E = f32> = Tensor<(usize, Const<D>), E, Dev, T>;
 
-/// A linear layer in the step's simulated precision, if any.
-macro_rules! lin {
-    ($layer:expr, $x:expr, $step:expr) => {
-        match $step.quant() {
-            Some(q) => $layer.forward_quantised($x, q),
-            None => $layer.try_forward($x),
-        }
-    };
-}
-
 impl<const D: usize, const F: usize, E, Dev, P> EncoderLayer<D, F, E, Dev, P>
 where
     E: Dtype,

@@ -1,6 +1,17 @@
 //! Models written with `#[umup_model]` and shipped with the library, each with its family
 //! (`umup::family!`) for the trainer, the scale check and the sweeps.
 
+/// A linear layer in the step's simulated precision, if any (`lin!(layer, x, step)`), for the
+/// shipped models below.
+macro_rules! lin {
+    ($layer:expr, $x:expr, $step:expr) => {
+        match $step.quant() {
+            Some(q) => $layer.forward_quantised($x, q),
+            None => $layer.try_forward($x),
+        }
+    };
+}
+
 pub mod encoder;
 pub mod lm;
 pub mod vit;

@@ -57,16 +57,6 @@ pub struct Vit<
     pub head: Linear<D, C>,
 }
 
-/// A linear layer in the step's simulated precision, if any.
-macro_rules! lin {
-    ($layer:expr, $x:expr, $step:expr) => {
-        match $step.quant() {
-            Some(q) => $layer.forward_quantised($x, q),
-            None => $layer.try_forward($x),
-        }
-    };
-}
-
 // Not listed as a suggestion in the error for a model without `Trainable`.
 #[diagnostic::do_not_recommend]
 impl<
@@ -146,7 +136,11 @@ crate::family! {
 /// Images `[n, H, W]` cut into `p × p` patches in row-major patch order: `[n, (H/p)·(W/p),
 /// p·p]`, each patch's pixels row-major. An error unless `p` divides both sides.
 pub fn patches(images: &[f32], (h, w): (usize, usize), p: usize) -> Result<Vec<f32>> {
-    if p == 0 || h % p != 0 || w % p != 0 || images.len() % (h * w).max(1) != 0 {
+    if p == 0
+        || !h.is_multiple_of(p)
+        || !w.is_multiple_of(p)
+        || !images.len().is_multiple_of((h * w).max(1))
+    {
         return Err(Error::Invalid(format!(
             "{p}×{p} patches do not tile {h}×{w} images"
         )));
@@ -165,6 +159,10 @@ pub fn patches(images: &[f32], (h, w): (usize, usize), p: usize) -> Result<Vec<f
     Ok(out)
 }
 
+/// The ViT's data: examples of [`PATCHES`] × [`PATCH_DIM`] standardised pixels with a class
+/// label, in memory ([`vit_data`]).
+pub type Images = Loader<InMemory<(Vec<f32>, usize)>, FeatureBatcher>;
+
 /// The shipped ViT's data from images `[n, 8, 8]` and their class labels: a random
 /// `val_fraction` of the examples held out (drawn from `split_seed`, the same for every run), the
 /// pixels standardised with the training split's mean and standard deviation (unit RMS at the
@@ -176,7 +174,7 @@ pub fn vit_data(
     labels: &Labels,
     val_fraction: f64,
     split_seed: u64,
-) -> Result<Loader<InMemory<(Vec<f32>, usize)>, FeatureBatcher>> {
+) -> Result<Images> {
     images.expect_example_shape(&[8, 8], "the shipped ViT (8×8 images)")?;
     labels.expect_count(images)?;
     labels.check_labels(CLASSES)?;
@@ -220,10 +218,7 @@ pub fn vit_data(
 }
 
 /// The embedded digits ([`crate::data::arrays::digits`]) as the ViT's data ([`vit_data`]).
-pub fn digits(
-    val_fraction: f64,
-    split_seed: u64,
-) -> Result<Loader<InMemory<(Vec<f32>, usize)>, FeatureBatcher>> {
+pub fn digits(val_fraction: f64, split_seed: u64) -> Result<Images> {
     let (images, labels) = crate::data::arrays::digits()?;
     vit_data(&images, &labels, val_fraction, split_seed)
 }
