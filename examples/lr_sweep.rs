@@ -27,6 +27,8 @@ use std::sync::Mutex;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use umup::nn::AttentionScale;
+use umup::params::NormParams;
 use umup::sweep::{train_flags, Axis, AxisSweep, EqualBudget, Event, Point, Stage, Sweep};
 use umup::train::{RunOptions, Summary, TrainConfig};
 
@@ -113,6 +115,13 @@ struct Args {
     /// Points run at once.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Attention's output scale under u-μP at every point: auto, reference or mean (as
+    /// `train_*`'s flag).
+    #[arg(long, default_value = "auto")]
+    attn_scale: AttentionScale,
+    /// Norm gains and biases at every point: auto, fixed or trained (as `train_*`'s flag).
+    #[arg(long, default_value = "auto")]
+    norm_params: NormParams,
     /// Write one `train_lm` command per pending point to this file instead of running.
     #[arg(long)]
     plan: Option<PathBuf>,
@@ -166,6 +175,8 @@ fn run(args: Args) -> umup::Result<()> {
         seed: args.seed,
         seeds: args.seeds,
         jobs: args.jobs,
+        attention: args.attn_scale,
+        norm_params: args.norm_params,
         ..Sweep::default()
     };
     let stages = Stage::parse_list(&args.stage)?;

@@ -25,6 +25,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use umup::family::Options;
+use umup::nn::AttentionScale;
+use umup::params::NormParams;
 use umup::scale_check::{self, Measurement, Report, Settings};
 
 #[macro_use]
@@ -69,6 +71,12 @@ struct Args {
     /// Attention head dimension (heads = width / d_head).
     #[arg(long, default_value_t = 64)]
     d_head: usize,
+    /// Attention's output scale under u-μP: auto, reference or mean (as `train_*`'s flag).
+    #[arg(long, default_value = "auto")]
+    attn_scale: AttentionScale,
+    /// Norm gains and biases during `--steps`: auto, fixed or trained (as `train_*`'s flag).
+    #[arg(long, default_value = "auto")]
+    norm_params: NormParams,
     /// Write the reports as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -123,6 +131,8 @@ fn measure(args: &Args) -> umup::Result<Vec<Report>> {
             seed: args.seed,
             lr: 1.0,
             options: Options::new().with("d_head", args.d_head),
+            attention: args.attn_scale,
+            norm_params: args.norm_params,
         },
         lr: args.lr,
     };

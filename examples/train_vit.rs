@@ -20,13 +20,13 @@ fn main() -> std::process::ExitCode {
     train_cli::main(
         "vit",
         "Train a u-μP ViT-style classifier (default: the 8×8 handwritten digits, embedded)",
-        // η = 2^-2 under u-μP: on non-causal attention u-μP's default η = 1 is far from the
-        // best (docs/results.md §9).
+        // u-μP's default η = 1: with the mean attention scale and fixed norm parameters (the
+        // defaults for non-causal attention) it is within the flat optimum (docs/results.md §9).
         train_cli::Defaults {
             width: 64,
             depth: 2,
             batch: 64,
-            umup_lr: 0.25,
+            umup_lr: 1.0,
         },
     )
 }

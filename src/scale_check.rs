@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::analysis::{record_param_grads, record_params, Kind, ScaleLog};
 use crate::data::{Data, Split};
 use crate::family::{training_tape, Family, Instance, Options, Step, Trainable, Visitor};
-use crate::nn::Hyper;
+use crate::nn::{AttentionScale, Hyper};
 use crate::optim::{OptimConfig, Optimizer};
+use crate::params::{norm_param_paths, NormParams};
 use crate::{Error, Result};
 
 /// One measurement (the `rows` of the JSON output).
@@ -78,6 +79,10 @@ pub struct Settings {
     /// The family's run-time settings ([`Options`]; e.g. `heads`, by default one per 64
     /// channels).
     pub options: Options,
+    /// Attention's output rule ([`AttentionScale`], default `auto`).
+    pub attention: AttentionScale,
+    /// Whether the training steps train the norms' gains and biases ([`NormParams`]).
+    pub norm_params: NormParams,
 }
 
 impl Default for Settings {
@@ -88,6 +93,8 @@ impl Default for Settings {
             seed: 0,
             lr: 1.0,
             options: Options::default(),
+            attention: AttentionScale::Auto,
+            norm_params: NormParams::Auto,
         }
     }
 }
@@ -150,7 +157,15 @@ pub fn scale_check_model<M: Trainable<Cpu>, D: Data<Batch = M::Batch> + ?Sized>(
     let mut model = M::try_build(&dev).map_err(Error::device)?;
     let table = M::param_table()?;
     let mut opt = Optimizer::for_table(OptimConfig::adamw(settings.lr), &table)?;
-    let hp = Hyper::default();
+    if settings.norm_params.resolve(table.parametrization) == NormParams::Fixed {
+        for p in norm_param_paths(&table.specs()) {
+            opt.freeze(&p)?;
+        }
+    }
+    let hp = Hyper {
+        attention: settings.attention,
+        ..Hyper::default()
+    };
     let mut grads = model.alloc_grads();
     let numel = |name: &str| {
         table

@@ -36,11 +36,11 @@ use crate::family::{
     training_tape, Family, Instance, Metrics, Mixed, Options, Step, Trainable, Visitor,
 };
 use crate::formats::{Format, MatmulFormats, QuantStats, Rounding};
-use crate::nn::Hyper;
+use crate::nn::{AttentionScale, Hyper};
 use crate::ops::Backend;
 use crate::ops::MatmulQuantiser;
 use crate::optim::{master_gradients, LrSchedule, OptimConfig, Optimizer};
-use crate::params::{Multipliers, ParamTable, Parametrization};
+use crate::params::{norm_param_paths, Multipliers, NormParams, ParamTable, Parametrization};
 use crate::{Error, Result};
 
 const QUANT_STREAM: u64 = 3;
@@ -176,6 +176,15 @@ pub struct TrainConfig {
     /// resume on data with another. Empty in a config made by hand: the trainer fills it in.
     #[serde(default)]
     pub data: String,
+    /// The rule for attention's output scale under u-μP ([`AttentionScale`]; default `auto`:
+    /// the reference's for causal attention, `mean` for non-causal). A `config.json` without it
+    /// is a run from before the rule existed: `reference`.
+    #[serde(default = "AttentionScale::legacy")]
+    pub attention: AttentionScale,
+    /// Whether norm gains and biases are trained ([`NormParams`]; default `auto`: fixed under
+    /// u-μP, trained under μP and SP). A `config.json` without it: `trained`.
+    #[serde(default = "NormParams::legacy")]
+    pub norm_params: NormParams,
     /// Parameters (table paths, e.g. `layers.0.attn.q.weight`) kept at their initial values
     /// ([`Optimizer::freeze`]). Absent from `config.json` when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -221,6 +230,8 @@ impl Default for TrainConfig {
             eval_every: 100,
             eval_batches: 8,
             data: String::new(),
+            attention: AttentionScale::Auto,
+            norm_params: NormParams::Auto,
             freeze: Vec::new(),
         }
     }
@@ -236,6 +247,7 @@ impl TrainConfig {
             alpha_res: self.alpha_res,
             alpha_res_attn_ratio: self.alpha_res_attn_ratio,
             alpha_loss_softmax: self.alpha_loss_softmax,
+            attention: self.attention,
         }
     }
 
@@ -256,6 +268,7 @@ impl TrainConfig {
         self.alpha_res = hp.alpha_res;
         self.alpha_res_attn_ratio = hp.alpha_res_attn_ratio;
         self.alpha_loss_softmax = hp.alpha_loss_softmax;
+        self.attention = hp.attention;
     }
 
     /// Sets a hyperparameter by name ([`TrainConfig::hyper_names`]; finite and > 0).
@@ -281,6 +294,21 @@ impl TrainConfig {
             "sigma_init" => Ok(self.sigma_init),
             _ => self.hyper().get(name),
         }
+    }
+
+    /// The tensors kept at their init: [`TrainConfig::freeze`], then the norms' gains and biases
+    /// ([`norm_param_paths`]) where [`TrainConfig::norm_params`] resolves to fixed under the
+    /// table's parametrization.
+    pub fn frozen(&self, table: &ParamTable) -> Vec<String> {
+        let mut paths = self.freeze.clone();
+        if self.norm_params.resolve(table.parametrization) == NormParams::Fixed {
+            for p in norm_param_paths(&table.specs()) {
+                if !paths.contains(&p) {
+                    paths.push(p);
+                }
+            }
+        }
+        paths
     }
 
     /// μP's and SP's own multipliers ([`Multipliers`]).
@@ -562,8 +590,8 @@ pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice, D: Data<Batch = M::Batch> + 
     };
     let mut opt = Optimizer::<f32, Dev>::for_table(optim_cfg, &table)?;
     crate::nn::apply_init_multipliers(&mut model, &table, &cfg.multipliers())?;
-    for path in &cfg.freeze {
-        opt.freeze(path)?;
+    for path in cfg.frozen(&table) {
+        opt.freeze(&path)?;
     }
     let val_batches: Vec<D::Batch> = (0..data.val_batches(cfg.batch, cfg.eval_batches) as u64)
         .map(|j| data.batch(Split::Val, j, cfg.batch, cfg.seed))
@@ -865,6 +893,12 @@ fn check_same_config(paths: &Paths, cfg: &TrainConfig, prefix: &str, hint: &str)
         return Err(Error::Invalid(format!(
             "{prefix}the run in {dir} was trained on `{}`, this run's data is `{}`{hint}",
             saved.data, cfg.data
+        )));
+    }
+    if saved.attention != cfg.attention || saved.norm_params != cfg.norm_params {
+        return Err(Error::Invalid(format!(
+            "{prefix}the run in {dir} was trained with attention scale `{}` and norm parameters `{}`, this run asks for `{}` and `{}`{hint}",
+            saved.attention, saved.norm_params, cfg.attention, cfg.norm_params
         )));
     }
     let cfg = TrainConfig {

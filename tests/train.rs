@@ -45,6 +45,20 @@ fn cfg() -> TrainConfig {
     }
 }
 
+/// The ViT at width 32, depth 2, batch 16, f32, one warm-up step.
+fn vit_cfg() -> TrainConfig {
+    TrainConfig {
+        model: "vit".into(),
+        width: 32,
+        depth: 2,
+        options: Options::new(),
+        batch: 16,
+        warmup: 1,
+        precision: Precision::F32,
+        ..TrainConfig::default()
+    }
+}
+
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("umup-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -331,9 +345,10 @@ fn the_encoder_trains_through_the_same_loop_and_resumes_bit_exactly() {
     };
     let (a, b) = (dir("enc-a"), dir("enc-b"));
     let s = EncoderFamily::train(&cfg, &c, &opts(&a, false, None), &mut |_| {}).unwrap();
-    // Unit scale at init: the loss is ≈ ln 256 (the 256 bytes equally likely).
+    // Unit scale at init: the loss is ≈ ln 256 (the 256 bytes equally likely), up to the
+    // spread of a few dozen masked targets with logits of RMS ≈ 0.12 at width 64.
     let l0 = s.initial_loss.unwrap();
-    assert!((l0 - 256f64.ln()).abs() < 0.05, "{l0}");
+    assert!((l0 - 256f64.ln()).abs() < 0.1, "{l0}");
     let losses: Vec<f64> = rows(&a)[1..]
         .iter()
         .map(|r| r[2].parse().unwrap())
@@ -567,18 +582,11 @@ fn the_vit_trains_on_the_digits_resumes_bit_exactly_and_reports_accuracy() {
     use umup::models::{vit, VitFamily};
     let data = vit::digits(0.1, 0).unwrap();
     let cfg = TrainConfig {
-        model: "vit".into(),
-        width: 32,
-        depth: 2,
-        options: Options::new(),
-        batch: 16,
         steps: 8,
         lr: 0.25,
-        warmup: 1,
         eval_every: 4,
         eval_batches: 20,
-        precision: Precision::F32,
-        ..TrainConfig::default()
+        ..vit_cfg()
     };
     let (a, b) = (dir("vit-a"), dir("vit-b"));
     let s = VitFamily::train(&cfg, &data, &opts(&a, false, None), &mut |_| {}).unwrap();
@@ -684,4 +692,83 @@ fn the_lm_trains_on_bpe_tokens_and_resumes_bit_exactly() {
     for d in [a, b] {
         std::fs::remove_dir_all(d).unwrap();
     }
+}
+
+#[test]
+fn umup_keeps_norm_parameters_at_init_by_default_and_the_rules_are_part_of_the_run() {
+    use umup::models::{vit, VitFamily};
+    use umup::nn::AttentionScale;
+    use umup::params::NormParams;
+    let data = vit::digits(0.1, 0).unwrap();
+    let cfg = TrainConfig {
+        steps: 4,
+        eval_every: 2,
+        eval_batches: 2,
+        ..vit_cfg()
+    };
+    assert_eq!(
+        (cfg.attention, cfg.norm_params),
+        (AttentionScale::Auto, NormParams::Auto)
+    );
+    let weights = |out: &Path| {
+        umup::checkpoint::load_named::<f32>(out.join("model.safetensors"))
+            .unwrap()
+            .0
+    };
+    // Each norm: its gain, its bias, and the linear bias beside it that must keep training.
+    let norms = ["layers.0.ln1", "layers.1.ln2", "ln_f"];
+    let moved = |w: &std::collections::BTreeMap<String, Vec<f32>>, name: &str, init: f32| {
+        w[name].iter().any(|&x| x != init)
+    };
+    let out = dir("norms");
+    let run = |cfg: &TrainConfig, resume: bool, stop_at| {
+        VitFamily::train(cfg, &data, &opts(&out, resume, stop_at), &mut |_| {})
+    };
+    for (param, norm_params, trained) in [
+        ("umup", NormParams::Auto, false),
+        ("umup", NormParams::Trained, true),
+        ("sp", NormParams::Auto, true),
+        ("sp", NormParams::Fixed, false),
+    ] {
+        let c = TrainConfig {
+            param: param.into(),
+            lr: if param == "sp" { 1e-2 } else { 1.0 },
+            norm_params,
+            ..cfg.clone()
+        };
+        run(&c, false, None).unwrap();
+        let w = weights(&out);
+        for n in norms {
+            let case = format!("{param} {norm_params}: {n}");
+            assert_eq!(moved(&w, &format!("{n}.weight"), 1.0), trained, "{case}");
+            assert_eq!(moved(&w, &format!("{n}.bias"), 0.0), trained, "{case}");
+        }
+        // Linear biases are not norm parameters: they train either way.
+        assert!(moved(&w, "layers.0.q.bias", 0.0), "{param} {norm_params}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    // A resume with another attention rule or norm setting is refused, naming both.
+    run(&cfg, false, Some(2)).unwrap();
+    let saved = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(
+        saved.contains("\"attention\": \"auto\"") && saved.contains("\"norm_params\": \"auto\""),
+        "{saved}"
+    );
+    let other = TrainConfig {
+        attention: AttentionScale::Reference,
+        ..cfg.clone()
+    };
+    let e = run(&other, true, None).unwrap_err().to_string();
+    assert!(
+        e.contains("attention scale `auto`") && e.contains("`reference`"),
+        "{e}"
+    );
+    let other = TrainConfig {
+        norm_params: NormParams::Trained,
+        ..cfg.clone()
+    };
+    let e = run(&other, true, None).unwrap_err().to_string();
+    assert!(e.contains("`auto`") && e.contains("`trained`"), "{e}");
+    run(&cfg, true, None).unwrap();
+    std::fs::remove_dir_all(out).unwrap();
 }

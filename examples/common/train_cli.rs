@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use umup::data::Data;
 use umup::device::DeviceKind;
 use umup::family::Options;
+use umup::nn::AttentionScale;
+use umup::params::NormParams;
 use umup::train::{Precision, RunOptions, TrainConfig};
 
 use crate::shipped::{self, DataArgs};
@@ -34,7 +36,7 @@ struct Args {
     batch: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
-    /// Global learning rate η [default: 1.0 for umup (vit: 2^-2), 2^-7 for mup and sp].
+    /// Global learning rate η [default: 1.0 for umup, 2^-7 for mup and sp].
     #[arg(long)]
     lr: Option<f64>,
     /// α_ffn-act.
@@ -58,6 +60,15 @@ struct Args {
     /// μP's and SP's init σ, as a multiple of the rule's (u-μP: must be 1).
     #[arg(long, default_value_t = 1.0)]
     sigma_init: f64,
+    /// Attention's output scale under u-μP: auto (reference for causal attention, mean for
+    /// non-causal), reference (the reference library's rule) or mean (the weighted mean's own
+    /// scale) (docs/results.md §9).
+    #[arg(long, default_value = "auto")]
+    attn_scale: AttentionScale,
+    /// Norm gains and biases: auto (fixed under u-μP, trained under μP and SP), fixed or trained
+    /// (docs/results.md §9).
+    #[arg(long, default_value = "auto")]
+    norm_params: NormParams,
     /// Parametrization: umup, mup (base width 64) or sp.
     #[arg(long, default_value = "umup")]
     param: String,
@@ -223,6 +234,8 @@ fn main_inner(model: &str, args: Args, defaults: Defaults) -> umup::Result<()> {
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         data: String::new(),
+        attention: args.attn_scale,
+        norm_params: args.norm_params,
         freeze: args.freeze.clone(),
     };
     if args.print_table {

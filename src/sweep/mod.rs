@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::family::{self, Family, Options};
+use crate::nn::AttentionScale;
+use crate::params::NormParams;
 use crate::plot::{self, Panel};
 use crate::train::{finished_result, RunOptions, RunResult, Summary, TrainConfig};
 use crate::{Error, Result};
@@ -134,6 +136,10 @@ pub struct Sweep {
     pub seeds: u64,
     /// Points trained at once by [`Sweep::run_points`].
     pub jobs: usize,
+    /// The attention output rule of every point ([`TrainConfig::attention`]).
+    pub attention: AttentionScale,
+    /// Whether every point trains its norms' gains and biases ([`TrainConfig::norm_params`]).
+    pub norm_params: NormParams,
 }
 
 impl Default for Sweep {
@@ -160,6 +166,8 @@ impl Default for Sweep {
             seed: 0,
             seeds: 1,
             jobs: 1,
+            attention: AttentionScale::Auto,
+            norm_params: NormParams::Auto,
         }
     }
 }
@@ -273,6 +281,8 @@ impl Sweep {
             seed: self.seed,
             eval_every: self.steps,
             eval_batches: self.eval_batches,
+            attention: self.attention,
+            norm_params: self.norm_params,
             ..TrainConfig::default()
         }
     }
@@ -882,10 +892,10 @@ pub fn train_flags(cfg: &TrainConfig, dir: &Path) -> String {
         .ok();
     }
     format!(
-        "--quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --alpha-input {} --sigma-init {}{options} --out {}",
+        "--quiet --sample-len 0 --param {} --width {} --depth {} --steps {} --batch {} --seed {} --lr {} --warmup {} --final-lr-fraction {} --eval-every {} --eval-batches {} --alpha-ffn-act {} --alpha-attn-softmax {} --alpha-res {} --alpha-res-attn-ratio {} --alpha-loss-softmax {} --alpha-input {} --sigma-init {} --attn-scale {} --norm-params {}{options} --out {}",
         c.param, c.width, c.depth, c.steps, c.batch, c.seed, c.lr, c.warmup, c.final_lr_fraction, c.eval_every, c.eval_batches,
         c.alpha_ffn_act, c.alpha_attn_softmax, c.alpha_res, c.alpha_res_attn_ratio, c.alpha_loss_softmax, c.alpha_input, c.sigma_init,
-        dir.display()
+        c.attention, c.norm_params, dir.display()
     )
 }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use umup::dfdx::nn::tensor_collection::TensorCollection;
 use umup::dfdx::prelude::*;
-use umup::nn::Hyper;
+use umup::nn::{AttentionScale, Hyper};
 use umup::walk::{self, Visit, VisitMut};
 
 /// A fixture file of `fixtures/` by name.
@@ -38,6 +38,8 @@ impl Alphas {
             alpha_res: self.res,
             alpha_res_attn_ratio: self.res_attn_ratio,
             alpha_loss_softmax: self.loss_softmax,
+            // The reference library's rule: these tests compare against it.
+            attention: AttentionScale::Reference,
         }
     }
 

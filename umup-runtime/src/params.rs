@@ -669,9 +669,142 @@ impl std::fmt::Display for ParamTable {
     }
 }
 
+/// Whether the gains and biases of norms are trained (docs/results.md §9).
+///
+/// The u-μP paper recommends non-parametric norms (spec §6: "no trainable gains", with no
+/// biases), and the reference library's `LayerNorm` and `RMSNorm` default to
+/// `elementwise_affine=False`. A model that has a gain and a bias in its norms (a BERT-style
+/// encoder, a ViT) gets, under the reference's Adam rule, the LR `η·depth^-½` for both (spec
+/// §7.2): each step moves every gain and bias by about that much, and the change reaches every
+/// token in full, where a hidden weight's change reaches a token only as far as the token
+/// aligns with it. At η = 1 that makes the norms the hottest tensors of the model, and the
+/// encoder's and ViT's best η fall to 2^-2 and 2^-4. Keeping them at their init (gain 1, bias
+/// 0) is the reference's default norm, and brings both families' best η back to 2^-1–2^0.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormParams {
+    /// `Fixed` under u-μP, `Trained` under μP and SP (their baselines train them).
+    #[default]
+    Auto,
+    /// Norm gains stay 1 and norm biases 0: the reference's `elementwise_affine=False`.
+    Fixed,
+    /// Norm gains and biases are trained with the LR rule of their role (spec §7.2).
+    Trained,
+}
+
+impl NormParams {
+    /// The names [`FromStr`] takes, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["auto", "fixed", "trained"];
+
+    /// [`NormParams::Auto`] resolved for a parametrization.
+    pub fn resolve(self, parametrization: Parametrization) -> NormParams {
+        match (self, parametrization) {
+            (NormParams::Auto, Parametrization::Umup) => NormParams::Fixed,
+            (NormParams::Auto, _) => NormParams::Trained,
+            (rule, _) => rule,
+        }
+    }
+
+    /// The setting's name (`auto`, `fixed`, `trained`).
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The setting of runs from before it existed in a saved configuration: trained.
+    pub fn legacy() -> Self {
+        NormParams::Trained
+    }
+}
+
+impl FromStr for NormParams {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Self::NAMES.iter().position(|n| *n == s) {
+            Some(0) => Ok(NormParams::Auto),
+            Some(1) => Ok(NormParams::Fixed),
+            Some(_) => Ok(NormParams::Trained),
+            None => Err(Error::UnknownName {
+                kind: "norm parameters setting",
+                name: s.to_string(),
+                expected: "auto, fixed, trained",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for NormParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The paths of the norms' parameters in a table: every [`Role::Norm`] gain, and every
+/// [`Role::Bias`] at `m.bias` whose module `m` has a norm gain at `m.weight` (a `LayerNorm`'s
+/// bias; a linear's bias sits beside a weight of another role).
+pub fn norm_param_paths(params: &[ParamSpec]) -> Vec<String> {
+    let gains: std::collections::HashSet<&str> = params
+        .iter()
+        .filter(|p| p.role == Role::Norm)
+        .map(|p| p.path.as_str())
+        .collect();
+    params
+        .iter()
+        .filter(|p| match p.role {
+            Role::Norm => true,
+            Role::Bias => p
+                .path
+                .strip_suffix("bias")
+                .is_some_and(|m| gains.contains(format!("{m}weight").as_str())),
+            _ => false,
+        })
+        .map(|p| p.path.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn norm_parameters_are_the_gains_and_the_biases_beside_them() {
+        let specs = [
+            ParamSpec::new("emb.weight", Role::Embedding, &[10, 4]),
+            ParamSpec::new("l.ln1.weight", Role::Norm, &[4]),
+            ParamSpec::new("l.ln1.bias", Role::Bias, &[4]),
+            ParamSpec::new("l.q.weight", Role::Weight, &[4, 4]),
+            ParamSpec::new("l.q.bias", Role::Bias, &[4]),
+            ParamSpec::new("rms.weight", Role::Norm, &[4]),
+            ParamSpec::new("head.bias", Role::Bias, &[3]),
+        ];
+        assert_eq!(
+            norm_param_paths(&specs),
+            ["l.ln1.weight", "l.ln1.bias", "rms.weight"]
+        );
+        let mup = Parametrization::Mup { base_width: 64 };
+        assert_eq!(
+            NormParams::Auto.resolve(Parametrization::Umup),
+            NormParams::Fixed
+        );
+        assert_eq!(NormParams::Auto.resolve(mup), NormParams::Trained);
+        assert_eq!(
+            NormParams::Auto.resolve(Parametrization::Sp),
+            NormParams::Trained
+        );
+        assert_eq!(
+            NormParams::Trained.resolve(Parametrization::Umup),
+            NormParams::Trained
+        );
+        assert_eq!(
+            NormParams::Fixed.resolve(Parametrization::Sp),
+            NormParams::Fixed
+        );
+        for name in NormParams::NAMES {
+            assert_eq!(name.parse::<NormParams>().unwrap().to_string(), name);
+        }
+        assert!("frozen".parse::<NormParams>().is_err());
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-12 * b.abs()

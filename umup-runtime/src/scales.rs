@@ -207,6 +207,107 @@ pub fn softmax(n: usize, mult: f64) -> Result<OpScales> {
     })
 }
 
+/// Which rule scales the output of attention (spec §4.12; docs/results.md §9).
+///
+/// At init, attention logits are small (`α·q·k/d_head` has std `α/√d_head`), so every query
+/// averages its keys' values almost uniformly. The output of query `i` is then close to the mean
+/// of `n_i` values (`n_i = S` non-causal, `i + 1` causal). With `ρ` the mean correlation of the
+/// values of different positions, that mean has RMS `√(ρ + (1 − ρ)/n_i)`:
+///
+/// * [`AttentionScale::Reference`] is the reference library's empirical rule ([`sdpa`]), fitted
+///   for `ρ = 0`: it multiplies by about `√S` (non-causal) or `√(S/ln S)` (causal). Where the
+///   values are correlated it overshoots: the output has RMS about `√(ρ·S)` (8–11 in the
+///   encoder's layers 1–3, the reference's open issue #84), and what it amplifies is the part of
+///   the output every position shares, which carries no position information.
+/// * [`AttentionScale::Mean`] keeps the output at the scale of the weighted mean it is
+///   (multiplier `√(1 − p)`, i.e. 1 without dropout): a convex combination of unit values has
+///   RMS at most 1, equal to 1 where the values are fully correlated. It is what μP and SP
+///   compute. It is static and has no width term, so μP's width independence is untouched.
+/// * [`AttentionScale::Auto`] (the default) is the measured choice per kind of attention:
+///   `Reference` for causal attention (the LM trains better with it: 2.4222 against 2.4373),
+///   `Mean` for non-causal attention (encoder and ViT: docs/results.md §9).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttentionScale {
+    /// `Reference` for causal attention, `Mean` for non-causal (and masked) attention.
+    #[default]
+    Auto,
+    /// The reference library's rule, [`sdpa`] (spec §4.12): conformance-exact.
+    Reference,
+    /// The output at the scale of the weighted mean of the values: multiplier `√(1 − p)`.
+    Mean,
+}
+
+impl AttentionScale {
+    /// The names [`std::str::FromStr`] takes, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["auto", "reference", "mean"];
+
+    /// The rule itself: [`AttentionScale::Auto`] resolved for causal or non-causal attention.
+    pub fn resolve(self, is_causal: bool) -> AttentionScale {
+        match self {
+            AttentionScale::Auto if is_causal => AttentionScale::Reference,
+            AttentionScale::Auto => AttentionScale::Mean,
+            rule => rule,
+        }
+    }
+
+    /// The rule's name (`auto`, `reference`, `mean`).
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// The rule runs before this field existed in a saved configuration: the reference's.
+    pub fn legacy() -> Self {
+        AttentionScale::Reference
+    }
+}
+
+impl std::str::FromStr for AttentionScale {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Self::NAMES.iter().position(|n| *n == s) {
+            Some(0) => Ok(AttentionScale::Auto),
+            Some(1) => Ok(AttentionScale::Reference),
+            Some(_) => Ok(AttentionScale::Mean),
+            None => Err(Error::UnknownName {
+                kind: "attention scale",
+                name: s.to_string(),
+                expected: "auto, reference, mean",
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for AttentionScale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The output scale of attention under `rule` ([`AttentionScale`]): [`sdpa`] for the reference
+/// rule, `√(1 − p)` for [`AttentionScale::Mean`]; [`AttentionScale::Auto`] resolved by
+/// `is_causal`. Every caller that scales attention goes through here.
+pub fn attention_output(
+    rule: AttentionScale,
+    seq_len: usize,
+    d_head: usize,
+    mult: f64,
+    is_causal: bool,
+    dropout_p: f64,
+) -> Result<f64> {
+    match rule.resolve(is_causal) {
+        AttentionScale::Mean => {
+            check_mult(mult)?;
+            count("seq_len", seq_len)?;
+            count("d_head", d_head)?;
+            Ok((1.0 - check_probability(dropout_p)?).sqrt())
+        }
+        _ => sdpa(seq_len, d_head, mult, is_causal, dropout_p),
+    }
+}
+
 /// The shared scale of `scaled_dot_product_attention` (spec §4.12):
 /// `s = √(1−p) / LI(1/(1+4·d_head/mult²), √((causal ? ln S : 1)/S), 1)`.
 pub fn sdpa(
@@ -346,6 +447,37 @@ mod tests {
 
     fn close(a: f64, b: f64, rel: f64) -> bool {
         (a - b).abs() <= rel * b.abs()
+    }
+
+    #[test]
+    fn attention_output_rules() {
+        for (s, d, mult) in [(64, 64, 1.0), (256, 64, 1.0), (16, 32, 0.5)] {
+            for causal in [false, true] {
+                let reference = sdpa(s, d, mult, causal, 0.0).unwrap();
+                let rule = |r| attention_output(r, s, d, mult, causal, 0.0).unwrap();
+                assert_eq!(rule(AttentionScale::Reference), reference);
+                assert_eq!(rule(AttentionScale::Mean), 1.0);
+                // Auto: the reference's rule for causal attention, the mean's for non-causal.
+                let auto = if causal { reference } else { 1.0 };
+                assert_eq!(rule(AttentionScale::Auto), auto);
+            }
+        }
+        // Spec §4.12's non-causal value (S 256, d_head 64): the reference multiplies by 15.83.
+        let r = attention_output(AttentionScale::Reference, 256, 64, 1.0, false, 0.0).unwrap();
+        assert!(close(r, 15.8283, 1e-5), "{r}");
+        // Dropout keeps √(1 − p) in both rules; bad inputs are errors in both.
+        let m = attention_output(AttentionScale::Mean, 8, 8, 1.0, false, 0.19).unwrap();
+        assert!(close(m, 0.9, 1e-12), "{m}");
+        for rule in [AttentionScale::Mean, AttentionScale::Reference] {
+            assert!(attention_output(rule, 0, 8, 1.0, false, 0.0).is_err());
+            assert!(attention_output(rule, 8, 8, -1.0, false, 0.0).is_err());
+            assert!(attention_output(rule, 8, 8, 1.0, false, 1.0).is_err());
+        }
+        for name in AttentionScale::NAMES {
+            let r: AttentionScale = name.parse().unwrap();
+            assert_eq!(r.to_string(), name);
+        }
+        assert!("sqrt".parse::<AttentionScale>().is_err());
     }
 
     // The table of reference constants in spec §4.10.

@@ -15,7 +15,7 @@ use crate::scales;
 /// Self-attention over `q, k, v [batch, heads, seq, d_head]`.
 ///
 /// u-μP: [`ops::scaled_dot_product_attention`] with `mult = α_attn-softmax` (logits
-/// `α·q·kᵀ/d_head`, unit-scaled output). μP: logits `α·q·kᵀ/d_head`, plain output. SP: logits
+/// `α·q·kᵀ/d_head`), the output scaled by the rule of `hp.attention` ([`attention_scales`]). μP: logits `α·q·kᵀ/d_head`, plain output. SP: logits
 /// `q·kᵀ/√d_head`.
 pub fn attention<P: Param, B: Dim, H: Dim, S: Dim, K: Dim, E: Dtype, D: Backend<E>, T>(
     q: Tensor<(B, H, S, K), E, D, T>,
@@ -79,7 +79,8 @@ where
 }
 
 /// `(logit scale, output scale)` of [`attention`] for `seq` positions and `d_head` features:
-/// u-μP `(α/d_head, s)` with `s` from [`scales::sdpa`] (spec §4.12); μP `(α/d_head, 1)`;
+/// u-μP `(α/d_head, s)` with `s` from [`scales::attention_output`] under `hp.attention`
+/// (the reference's [`scales::sdpa`], spec §4.12, or the mean's 1); μP `(α/d_head, 1)`;
 /// SP `(1/√d_head, 1)`. The output scale is a true-gradient multiply.
 pub fn attention_scales<P: Param>(
     seq: usize,
@@ -90,7 +91,10 @@ pub fn attention_scales<P: Param>(
     let d = d_head as f64;
     let alpha = hp.alpha_attn_softmax;
     match P::parametrization() {
-        Parametrization::Umup => Ok((alpha / d, scales::sdpa(seq, d_head, alpha, is_causal, 0.0)?)),
+        Parametrization::Umup => Ok((
+            alpha / d,
+            scales::attention_output(hp.attention, seq, d_head, alpha, is_causal, 0.0)?,
+        )),
         Parametrization::Mup { .. } => Ok((alpha / d, 1.0)),
         Parametrization::Sp => Ok((d.powf(-0.5), 1.0)),
     }

@@ -29,6 +29,7 @@ use crate::constraint::Constraint;
 use crate::error::{check_positive, DeviceResultExt, Error, Result};
 use crate::ops::{Backend, Conv1dGeometry};
 use crate::params::{Multipliers, ParamRow, ParamTable, Parametrization, Role};
+pub use crate::scales::AttentionScale;
 
 /// A parametrization as a type (see [`Parametrization`] for the rules).
 ///
@@ -264,6 +265,9 @@ pub struct Hyper {
     pub alpha_res_attn_ratio: f64,
     /// α_loss-softmax: temperature of the loss softmax.
     pub alpha_loss_softmax: f64,
+    /// The rule for attention's output scale under u-μP ([`AttentionScale`]; default
+    /// [`AttentionScale::Auto`]: the reference's for causal, `Mean` for non-causal attention).
+    pub attention: AttentionScale,
 }
 
 impl Default for Hyper {
@@ -275,6 +279,7 @@ impl Default for Hyper {
             alpha_res: 1.0,
             alpha_res_attn_ratio: 1.0,
             alpha_loss_softmax: 1.0,
+            attention: AttentionScale::Auto,
         }
     }
 }
