@@ -25,9 +25,10 @@ use umup::dfdx::optim::{Adam, Optimizer as _};
 use umup::dfdx::prelude::*;
 use umup::formats::MatmulFormats;
 use umup::models::Lm;
-use umup::nn::{Hyper, Sp, Umup};
+use umup::nn::{AttentionScale, Hyper, Sp, Umup};
 use umup::ops::MatmulQuantiser;
 use umup::optim::{OptimConfig, Optimizer};
+use umup::params::NormParams;
 use umup::profile;
 
 #[path = "common/bench.rs"]
@@ -267,13 +268,23 @@ fn main() -> umup::Result<()> {
         let dev = Cpu::seed_from_u64(0);
         dev.enable_cache();
         let mut m = Enc::build(&dev)?;
-        let mut opt = Optimizer::for_table(OptimConfig::adamw(1.0), &Enc::param_table()?)?;
+        // The reference's step trains the LayerNorm gains and biases: so does this one.
+        let optim = OptimConfig {
+            norm_params: NormParams::Trained,
+            ..OptimConfig::adamw(1.0)
+        };
+        let mut opt = Optimizer::for_table(optim, &Enc::param_table()?)?;
         let mut grads = Some(m.alloc_grads());
         let (ids, labels) = (&ids, &labels);
+        // The reference's attention scale, as in the reference's step.
+        let hp = Hyper {
+            attention: AttentionScale::Reference,
+            ..Hyper::default()
+        };
         Ok(Box::new(move || {
             let x = dev.tensor_from_vec(ids.clone(), (n,));
             let traced = x.traced(grads.take().expect("put back"));
-            let loss = m.loss(traced, labels, H, &Hyper::default())?;
+            let loss = m.loss(traced, labels, H, &hp)?;
             let mut g = loss.backward();
             opt.update(&mut m, &mut g)?;
             m.zero_grads(&mut g);

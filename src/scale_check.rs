@@ -16,7 +16,7 @@ use crate::data::{Data, Split};
 use crate::family::{training_tape, Family, Instance, Options, Step, Trainable, Visitor};
 use crate::nn::{AttentionScale, Hyper};
 use crate::optim::{OptimConfig, Optimizer};
-use crate::params::{norm_param_paths, NormParams};
+use crate::params::NormParams;
 use crate::{Error, Result};
 
 /// One measurement (the `rows` of the JSON output).
@@ -156,12 +156,11 @@ pub fn scale_check_model<M: Trainable<Cpu>, D: Data<Batch = M::Batch> + ?Sized>(
     let dev = Cpu::seed_from_u64(settings.seed);
     let mut model = M::try_build(&dev).map_err(Error::device)?;
     let table = M::param_table()?;
-    let mut opt = Optimizer::for_table(OptimConfig::adamw(settings.lr), &table)?;
-    if settings.norm_params.resolve(table.parametrization) == NormParams::Fixed {
-        for p in norm_param_paths(&table.specs()) {
-            opt.freeze(&p)?;
-        }
-    }
+    let optim = OptimConfig {
+        norm_params: settings.norm_params,
+        ..OptimConfig::adamw(settings.lr)
+    };
+    let mut opt = Optimizer::for_table(optim, &table)?;
     let hp = Hyper {
         attention: settings.attention,
         ..Hyper::default()

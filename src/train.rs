@@ -40,7 +40,7 @@ use crate::nn::{AttentionScale, Hyper};
 use crate::ops::Backend;
 use crate::ops::MatmulQuantiser;
 use crate::optim::{master_gradients, LrSchedule, OptimConfig, Optimizer};
-use crate::params::{norm_param_paths, Multipliers, NormParams, ParamTable, Parametrization};
+use crate::params::{Multipliers, NormParams, ParamTable, Parametrization};
 use crate::{Error, Result};
 
 const QUANT_STREAM: u64 = 3;
@@ -294,21 +294,6 @@ impl TrainConfig {
             "sigma_init" => Ok(self.sigma_init),
             _ => self.hyper().get(name),
         }
-    }
-
-    /// The tensors kept at their init: [`TrainConfig::freeze`], then the norms' gains and biases
-    /// ([`norm_param_paths`]) where [`TrainConfig::norm_params`] resolves to fixed under the
-    /// table's parametrization.
-    pub fn frozen(&self, table: &ParamTable) -> Vec<String> {
-        let mut paths = self.freeze.clone();
-        if self.norm_params.resolve(table.parametrization) == NormParams::Fixed {
-            for p in norm_param_paths(&table.specs()) {
-                if !paths.contains(&p) {
-                    paths.push(p);
-                }
-            }
-        }
-        paths
     }
 
     /// μP's and SP's own multipliers ([`Multipliers`]).
@@ -586,12 +571,13 @@ pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice, D: Data<Batch = M::Batch> + 
         grad_clip: cfg.grad_clip,
         schedule: LrSchedule::warmup_cosine(cfg.warmup, cfg.steps, cfg.final_lr_fraction)?,
         multipliers: cfg.multipliers(),
+        norm_params: cfg.norm_params,
         ..OptimConfig::adamw(cfg.lr)
     };
     let mut opt = Optimizer::<f32, Dev>::for_table(optim_cfg, &table)?;
     crate::nn::apply_init_multipliers(&mut model, &table, &cfg.multipliers())?;
-    for path in cfg.frozen(&table) {
-        opt.freeze(&path)?;
+    for path in &cfg.freeze {
+        opt.freeze(path)?;
     }
     let val_batches: Vec<D::Batch> = (0..data.val_batches(cfg.batch, cfg.eval_batches) as u64)
         .map(|j| data.batch(Split::Val, j, cfg.batch, cfg.seed))

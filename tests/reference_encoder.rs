@@ -17,6 +17,7 @@ use umup::family::{training_tape, Options, Step, Trainable};
 use umup::models::MaskedEncoder;
 use umup::nn::Umup;
 use umup::optim::{OptimConfig, Optimizer};
+use umup::params::NormParams;
 
 /// 16 positions, width 32, MLP 128, depth 2: the fixture's model.
 type Model<E> = MaskedEncoder<16, 32, 128, 2, E, Cpu, Umup>;
@@ -67,6 +68,8 @@ where
     let table = Model::<E>::param_table().unwrap();
     let cfg = OptimConfig {
         weight_decay: case.weight_decay,
+        // The reference's encoder trains its LayerNorm gains and biases.
+        norm_params: NormParams::Trained,
         ..OptimConfig::adamw(case.lr)
     };
     let mut opt = Optimizer::<E, Cpu>::for_table(cfg, &table).unwrap();

@@ -754,21 +754,26 @@ fn umup_keeps_norm_parameters_at_init_by_default_and_the_rules_are_part_of_the_r
         saved.contains("\"attention\": \"auto\"") && saved.contains("\"norm_params\": \"auto\""),
         "{saved}"
     );
-    let other = TrainConfig {
-        attention: AttentionScale::Reference,
-        ..cfg.clone()
-    };
-    let e = run(&other, true, None).unwrap_err().to_string();
-    assert!(
-        e.contains("attention scale `auto`") && e.contains("`reference`"),
-        "{e}"
-    );
-    let other = TrainConfig {
-        norm_params: NormParams::Trained,
-        ..cfg.clone()
-    };
-    let e = run(&other, true, None).unwrap_err().to_string();
-    assert!(e.contains("`auto`") && e.contains("`trained`"), "{e}");
+    let others = [
+        (
+            TrainConfig {
+                attention: AttentionScale::Reference,
+                ..cfg.clone()
+            },
+            ["attention scale `auto`", "`reference`"],
+        ),
+        (
+            TrainConfig {
+                norm_params: NormParams::Trained,
+                ..cfg.clone()
+            },
+            ["`auto`", "`trained`"],
+        ),
+    ];
+    for (other, names) in others {
+        let e = run(&other, true, None).unwrap_err().to_string();
+        assert!(names.iter().all(|n| e.contains(n)), "{e}");
+    }
     run(&cfg, true, None).unwrap();
     std::fs::remove_dir_all(out).unwrap();
 }

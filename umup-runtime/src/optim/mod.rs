@@ -23,7 +23,7 @@ use crate::constraint::Constraint;
 use crate::error::{check_finite, check_positive, DeviceResultExt, Error, Result};
 use crate::ops::Backend;
 use crate::params::{
-    self, LrRule, Multipliers, ParamGroup, ParamSpec, ParamTable, Parametrization,
+    self, LrRule, Multipliers, NormParams, ParamGroup, ParamSpec, ParamTable, Parametrization,
 };
 use crate::walk::{self, Visit, VisitMut};
 
@@ -89,6 +89,10 @@ pub struct OptimConfig {
     /// by default, and required under u-μP). Their init factors are
     /// [`crate::nn::apply_init_multipliers`]'s.
     pub multipliers: Multipliers,
+    /// Whether the norms' gains and biases ([`params::norm_param_paths`]) are trained
+    /// ([`NormParams`]; default `Auto`: kept at their init under u-μP, trained under μP and SP).
+    /// Kept ones are frozen from the start ([`Optimizer::freeze`]).
+    pub norm_params: NormParams,
 }
 
 impl Default for OptimConfig {
@@ -108,6 +112,7 @@ impl Default for OptimConfig {
             allow_non_unit_scaling_params: false,
             parametrization: Parametrization::Umup,
             multipliers: Multipliers::default(),
+            norm_params: NormParams::Auto,
         }
     }
 }
@@ -210,9 +215,15 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
                 });
             }
         }
+        let mut frozen = vec![false; params.len()];
+        if cfg.norm_params.resolve(cfg.parametrization) == NormParams::Fixed {
+            for path in params::norm_param_paths(params) {
+                frozen[index[&path]] = true;
+            }
+        }
         Ok(Optimizer {
             numel: params.iter().map(|p| p.shape.iter().product()).collect(),
-            frozen: vec![false; params.len()],
+            frozen,
             cfg,
             groups,
             index,
