@@ -22,7 +22,7 @@ use crate::error::{DeviceResultExt, Error, Result};
 use crate::formats::Format;
 use crate::ops::{self, Backend, Reduction};
 use crate::optim::{OptimConfig, Optimizer, OptimizerKind};
-use crate::params::{self, LrRule, ParamGroup, ParamSpec, Role};
+use crate::params::{self, LrRule, NormParams, ParamGroup, ParamSpec, Role};
 use crate::scales;
 
 type Tp<D> = OwnedTape<f64, D>;
@@ -1083,6 +1083,8 @@ fn adamw_step<D: Backend<f64>>(case: &Case, dev: &D, c: &mut Computed) -> Result
         eps: f64_param(case, "eps", Some(1e-8))?,
         weight_decay: f64_param(case, "weight_decay", Some(0.0))?,
         independent_weight_decay: bool_param(case, "independent_weight_decay", true)?,
+        // `uu.optim.AdamW` steps every parameter it is given, norm gains and biases included.
+        norm_params: NormParams::Trained,
         ..Default::default()
     };
     let mut opt = Optimizer::<f64, D>::new(cfg, &specs)?;
