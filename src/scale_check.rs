@@ -324,6 +324,14 @@ pub struct FiniteWidthFit {
     pub limit_share: f64,
 }
 
+impl FiniteWidthFit {
+    /// Whether the limit is positive with a margin: at least [`FIT_MIN_LIMIT_SHARE`] of the
+    /// widest width's RMS².
+    pub fn has_limit(&self) -> bool {
+        self.limit_share >= FIT_MIN_LIMIT_SHARE
+    }
+}
+
 /// Fits `RMS² = a + b / width` by least squares (see [`FiniteWidthFit`]); `None` with fewer than
 /// three widths or a non-positive width or RMS.
 pub fn finite_width_fit(by_width: &BTreeMap<usize, f64>) -> Option<FiniteWidthFit> {
@@ -431,7 +439,7 @@ impl std::fmt::Display for Verdict {
                 "fails: {n} widths, a finite-width term needs a fit over at least {FIT_MIN_WIDTHS}"
             ),
             Verdict::NotFiniteWidth(x) => {
-                let why = if x.limit_share < FIT_MIN_LIMIT_SHARE {
+                let why = if !x.has_limit() {
                     "no positive limit (a power law in width)"
                 } else {
                     "the fit misses a width by more than 10%: no 1/width trend (seed noise at one width, or a scaling error; --repeats averages more seeds)"
@@ -448,9 +456,7 @@ impl std::fmt::Display for Verdict {
 pub fn finite_width_verdict(by_width: &BTreeMap<usize, f64>) -> Verdict {
     match finite_width_fit(by_width) {
         None => Verdict::TooFewWidths(by_width.len()),
-        Some(x) if x.limit_share >= FIT_MIN_LIMIT_SHARE && x.max_residual <= FIT_TOLERANCE => {
-            Verdict::FiniteWidth(x)
-        }
+        Some(x) if x.has_limit() && x.max_residual <= FIT_TOLERANCE => Verdict::FiniteWidth(x),
         Some(x) => Verdict::NotFiniteWidth(x),
     }
 }

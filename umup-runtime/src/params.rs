@@ -698,6 +698,9 @@ impl NormParams {
     /// The names [`FromStr`] takes, in the order of the variants.
     pub const NAMES: [&'static str; 3] = ["auto", "fixed", "trained"];
 
+    /// Every setting, in the order of [`NormParams::NAMES`].
+    pub const ALL: [Self; 3] = [NormParams::Auto, NormParams::Fixed, NormParams::Trained];
+
     /// [`NormParams::Auto`] resolved for a parametrization.
     pub fn resolve(self, parametrization: Parametrization) -> NormParams {
         match (self, parametrization) {
@@ -721,16 +724,14 @@ impl NormParams {
 impl FromStr for NormParams {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match Self::NAMES.iter().position(|n| *n == s) {
-            Some(0) => Ok(NormParams::Auto),
-            Some(1) => Ok(NormParams::Fixed),
-            Some(_) => Ok(NormParams::Trained),
-            None => Err(Error::UnknownName {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| Error::UnknownName {
                 kind: "norm parameters setting",
                 name: s.to_string(),
                 expected: "auto, fixed, trained",
-            }),
-        }
+            })
     }
 }
 

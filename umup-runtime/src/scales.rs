@@ -244,6 +244,13 @@ impl AttentionScale {
     /// The names [`std::str::FromStr`] takes, in the order of the variants.
     pub const NAMES: [&'static str; 3] = ["auto", "reference", "mean"];
 
+    /// Every rule, in the order of [`AttentionScale::NAMES`].
+    pub const ALL: [Self; 3] = [
+        AttentionScale::Auto,
+        AttentionScale::Reference,
+        AttentionScale::Mean,
+    ];
+
     /// The rule itself: [`AttentionScale::Auto`] resolved for causal or non-causal attention.
     pub fn resolve(self, is_causal: bool) -> AttentionScale {
         match self {
@@ -267,16 +274,14 @@ impl AttentionScale {
 impl std::str::FromStr for AttentionScale {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match Self::NAMES.iter().position(|n| *n == s) {
-            Some(0) => Ok(AttentionScale::Auto),
-            Some(1) => Ok(AttentionScale::Reference),
-            Some(_) => Ok(AttentionScale::Mean),
-            None => Err(Error::UnknownName {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| Error::UnknownName {
                 kind: "attention scale",
                 name: s.to_string(),
                 expected: "auto, reference, mean",
-            }),
-        }
+            })
     }
 }
 
@@ -299,12 +304,30 @@ pub fn attention_output(
 ) -> Result<f64> {
     match rule.resolve(is_causal) {
         AttentionScale::Mean => {
-            check_mult(mult)?;
-            count("seq_len", seq_len)?;
-            count("d_head", d_head)?;
-            Ok((1.0 - check_probability(dropout_p)?).sqrt())
+            let a = AttentionArgs::check(seq_len, d_head, mult, dropout_p)?;
+            Ok((1.0 - a.p).sqrt())
         }
         _ => sdpa(seq_len, d_head, mult, is_causal, dropout_p),
+    }
+}
+
+/// The checked arguments of an attention scale: `seq_len`, `d_head` ≥ 1, `mult` > 0,
+/// `p` in [0, 1).
+struct AttentionArgs {
+    s: f64,
+    d: f64,
+    mult: f64,
+    p: f64,
+}
+
+impl AttentionArgs {
+    fn check(seq_len: usize, d_head: usize, mult: f64, dropout_p: f64) -> Result<Self> {
+        Ok(AttentionArgs {
+            mult: check_mult(mult)?,
+            p: check_probability(dropout_p)?,
+            s: count("seq_len", seq_len)?,
+            d: count("d_head", d_head)?,
+        })
     }
 }
 
@@ -317,10 +340,7 @@ pub fn sdpa(
     is_causal: bool,
     dropout_p: f64,
 ) -> Result<f64> {
-    let mult = check_mult(mult)?;
-    let p = check_probability(dropout_p)?;
-    let s = count("seq_len", seq_len)?;
-    let d = count("d_head", d_head)?;
+    let AttentionArgs { s, d, mult, p } = AttentionArgs::check(seq_len, d_head, mult, dropout_p)?;
     let alpha = 1.0 / (1.0 + 4.0 * d / (mult * mult));
     let numer = if is_causal { s.ln() } else { 1.0 };
     if numer <= 0.0 {
