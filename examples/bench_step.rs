@@ -416,37 +416,49 @@ fn main() -> umup::Result<()> {
     }
     let parts = profile::take();
 
-    let linear = 2.0 * n as f64 * (L * (4 * D * D + 3 * D * F) + D * V) as f64;
+    // Matmul FLOPs per training step (forward, input and weight gradients: 3× the forward's),
+    // attention's QKᵀ and PV counted in full (the causal kernel skips the masked half).
     let attention = (L * 2 * 2 * BATCH * H * SEQ * SEQ * (D / H)) as f64;
-    let flops = 3.0 * (linear + attention);
+    let flops = 3.0 * (2.0 * n as f64 * (L * (4 * D * D + 3 * D * F) + D * V) as f64 + attention);
+    let enc_flops = 3.0
+        * (2.0 * n as f64 * (L * (4 * D * D + 2 * D * F)) as f64
+            + 2.0 * (BATCH * D * CLASSES) as f64
+            + attention);
     let med: Vec<f64> = all.iter().map(|t| median(t)).collect();
     let ceiling = gemm_flop / (med[RAW + 1] * 1e-3) / 1e9;
-    let gf = |ms: f64| flops / (ms * 1e-3) / 1e9;
+    // The limit: the step's matmul FLOPs at the gemm ceiling, as a fraction of the step's time.
+    let limit = |flop: f64, ms: f64| flop / (ceiling * 1e9) / (ms * 1e-3);
     println!();
     println!(
-        "LM: vocab {V}, width {D}, {L} layers, {H} heads, MLP {F} (SwiGLU), seq {SEQ}, batch {BATCH}, f32; {:.1} GFLOP of matmul per step (causal attention counted in full). Encoder: same sizes, non-causal, GELU MLP {F}, {CLASSES} classes. {} rounds × {} timed steps per model (interleaved, after 2 warm-up steps); {} threads",
+        "LM: vocab {V}, width {D}, {L} layers, {H} heads, MLP {F} (SwiGLU), seq {SEQ}, batch {BATCH}, f32; {:.2} GFLOP of matmul per step (causal attention counted in full). Encoder: same sizes, non-causal, GELU MLP {F}, {CLASSES} classes; {:.2} GFLOP of matmul per step. {} rounds × {} timed steps per model (interleaved, after 2 warm-up steps); {} threads; machine: {}",
         flops / 1e9,
+        enc_flops / 1e9,
         args.rounds,
         args.steps,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        bench::machine()
     );
     println!();
-    println!("| model | median step ms | GFLOP/s | vs its plain dfdx twin |");
-    println!("|---|---:|---:|---:|");
+    println!("| model | median step ms | GFLOP/s | limit fraction | vs its plain dfdx twin |");
+    println!("|---|---:|---:|---:|---:|");
     for (i, (name, _)) in models.iter().enumerate() {
-        let (g, vs) = match i {
-            i if i < ENC => (gf(med[i]), format!("{:.3}", med[i] / med[PLAIN])),
-            i if i < RAW => (f64::NAN, format!("{:.3}", med[i] / med[PLAIN_ENC])),
-            _ => (gemm_flop / (med[i] * 1e-3) / 1e9, String::new()),
+        let (flop, vs) = match i {
+            i if i < ENC => (flops, format!("{:.3}", med[i] / med[PLAIN])),
+            i if i < RAW => (enc_flops, format!("{:.3}", med[i] / med[PLAIN_ENC])),
+            _ => (gemm_flop, String::new()),
         };
-        let g = if g.is_nan() {
-            String::new()
-        } else {
-            format!("{g:.1}")
-        };
-        println!("| {name} | {:.2} | {g} | {vs} |", med[i]);
+        println!(
+            "| {name} | {:.2} | {:.1} | {:.3} | {vs} |",
+            med[i],
+            flop / (med[i] * 1e-3) / 1e9,
+            limit(flop, med[i])
+        );
     }
-    println!("(umup's gemm ceiling: {ceiling:.1} GFLOP/s)");
+    println!(
+        "(umup's gemm ceiling: {ceiling:.1} GFLOP/s, the median of the raw gemm row; at it the LM's matmuls need {:.1} ms, the encoder's {:.1} ms)",
+        flops / (ceiling * 1e9) * 1e3,
+        enc_flops / (ceiling * 1e9) * 1e3
+    );
     println!();
     println!(
         "Where a u-μP {label} step goes (`umup::profile`, mean over {} profiled steps):",
@@ -468,7 +480,7 @@ fn main() -> umup::Result<()> {
     }
     let rest = step_ms - accounted;
     println!(
-        "| rest (optimizer, tape, buffers, gradient zeroing) | {rest:.1} | {:.0}% |",
+        "| rest (tape, buffers, gradient zeroing) | {rest:.1} | {:.0}% |",
         100.0 * rest / step_ms
     );
     println!("| total | {step_ms:.1} | 100% |");
@@ -490,6 +502,18 @@ fn main() -> umup::Result<()> {
         list(&enc_ratios)
     );
     println!("per-round ratios fp8-sim/f32: {}", list(&fp8_ratios));
+    println!(
+        "limit fraction LM = {:.3} ({:.1} GFLOP at {ceiling:.1} GFLOP/s in a {:.1} ms step)",
+        limit(flops, med[LM]),
+        flops / 1e9,
+        med[LM]
+    );
+    println!(
+        "limit fraction encoder = {:.3} ({:.1} GFLOP at {ceiling:.1} GFLOP/s in a {:.1} ms step)",
+        limit(enc_flops, med[ENC]),
+        enc_flops / 1e9,
+        med[ENC]
+    );
     println!(
         "ratio umup/plain_dfdx = {:.3} (umup {:.1} ms, plain dfdx {:.1} ms)",
         median(&lm_ratios),

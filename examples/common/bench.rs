@@ -34,3 +34,24 @@ pub fn median(v: &[f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// The machine, for the tables: the CPU's model name, its widest SIMD (AVX-512, AVX2) and the
+/// number of CPUs this process may use (Linux's `/proc/cpuinfo`; "unknown CPU" elsewhere).
+#[allow(dead_code)] // `cuda_check` prints its GPU instead
+pub fn machine() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, v)| v.trim());
+    let simd = if info.contains(" avx512f") {
+        " (AVX-512)"
+    } else if info.contains(" avx2") {
+        " (AVX2)"
+    } else {
+        ""
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{name}{simd}, {cpus} CPUs")
+}

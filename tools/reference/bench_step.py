@@ -10,7 +10,10 @@ ids, `examples/common/bench.rs`):
   biased `uu.Linear` q/k/v/o, non-causal `U.scaled_dot_product_attention`, `U.gelu` MLP ×4 with
   biases, `U.residual_split`/`U.residual_add` with the library's τ rule), a final LayerNorm, the
   mean over positions (× √seq) and `uu.LinearReadout` to 16 classes, `U.cross_entropy`.
-The reported ratios are medians of the per-round ratios.
+Each reference model also runs under `torch.compile` (default mode, 5 warm-up steps, which
+include the compilation). The reported ratios are medians of the per-round ratios; the last
+lines are `ratio LM umup/torch_compile = R`, `ratio encoder umup/torch_compile = R` and the
+eager ratios.
 
     cargo build --release --example bench_step
     pip install unit-scaling==0.3.5            # brings PyTorch
@@ -103,23 +106,26 @@ class Encoder(torch.nn.Module):
         return self.head(pooled)
 
 
-def encoder_step_ms(steps, threads):
-    """Median ms of `steps` reference encoder training steps after 2 warm-up steps."""
+def encoder_step_ms(steps, threads, compile=False):
+    """Median ms of `steps` reference encoder training steps after 2 warm-up steps (`compile`:
+    the model through `torch.compile`, 5 warm-up steps)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = Encoder()
     opt = uu.optim.AdamW(model.parameters(), lr=2.0**-6)
+    forward = torch.compile(model) if compile else model
+    warmup = 5 if compile else 2
     n = BATCH * SEQ
     ids = torch.tensor([(i * 37 + 11) % V for i in range(n)]).view(BATCH, SEQ)
     labels = torch.tensor([(b * 7 + 3) % 16 for b in range(BATCH)])
     times = []
-    for step in range(steps + 2):
+    for step in range(steps + warmup):
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = U.cross_entropy(model(ids), labels)
+        loss = U.cross_entropy(forward(ids), labels)
         loss.backward()
         opt.step()
-        if step >= 2:
+        if step >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -152,30 +158,64 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
     p.add_argument("--bench-step", default=str(ROOT / "target/release/examples/bench_step"))
     args = p.parse_args()
+    # Per round: umup LM, plain LM, eager LM, compiled LM, umup enc, plain enc, eager enc,
+    # compiled enc.
     rows = []
     for r in range(args.rounds):
         umup, plain, umup_enc, plain_enc = umup_step_ms(args.bench_step, args.steps)
         ref = reference_step_ms(args.steps, args.threads)
+        ref_c = reference_step_ms(args.steps, args.threads, compile=True)
         ref_enc = encoder_step_ms(args.steps, args.threads)
-        rows.append((umup, plain, ref, umup_enc, plain_enc, ref_enc))
+        ref_enc_c = encoder_step_ms(args.steps, args.threads, compile=True)
+        rows.append((umup, plain, ref, ref_c, umup_enc, plain_enc, ref_enc, ref_enc_c))
         print(
-            f"round {r}: LM umup {umup:.1f} ms, plain dfdx {plain:.1f} ms, reference {ref:.1f} ms; "
-            f"encoder umup {umup_enc:.1f} ms, plain dfdx {plain_enc:.1f} ms, reference {ref_enc:.1f} ms",
+            f"round {r}: LM umup {umup:.1f} ms, plain dfdx {plain:.1f} ms, reference eager "
+            f"{ref:.1f} ms, torch.compile {ref_c:.1f} ms; encoder umup {umup_enc:.1f} ms, plain "
+            f"dfdx {plain_enc:.1f} ms, reference eager {ref_enc:.1f} ms, torch.compile "
+            f"{ref_enc_c:.1f} ms",
             flush=True,
         )
     med = lambda i: statistics.median(x[i] for x in rows)  # noqa: E731
     ratio = lambda a, b: statistics.median(x[a] / x[b] for x in rows)  # noqa: E731
-    print(f"\ntorch {torch.__version__}, {args.threads} threads; {args.rounds} rounds x {args.steps} steps")
-    print("| step | median ms | vs reference |")
-    print("|---|---:|---:|")
-    print(f"| LM: umup u-μP (ops, Cpu kernels) | {med(0):.1f} | {ratio(0, 2):.3f} |")
-    print(f"| LM: plain dfdx (no scaling) | {med(1):.1f} | {ratio(1, 2):.3f} |")
-    print(f"| LM: reference unit-scaling 0.3.5 (PyTorch eager) | {med(2):.1f} | 1.000 |")
-    print(f"| encoder: umup u-μP (ops, Cpu kernels) | {med(3):.1f} | {ratio(3, 5):.3f} |")
-    print(f"| encoder: plain dfdx (no scaling) | {med(4):.1f} | {ratio(4, 5):.3f} |")
-    print(f"| encoder: reference unit-scaling 0.3.5 (PyTorch eager) | {med(5):.1f} | 1.000 |")
-    print("per-round LM umup/reference: " + ", ".join(f"{x[0] / x[2]:.3f}" for x in rows))
-    print("per-round encoder umup/reference: " + ", ".join(f"{x[3] / x[5]:.3f}" for x in rows))
+    print(
+        f"\ntorch {torch.__version__}, {args.threads} threads; {args.rounds} rounds x "
+        f"{args.steps} steps; machine: {machine()}"
+    )
+    print("| step | median ms | vs reference eager | vs reference torch.compile |")
+    print("|---|---:|---:|---:|")
+    for name, base in (("LM", 0), ("encoder", 4)):
+        e, c = base + 2, base + 3
+        print(f"| {name}: umup u-μP (ops, Cpu kernels) | {med(base):.1f} | {ratio(base, e):.3f} | {ratio(base, c):.3f} |")
+        print(f"| {name}: plain dfdx (no scaling) | {med(base + 1):.1f} | {ratio(base + 1, e):.3f} | {ratio(base + 1, c):.3f} |")
+        print(f"| {name}: reference unit-scaling 0.3.5, PyTorch eager | {med(e):.1f} | 1.000 | {ratio(e, c):.3f} |")
+        print(f"| {name}: reference unit-scaling 0.3.5, torch.compile | {med(c):.1f} | {ratio(c, e):.3f} | 1.000 |")
+    for name, base in (("LM", 0), ("encoder", 4)):
+        for peer, i in (("eager", base + 2), ("torch_compile", base + 3)):
+            print(f"per-round {name} umup/{peer}: " + ", ".join(f"{x[base] / x[i]:.3f}" for x in rows))
+    for name, base in (("LM", 0), ("encoder", 4)):
+        print(f"ratio {name} umup/eager = {ratio(base, base + 2):.3f}")
+        print(f"ratio {name} umup/torch_compile = {ratio(base, base + 3):.3f}")
+
+
+def machine():
+    """The CPU's model name and the number of CPUs this process may use (Linux)."""
+    name = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = open("/proc/cpuinfo").read()
+        flags = " (AVX-512)" if "avx512f" in text else (" (AVX2)" if "avx2" in text else "")
+    except OSError:
+        pass
+    import os
+
+    return f"{name}{flags}, {len(os.sched_getaffinity(0))} CPUs"
 
 
 if __name__ == "__main__":

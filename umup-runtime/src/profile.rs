@@ -38,11 +38,14 @@ pub enum Part {
     Scales,
     /// Simulated precision: rounding matmul inputs and output gradients.
     Quantise,
+    /// The optimizer's update of every parameter ([`crate::optim::Optimizer::update`], on any
+    /// device).
+    Optimizer,
 }
 
 impl Part {
     /// Every part, in display order.
-    pub const ALL: [Part; 10] = [
+    pub const ALL: [Part; 11] = [
         Part::Copies,
         Part::Embedding,
         Part::Norms,
@@ -53,6 +56,7 @@ impl Part {
         Part::Loss,
         Part::Scales,
         Part::Quantise,
+        Part::Optimizer,
     ];
 
     /// A short description for tables.
@@ -68,12 +72,13 @@ impl Part {
             Part::Loss => "cross entropy (loss + logits gradient)",
             Part::Scales => "scale_grad (fwd + bwd)",
             Part::Quantise => "simulated-precision rounding (fwd + bwd)",
+            Part::Optimizer => "optimizer update",
         }
     }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];
+static NANOS: [AtomicU64; Part::ALL.len()] = [const { AtomicU64::new(0) }; Part::ALL.len()];
 
 /// Turns the recording on or off (process-wide).
 pub fn enable(on: bool) {

@@ -350,7 +350,9 @@ impl<E: Dtype, D: Backend<E>> Optimizer<E, D> {
             grads,
             settings: settings.into_iter(),
         };
-        walk::tensors_mut(model, &mut step)?;
+        crate::profile::time(crate::profile::Part::Optimizer, || {
+            walk::tensors_mut(model, &mut step)
+        })?;
         self.steps += 1;
         Ok(norm)
     }

@@ -1,8 +1,8 @@
-//! Elementwise kernels: SwiGLU, GELU, embedding gather/scatter.
+//! Elementwise kernels: SwiGLU, GELU, SiLU, embedding gather/scatter.
 
 use rayon::prelude::*;
 
-use super::{Real, CHUNK};
+use super::{simd, Real, CHUNK};
 
 #[inline(always)]
 fn sigmoid<E: Real>(z: E) -> E {
@@ -18,9 +18,14 @@ pub fn swiglu_fwd<E: Real>(x: &[E], g: &[E], mult: E, scale: E, out: &mut [E]) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|(o, (x, g))| {
-            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                *o = scale * x * g * sigmoid(mult * g);
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                        *o = scale * x * g * sigmoid(mult * g);
+                    }
+                },
+            )
         });
 }
 
@@ -45,12 +50,19 @@ pub fn swiglu_bwd_acc<E: Real>(
         .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
         .zip(dout.par_chunks(CHUNK))
         .for_each(|(((dx, dg), (x, g)), dout)| {
-            for i in 0..dx.len() {
-                let s = sigmoid(mult * g[i]);
-                let d = scale * dout[i];
-                dx[i] += d * g[i] * s;
-                dg[i] += d * x[i] * (s + mult * g[i] * s * (E::one() - s));
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((((dx, dg), &x), &g), &dout) in
+                        dx.iter_mut().zip(dg.iter_mut()).zip(x).zip(g).zip(dout)
+                    {
+                        let s = sigmoid(mult * g);
+                        let d = scale * dout;
+                        *dx += d * g * s;
+                        *dg += d * x * (s + mult * g * s * (E::one() - s));
+                    }
+                },
+            )
         });
 }
 
@@ -63,10 +75,15 @@ pub fn gelu_fwd<E: Real>(x: &[E], mult: E, scale: E, out: &mut [E]) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                let z = mult * x;
-                *o = scale * z * half * (E::one() + (z * r).erf_v());
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        let z = mult * x;
+                        *o = scale * z * half * (E::one() + (z * r).erf_v());
+                    }
+                },
+            )
         });
 }
 
@@ -83,12 +100,17 @@ pub fn gelu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
         .for_each(|(dx, (x, g))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                let z = mult * x;
-                let phi = half * (E::one() + (z * r).erf_v());
-                let density = c * (-half * z * z).exp_v();
-                *dx += scale * (phi + z * density) * g;
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                        let z = mult * x;
+                        let phi = half * (E::one() + (z * r).erf_v());
+                        let density = c * (-half * z * z).exp_v();
+                        *dx += scale * (phi + z * density) * g;
+                    }
+                },
+            )
         });
 }
 
@@ -98,9 +120,14 @@ pub fn silu_fwd<E: Real>(x: &[E], mult: E, scale: E, out: &mut [E]) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = scale * x * sigmoid(mult * x);
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        *o = scale * x * sigmoid(mult * x);
+                    }
+                },
+            )
         });
 }
 
@@ -113,10 +140,15 @@ pub fn silu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
         .for_each(|(dx, (x, g))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                let s = sigmoid(mult * x);
-                *dx += scale * (s + mult * x * s * (E::one() - s)) * g;
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                        let s = sigmoid(mult * x);
+                        *dx += scale * (s + mult * x * s * (E::one() - s)) * g;
+                    }
+                },
+            )
         });
 }
 

@@ -80,7 +80,8 @@ impl Real for f32 {
         // where `floor` would be a libm call on the baseline x86-64 target and block
         // vectorisation.
         const ROUND: f32 = 12_582_912.0;
-        let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+        let t = x * std::f32::consts::LOG2_E + ROUND;
+        let n = t - ROUND;
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
             * r
@@ -88,8 +89,11 @@ impl Real for f32 {
             * r
             + 0.5;
         let er = p * r * r + r + 1.0;
-        // 2ⁿ from its exponent bits: n ∈ [−126, 127] after the clamp, a normal number.
-        f32::from_bits(((n as i32 + 127) as u32) << 23) * er
+        // 2ⁿ from its exponent bits: n ∈ [−126, 127] after the clamp, a normal number. `t` lies
+        // in [2²³, 2²⁴) with an ulp of 1, so its bits are those of 1.5·2²³ plus n: integer
+        // arithmetic on the bits gives n + 127 without a float-to-int cast (Rust's saturating
+        // cast does not vectorise).
+        f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23) * er
     }
 }
 
@@ -106,6 +110,20 @@ impl Real for f64 {
     fn exp_v(self) -> Self {
         self.exp()
     }
+}
+
+/// Runs `f` compiled for the widest SIMD the CPU has (AVX-512 or AVX2 + FMA on x86-64, chosen at
+/// run time by `pulp`'s dispatch, as `gemm` and the FP8 rounding do), so elementwise loops
+/// vectorise without a `target-cpu` build flag. Pass an `#[inline(always)]` closure and keep what
+/// it calls `#[inline(always)]` or generic, so its body is compiled inside the dispatched
+/// function.
+///
+/// Values are bit-identical to the baseline build: Rust never contracts `a·b + c` into an FMA
+/// and never reassociates a float sum, so vectorising changes the speed of a loop, not its
+/// results (`tests/kernels.rs` and the conformance fixtures run through these loops).
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
 }
 
 /// Elements per parallel task of an elementwise kernel (smaller arrays run on one thread).

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{rows_per_task, Real};
+use super::{rows_per_task, simd, Real};
 
 /// RMSNorm (`center = false`, spec §4.7) or LayerNorm (`center = true`, biased variance,
 /// spec §4.6) forward over rows of `width`: `mean[r] = center ? mean(x_r) : 0`,
@@ -34,26 +34,32 @@ pub fn norm_fwd<E: Real>(
         .zip(inv.par_chunks_mut(rows).zip(mean.par_chunks_mut(rows)))
         .zip(x.par_chunks(rows * width))
         .for_each(|((y, (inv, mean)), x)| {
-            for (((y, x), inv), mean) in y.chunks_mut(width).zip(x.chunks(width)).zip(inv).zip(mean)
-            {
-                let mu = if center {
-                    x.iter().copied().sum::<E>() / d
-                } else {
-                    E::zero()
-                };
-                let ms = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<E>() / d;
-                let r = E::one() / (ms + eps).sqrt();
-                (*inv, *mean) = (r, mu);
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x - mu) * r;
-                }
-                if let Some(g) = gain {
-                    y.iter_mut().zip(g).for_each(|(y, &g)| *y *= g);
-                }
-                if let Some(b) = bias {
-                    y.iter_mut().zip(b).for_each(|(y, &b)| *y += b);
-                }
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (((y, x), inv), mean) in
+                        y.chunks_mut(width).zip(x.chunks(width)).zip(inv).zip(mean)
+                    {
+                        let mu = if center {
+                            x.iter().copied().sum::<E>() / d
+                        } else {
+                            E::zero()
+                        };
+                        let ms = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<E>() / d;
+                        let r = E::one() / (ms + eps).sqrt();
+                        (*inv, *mean) = (r, mu);
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            *y = (x - mu) * r;
+                        }
+                        if let Some(g) = gain {
+                            y.iter_mut().zip(g).for_each(|(y, &g)| *y *= g);
+                        }
+                        if let Some(b) = bias {
+                            y.iter_mut().zip(b).for_each(|(y, &b)| *y += b);
+                        }
+                    }
+                },
+            )
         });
 }
 
@@ -84,34 +90,39 @@ pub fn norm_bwd<E: Real>(
         .zip(inv.par_chunks(rows).zip(mean.par_chunks(rows)))
         .zip(x.par_chunks(rows * width).zip(dy.par_chunks(rows * width)))
         .for_each(|((dx, (inv, mean)), (x, dy))| {
-            let mut dyg = vec![E::zero(); if gain.is_some() { width } else { 0 }];
-            for ((((dx, x), dy), &r), &mu) in dx
-                .chunks_mut(width)
-                .zip(x.chunks(width))
-                .zip(dy.chunks(width))
-                .zip(inv)
-                .zip(mean)
-            {
-                let dy: &[E] = match gain {
-                    Some(g) => {
-                        dyg.iter_mut()
-                            .zip(dy.iter().zip(g))
-                            .for_each(|(o, (&dy, &g))| *o = dy * g);
-                        &dyg
+            simd(
+                #[inline(always)]
+                || {
+                    let mut dyg = vec![E::zero(); if gain.is_some() { width } else { 0 }];
+                    for ((((dx, x), dy), &r), &mu) in dx
+                        .chunks_mut(width)
+                        .zip(x.chunks(width))
+                        .zip(dy.chunks(width))
+                        .zip(inv)
+                        .zip(mean)
+                    {
+                        let dy: &[E] = match gain {
+                            Some(g) => {
+                                dyg.iter_mut()
+                                    .zip(dy.iter().zip(g))
+                                    .for_each(|(o, (&dy, &g))| *o = dy * g);
+                                &dyg
+                            }
+                            None => dy,
+                        };
+                        let dot = x.iter().zip(dy).map(|(&x, &g)| (x - mu) * g).sum::<E>();
+                        let c = r * r * r * dot / d;
+                        let m = if center {
+                            r * dy.iter().copied().sum::<E>() / d
+                        } else {
+                            E::zero()
+                        };
+                        for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+                            *o += r * g - c * (x - mu) - m;
+                        }
                     }
-                    None => dy,
-                };
-                let dot = x.iter().zip(dy).map(|(&x, &g)| (x - mu) * g).sum::<E>();
-                let c = r * r * r * dot / d;
-                let m = if center {
-                    r * dy.iter().copied().sum::<E>() / d
-                } else {
-                    E::zero()
-                };
-                for ((o, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-                    *o += r * g - c * (x - mu) - m;
-                }
-            }
+                },
+            )
         });
 }
 
@@ -134,12 +145,17 @@ pub fn norm_param_grads<E: Real>(
     );
     let mut sg = vec![E::zero(); width];
     let mut sb = vec![E::zero(); width];
-    for (((x, dy), &r), &mu) in x.chunks(width).zip(dy.chunks(width)).zip(inv).zip(mean) {
-        for (((sg, sb), &x), &g) in sg.iter_mut().zip(sb.iter_mut()).zip(x).zip(dy) {
-            *sg += g * (x - mu) * r;
-            *sb += g;
-        }
-    }
+    simd(
+        #[inline(always)]
+        || {
+            for (((x, dy), &r), &mu) in x.chunks(width).zip(dy.chunks(width)).zip(inv).zip(mean) {
+                for (((sg, sb), &x), &g) in sg.iter_mut().zip(sb.iter_mut()).zip(x).zip(dy) {
+                    *sg += g * (x - mu) * r;
+                    *sb += g;
+                }
+            }
+        },
+    );
     if let Some(dg) = dgain {
         dg.iter_mut().zip(&sg).for_each(|(o, &s)| *o += scale * s);
     }
@@ -168,21 +184,26 @@ pub fn softmax_fwd<E: Real>(
         .zip(out.par_chunks_mut(rows * width))
         .zip(x.par_chunks(rows * width))
         .for_each(|((p, o), x)| {
-            for ((p, o), x) in p
-                .chunks_mut(width)
-                .zip(o.chunks_mut(width))
-                .zip(x.chunks(width))
-            {
-                let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
-                for (p, &v) in p.iter_mut().zip(x) {
-                    *p = (mult * v - max).exp_v();
-                }
-                let inv = E::one() / p.iter().fold(E::zero(), |s, &e| s + e);
-                for (p, o) in p.iter_mut().zip(o.iter_mut()) {
-                    *p *= inv;
-                    *o = scale * *p;
-                }
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((p, o), x) in p
+                        .chunks_mut(width)
+                        .zip(o.chunks_mut(width))
+                        .zip(x.chunks(width))
+                    {
+                        let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
+                        for (p, &v) in p.iter_mut().zip(x) {
+                            *p = (mult * v - max).exp_v();
+                        }
+                        let inv = E::one() / p.iter().fold(E::zero(), |s, &e| s + e);
+                        for (p, o) in p.iter_mut().zip(o.iter_mut()) {
+                            *p *= inv;
+                            *o = scale * *p;
+                        }
+                    }
+                },
+            )
         });
 }
 
@@ -203,16 +224,21 @@ pub fn softmax_bwd_acc<E: Real>(probs: &[E], dout: &[E], width: usize, coef: E, 
                 .zip(dout.par_chunks(rows * width)),
         )
         .for_each(|(dx, (p, g))| {
-            for ((dx, p), g) in dx
-                .chunks_mut(width)
-                .zip(p.chunks(width))
-                .zip(g.chunks(width))
-            {
-                let dot = p.iter().zip(g).map(|(&p, &g)| p * g).sum::<E>();
-                for ((dx, &p), &g) in dx.iter_mut().zip(p).zip(g) {
-                    *dx += coef * p * (g - dot);
-                }
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for ((dx, p), g) in dx
+                        .chunks_mut(width)
+                        .zip(p.chunks(width))
+                        .zip(g.chunks(width))
+                    {
+                        let dot = p.iter().zip(g).map(|(&p, &g)| p * g).sum::<E>();
+                        for ((dx, &p), &g) in dx.iter_mut().zip(p).zip(g) {
+                            *dx += coef * p * (g - dot);
+                        }
+                    }
+                },
+            )
         });
 }
 
@@ -242,21 +268,27 @@ pub fn cross_entropy_fwd_bwd<E: Real>(
                 .zip(targets.par_chunks(rows)),
         )
         .for_each(|((dl, loss), (x, t))| {
-            for (((dl, loss), x), &t) in dl.chunks_mut(vocab).zip(loss).zip(x.chunks(vocab)).zip(t)
-            {
-                let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
-                for (d, &v) in dl.iter_mut().zip(x) {
-                    *d = (mult * v - max).exp_v();
-                }
-                let sum = dl.iter().fold(E::zero(), |s, &e| s + e);
-                let lse = max + sum.ln();
-                *loss = lse - mult * x[t];
-                let inv = E::one() / sum;
-                for d in dl.iter_mut() {
-                    *d = grad_coef * (*d * inv);
-                }
-                dl[t] -= grad_coef;
-            }
+            simd(
+                #[inline(always)]
+                || {
+                    for (((dl, loss), x), &t) in
+                        dl.chunks_mut(vocab).zip(loss).zip(x.chunks(vocab)).zip(t)
+                    {
+                        let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
+                        for (d, &v) in dl.iter_mut().zip(x) {
+                            *d = (mult * v - max).exp_v();
+                        }
+                        let sum = dl.iter().fold(E::zero(), |s, &e| s + e);
+                        let lse = max + sum.ln();
+                        *loss = lse - mult * x[t];
+                        let inv = E::one() / sum;
+                        for d in dl.iter_mut() {
+                            *d = grad_coef * (*d * inv);
+                        }
+                        dl[t] -= grad_coef;
+                    }
+                },
+            )
         });
     losses
 }

@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::error::{DeviceResultExt, Result};
-use crate::ops::cpu::{Real, CHUNK};
+use crate::ops::cpu::{simd, Real, CHUNK};
 use crate::ops::kernels::{self, accumulate, Buf};
 use crate::ops::scale::elem;
 use crate::profile::{time, Part};
@@ -28,9 +28,14 @@ pub(crate) fn add<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
         y.par_chunks_mut(CHUNK)
             .zip(xa.par_chunks(CHUNK).zip(xb.par_chunks(CHUNK)))
             .for_each(|(y, (a, b))| {
-                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                    *y = fa * a + fb * b;
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                            *y = fa * a + fb * b;
+                        }
+                    },
+                )
             })
     });
     drop((xa, xb));
