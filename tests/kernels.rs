@@ -214,7 +214,8 @@ where
     Cpu: Backend<E>,
 {
     let mut rig = Rig::new(3);
-    for (batch, heads, seq, d_head) in [(2, 3, 37, 5), (1, 2, 70, 8), (3, 1, 1, 4)] {
+    for (batch, heads, seq, d_head) in [(2, 3, 37, 5), (1, 2, 70, 8), (3, 1, 1, 4), (1, 1, 130, 3)]
+    {
         for causal in [true, false] {
             let (ls, os) = (0.3, 1.7);
             // Heads-major inputs, one of them a permuted (non-contiguous) view.

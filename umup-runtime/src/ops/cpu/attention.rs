@@ -14,8 +14,14 @@ use rayon::prelude::*;
 use super::gemm::{gemm, Threads, View, ViewMut};
 use super::{simd, Real};
 
-/// Query rows per block.
-const BLOCK: usize = 32;
+/// Query rows per block of causal attention: small enough that a block skips most of the masked
+/// keys.
+const CAUSAL_BLOCK: usize = 32;
+
+/// Query rows per block of non-causal attention, which has nothing to skip: large blocks mean
+/// fewer, larger matmuls (each small matmul pays gemm's packing and dispatch), while the block's
+/// logits (`rows × seq`) stay in cache.
+const FULL_BLOCK: usize = 128;
 
 /// How `q`, `k`, `v` and the output are laid out in memory (row-major either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,11 +72,21 @@ impl AttnShape {
         }
     }
 
+    /// Query rows per block.
+    fn block_rows(causal: bool) -> usize {
+        if causal {
+            CAUSAL_BLOCK
+        } else {
+            FULL_BLOCK
+        }
+    }
+
     /// The query blocks `(first row, end row, keys visible to the block)`.
     fn blocks(&self, causal: bool) -> impl Iterator<Item = (usize, usize, usize)> {
         let seq = self.seq;
-        (0..seq.div_ceil(BLOCK)).map(move |b| {
-            let (r0, r1) = (b * BLOCK, ((b + 1) * BLOCK).min(seq));
+        let block = Self::block_rows(causal);
+        (0..seq.div_ceil(block)).map(move |b| {
+            let (r0, r1) = (b * block, ((b + 1) * block).min(seq));
             (r0, r1, if causal { r1 } else { seq })
         })
     }
@@ -204,7 +220,7 @@ pub fn attention_bwd_into<E: Real>(
                         &dout[span],
                     );
                     let pb = &probs[b * sh.heads * s * s..(b + 1) * sh.heads * s * s];
-                    let mut ds = vec![E::zero(); BLOCK.min(s) * s];
+                    let mut ds = vec![E::zero(); AttnShape::block_rows(causal).min(s) * s];
                     for (h, ph) in pb.chunks(s * s).enumerate() {
                         for (n, (r0, r1, kend)) in sh.blocks(causal).enumerate() {
                             let rows = r1 - r0;
