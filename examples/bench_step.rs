@@ -502,18 +502,13 @@ fn main() -> umup::Result<()> {
         list(&enc_ratios)
     );
     println!("per-round ratios fp8-sim/f32: {}", list(&fp8_ratios));
-    println!(
-        "limit fraction LM = {:.3} ({:.1} GFLOP at {ceiling:.1} GFLOP/s in a {:.1} ms step)",
-        limit(flops, med[LM]),
-        flops / 1e9,
-        med[LM]
-    );
-    println!(
-        "limit fraction encoder = {:.3} ({:.1} GFLOP at {ceiling:.1} GFLOP/s in a {:.1} ms step)",
-        limit(enc_flops, med[ENC]),
-        enc_flops / 1e9,
-        med[ENC]
-    );
+    for (model, flop, ms) in [("LM", flops, med[LM]), ("encoder", enc_flops, med[ENC])] {
+        println!(
+            "limit fraction {model} = {:.3} ({:.1} GFLOP at {ceiling:.1} GFLOP/s in a {ms:.1} ms step)",
+            limit(flop, ms),
+            flop / 1e9
+        );
+    }
     println!(
         "ratio umup/plain_dfdx = {:.3} (umup {:.1} ms, plain dfdx {:.1} ms)",
         median(&lm_ratios),

@@ -21,6 +21,7 @@ eager ratios.
 """
 
 import argparse
+import os
 import pathlib
 import re
 import statistics
@@ -198,24 +199,15 @@ def main():
 
 
 def machine():
-    """The CPU's model name and the number of CPUs this process may use (Linux)."""
-    name = "unknown CPU"
+    """The CPU's model name, its widest SIMD and the CPUs this process may use (Linux), as
+    `bench_step` prints it."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+        info = open("/proc/cpuinfo").read()
     except OSError:
-        pass
-    flags = ""
-    try:
-        text = open("/proc/cpuinfo").read()
-        flags = " (AVX-512)" if "avx512f" in text else (" (AVX2)" if "avx2" in text else "")
-    except OSError:
-        pass
-    import os
-
-    return f"{name}{flags}, {len(os.sched_getaffinity(0))} CPUs"
+        info = ""
+    names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
+    simd = " (AVX-512)" if " avx512f" in info else (" (AVX2)" if " avx2" in info else "")
+    return f"{names[0] if names else 'unknown CPU'}{simd}, {len(os.sched_getaffinity(0))} CPUs"
 
 
 if __name__ == "__main__":

@@ -127,25 +127,26 @@ pub fn attention_fwd<E: Real>(
         .zip(probs.par_chunks_mut(sh.heads * s * s))
         .enumerate()
         .for_each(|(b, (ob, pb))| {
-            simd(
-                #[inline(always)]
-                || {
-                    let (qb, kb, vb) = (
-                        &q[b * s * w..(b + 1) * s * w],
-                        &k[b * s * w..(b + 1) * s * w],
-                        &v[b * s * w..(b + 1) * s * w],
+            let (qb, kb, vb) = (
+                &q[b * s * w..(b + 1) * s * w],
+                &k[b * s * w..(b + 1) * s * w],
+                &v[b * s * w..(b + 1) * s * w],
+            );
+            for (h, ph) in pb.chunks_mut(s * s).enumerate() {
+                for (r0, r1, kend) in sh.blocks(causal) {
+                    let rows = r1 - r0;
+                    gemm(
+                        ViewMut::block(ph, r0 * s, rows, kend, s),
+                        false,
+                        View::block(qb, r0 * rs + h * hs, rows, dh, rs),
+                        View::block(kb, h * hs, kend, dh, rs).t(),
+                        logit_scale,
+                        Threads::One,
                     );
-                    for (h, ph) in pb.chunks_mut(s * s).enumerate() {
-                        for (r0, r1, kend) in sh.blocks(causal) {
-                            let rows = r1 - r0;
-                            gemm(
-                                ViewMut::block(ph, r0 * s, rows, kend, s),
-                                false,
-                                View::block(qb, r0 * rs + h * hs, rows, dh, rs),
-                                View::block(kb, h * hs, kend, dh, rs).t(),
-                                logit_scale,
-                                Threads::One,
-                            );
+                    // The block's softmax, vectorised (gemm dispatches on its own).
+                    simd(
+                        #[inline(always)]
+                        || {
                             for i in r0..r1 {
                                 let valid = if causal { i + 1 } else { s };
                                 let row = &mut ph[i * s..(i + 1) * s];
@@ -160,18 +161,18 @@ pub fn attention_fwd<E: Real>(
                                 row[..valid].iter_mut().for_each(|x| *x *= inv);
                                 row[valid..].iter_mut().for_each(|x| *x = E::zero());
                             }
-                            gemm(
-                                ViewMut::block(ob, r0 * rs + h * hs, rows, dh, rs),
-                                false,
-                                View::block(ph, r0 * s, rows, kend, s),
-                                View::block(vb, h * hs, kend, dh, rs),
-                                out_scale,
-                                Threads::One,
-                            );
-                        }
-                    }
-                },
-            )
+                        },
+                    );
+                    gemm(
+                        ViewMut::block(ob, r0 * rs + h * hs, rows, dh, rs),
+                        false,
+                        View::block(ph, r0 * s, rows, kend, s),
+                        View::block(vb, h * hs, kend, dh, rs),
+                        out_scale,
+                        Threads::One,
+                    );
+                }
+            }
         });
 }
 
@@ -209,30 +210,30 @@ pub fn attention_bwd_into<E: Real>(
         .zip(dv.par_chunks_mut(s * w))
         .enumerate()
         .for_each(|(b, ((dqb, dkb), dvb))| {
-            simd(
-                #[inline(always)]
-                || {
-                    let span = b * s * w..(b + 1) * s * w;
-                    let (qb, kb, vb, gb) = (
-                        &q[span.clone()],
-                        &k[span.clone()],
-                        &v[span.clone()],
-                        &dout[span],
+            let span = b * s * w..(b + 1) * s * w;
+            let (qb, kb, vb, gb) = (
+                &q[span.clone()],
+                &k[span.clone()],
+                &v[span.clone()],
+                &dout[span],
+            );
+            let pb = &probs[b * sh.heads * s * s..(b + 1) * sh.heads * s * s];
+            let mut ds = vec![E::zero(); AttnShape::block_rows(causal).min(s) * s];
+            for (h, ph) in pb.chunks(s * s).enumerate() {
+                for (n, (r0, r1, kend)) in sh.blocks(causal).enumerate() {
+                    let rows = r1 - r0;
+                    // dP = out_scale · dO · Vᵀ  (rows × kend, row stride kend)
+                    gemm(
+                        ViewMut::rows(&mut ds[..rows * kend], rows, kend),
+                        false,
+                        View::block(gb, r0 * rs + h * hs, rows, dh, rs),
+                        View::block(vb, h * hs, kend, dh, rs).t(),
+                        out_scale,
+                        Threads::One,
                     );
-                    let pb = &probs[b * sh.heads * s * s..(b + 1) * sh.heads * s * s];
-                    let mut ds = vec![E::zero(); AttnShape::block_rows(causal).min(s) * s];
-                    for (h, ph) in pb.chunks(s * s).enumerate() {
-                        for (n, (r0, r1, kend)) in sh.blocks(causal).enumerate() {
-                            let rows = r1 - r0;
-                            // dP = out_scale · dO · Vᵀ  (rows × kend, row stride kend)
-                            gemm(
-                                ViewMut::rows(&mut ds[..rows * kend], rows, kend),
-                                false,
-                                View::block(gb, r0 * rs + h * hs, rows, dh, rs),
-                                View::block(vb, h * hs, kend, dh, rs).t(),
-                                out_scale,
-                                Threads::One,
-                            );
+                    simd(
+                        #[inline(always)]
+                        || {
                             for i in 0..rows {
                                 let valid = if causal { r0 + i + 1 } else { s };
                                 let p = &ph[(r0 + i) * s..(r0 + i) * s + kend];
@@ -247,51 +248,51 @@ pub fn attention_bwd_into<E: Real>(
                                 }
                                 d[valid..].iter_mut().for_each(|x| *x = E::zero());
                             }
-                            let ds_v = View::rows(&ds[..rows * kend], rows, kend);
-                            // dQ = logit_scale · dS · K
-                            gemm(
-                                ViewMut::block(dqb, r0 * rs + h * hs, rows, dh, rs),
-                                accumulate,
-                                ds_v,
-                                View::block(kb, h * hs, kend, dh, rs),
-                                logit_scale,
-                                Threads::One,
-                            );
-                            // dK[..kend] += logit_scale · dSᵀ · Q;  dV[..kend] += out_scale · Pᵀ · dO.
-                            // The first block of a causal head sees the fewest keys, so the rows a later
-                            // block adds to are always initialised: overwrite on block 0, then
-                            // accumulate; a non-causal head has every block see every key.
-                            let first = n == 0 && !accumulate;
-                            let zero_tail = |buf: &mut [E]| {
-                                if causal && first {
-                                    for r in kend..s {
-                                        buf[r * rs + h * hs..r * rs + h * hs + dh]
-                                            .iter_mut()
-                                            .for_each(|x| *x = E::zero());
-                                    }
-                                }
-                            };
-                            zero_tail(dkb);
-                            zero_tail(dvb);
-                            gemm(
-                                ViewMut::block(dkb, h * hs, kend, dh, rs),
-                                !first,
-                                ds_v.t(),
-                                View::block(qb, r0 * rs + h * hs, rows, dh, rs),
-                                logit_scale,
-                                Threads::One,
-                            );
-                            gemm(
-                                ViewMut::block(dvb, h * hs, kend, dh, rs),
-                                !first,
-                                View::block(ph, r0 * s, rows, kend, s).t(),
-                                View::block(gb, r0 * rs + h * hs, rows, dh, rs),
-                                out_scale,
-                                Threads::One,
-                            );
+                        },
+                    );
+                    let ds_v = View::rows(&ds[..rows * kend], rows, kend);
+                    // dQ = logit_scale · dS · K
+                    gemm(
+                        ViewMut::block(dqb, r0 * rs + h * hs, rows, dh, rs),
+                        accumulate,
+                        ds_v,
+                        View::block(kb, h * hs, kend, dh, rs),
+                        logit_scale,
+                        Threads::One,
+                    );
+                    // dK[..kend] += logit_scale · dSᵀ · Q;  dV[..kend] += out_scale · Pᵀ · dO.
+                    // The first block of a causal head sees the fewest keys, so the rows a later
+                    // block adds to are always initialised: overwrite on block 0, then
+                    // accumulate; a non-causal head has every block see every key.
+                    let first = n == 0 && !accumulate;
+                    let zero_tail = |buf: &mut [E]| {
+                        if causal && first {
+                            for r in kend..s {
+                                buf[r * rs + h * hs..r * rs + h * hs + dh]
+                                    .iter_mut()
+                                    .for_each(|x| *x = E::zero());
+                            }
                         }
-                    }
-                },
-            )
+                    };
+                    zero_tail(dkb);
+                    zero_tail(dvb);
+                    gemm(
+                        ViewMut::block(dkb, h * hs, kend, dh, rs),
+                        !first,
+                        ds_v.t(),
+                        View::block(qb, r0 * rs + h * hs, rows, dh, rs),
+                        logit_scale,
+                        Threads::One,
+                    );
+                    gemm(
+                        ViewMut::block(dvb, h * hs, kend, dh, rs),
+                        !first,
+                        View::block(ph, r0 * s, rows, kend, s).t(),
+                        View::block(gb, r0 * rs + h * hs, rows, dh, rs),
+                        out_scale,
+                        Threads::One,
+                    );
+                }
+            }
         });
 }
