@@ -89,6 +89,7 @@ fn run<const D: usize, const F: usize>(seq: usize, steps: usize) -> umup::Result
 }
 
 fn main() -> umup::Result<()> {
+    umup::threads::init(0)?;
     let steps: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -128,6 +128,10 @@ struct Args {
     /// Which model's step the per-op breakdown profiles.
     #[arg(long, default_value = "lm", value_parser = ["lm", "encoder", "fp8"])]
     profile: String,
+    /// Leave rayon's default pool (this thread outside it, handing each parallel loop over), to
+    /// measure what `umup::threads::init` gains.
+    #[arg(long)]
+    no_threads_init: bool,
     /// Internal: run only this model for a few steps and print its peak memory.
     #[arg(long, hide = true, value_parser = ["umup", "plain"])]
     mem: Option<String>,
@@ -233,6 +237,10 @@ fn lm_step<'a, P: umup::nn::Param>(
 
 fn main() -> umup::Result<()> {
     let args = <Args as clap::Parser>::parse();
+    // Every step below runs on this thread, as one of the kernels' threads.
+    if !args.no_threads_init {
+        umup::threads::init(0)?;
+    }
     if let Some(which) = &args.mem {
         return measure_memory(which);
     }

@@ -100,6 +100,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> umup::Result<()> {
+    umup::threads::init(0)?;
     let reports = match &args.load {
         Some(path) => scale_check::load_json(path)?,
         None => measure(&args)?,

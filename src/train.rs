@@ -541,6 +541,9 @@ struct Evaluation {
 /// training batch and every validation batch are drawn and the loss of the first is computed,
 /// so a bad dataset (a token or label out of range, a shape the model does not take, an empty
 /// split) is an error that leaves the output directory as it was.
+///
+/// On `Cpu`, call [`crate::threads::init`] first thing in `main` (as the shipped examples do):
+/// the loop then runs on one of the kernels' threads, which saves a hand-off per parallel loop.
 pub fn train_model<M: Mixed<Dev>, Dev: TrainDevice, D: Data<Batch = M::Batch> + ?Sized>(
     cfg: &TrainConfig,
     data: &D,

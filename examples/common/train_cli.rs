@@ -182,6 +182,8 @@ pub fn main(model: &str, about: &'static str, defaults: Defaults) -> ExitCode {
 }
 
 fn main_inner(model: &str, args: Args, defaults: Defaults) -> umup::Result<()> {
+    // This thread runs the training loop: make it one of the kernels' threads.
+    umup::threads::init(0)?;
     let param = args.param.as_str();
     if !["umup", "mup", "sp"].contains(&param) {
         return Err(umup::Error::Invalid(format!(

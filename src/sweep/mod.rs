@@ -420,48 +420,55 @@ impl Sweep {
         observe(Event::Pending(pending.len()));
         let queue = Mutex::new(pending.into_iter());
         let failures = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..self.jobs.max(1) {
-                s.spawn(|| loop {
-                    let next = queue.lock().ok().and_then(|mut q| q.next());
-                    let Some(point) = next else { break };
-                    let run = RunOptions {
-                        out: point.dir(&self.out),
-                        resume: false,
-                        stop_at: None,
-                        sample_len: 0,
-                        device: Default::default(),
-                    };
-                    match train(&point.cfg, &run).and_then(|sm| {
-                        // The trainer's own record, for a trainer that does not write it.
-                        RunResult::of(&sm).write(&run.out)?;
-                        Ok(sm)
-                    }) {
-                        Ok(sm) => observe(Event::Finished {
-                            point,
-                            loss: sm.final_val_loss,
-                        }),
-                        // A diverged point is a result (loss = ∞), not a failure of the sweep.
-                        Err(Error::Diverged { .. }) => {
-                            let _ = std::fs::write(run.out.join("diverged"), "");
-                            observe(Event::Finished {
-                                point,
-                                loss: f64::INFINITY,
-                            });
-                        }
-                        Err(error) => {
-                            observe(Event::Failed {
-                                point,
-                                error: &error,
-                            });
-                            if let Ok(mut f) = failures.lock() {
-                                f.push(format!("{}: {error}", point.label));
-                            }
-                        }
+        let work = || loop {
+            let next = queue.lock().ok().and_then(|mut q| q.next());
+            let Some(point) = next else { break };
+            let run = RunOptions {
+                out: point.dir(&self.out),
+                resume: false,
+                stop_at: None,
+                sample_len: 0,
+                device: Default::default(),
+            };
+            match train(&point.cfg, &run).and_then(|sm| {
+                // The trainer's own record, for a trainer that does not write it.
+                RunResult::of(&sm).write(&run.out)?;
+                Ok(sm)
+            }) {
+                Ok(sm) => observe(Event::Finished {
+                    point,
+                    loss: sm.final_val_loss,
+                }),
+                // A diverged point is a result (loss = ∞), not a failure of the sweep.
+                Err(Error::Diverged { .. }) => {
+                    let _ = std::fs::write(run.out.join("diverged"), "");
+                    observe(Event::Finished {
+                        point,
+                        loss: f64::INFINITY,
+                    });
+                }
+                Err(error) => {
+                    observe(Event::Failed {
+                        point,
+                        error: &error,
+                    });
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(format!("{}: {error}", point.label));
                     }
-                });
+                }
             }
-        });
+        };
+        // One job runs on the calling thread (which `umup::threads::init` may have made one of
+        // the kernels' threads); more run on threads of their own.
+        if self.jobs <= 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..self.jobs {
+                    s.spawn(work);
+                }
+            });
+        }
         let failures = failures.into_inner().unwrap_or_default();
         if failures.is_empty() {
             Ok(())

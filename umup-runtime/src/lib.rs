@@ -22,6 +22,8 @@
 //! * [`tape`]: `share`/`fork` handles of one tensor and `traced_like` for a second input, so
 //!   that skip connections, shared inputs and position ids read like the math.
 //! * [`checkpoint`]: safetensors checkpoints with the u-μP metadata.
+//! * [`threads`]: the calling thread as one of the `Cpu` kernels' threads (call [`threads::init`]
+//!   first thing in `main`).
 //! * [`walk`]: every tensor of a model by its dotted path, read-only or mutable.
 //! * [`conformance`]: a runner for the reference library's float64 fixture files.
 //!
@@ -48,6 +50,7 @@ pub mod params;
 pub mod profile;
 pub mod scales;
 pub mod tape;
+pub mod threads;
 pub mod walk;
 
 pub use constraint::Constraint;

@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Threads, View, ViewMut};
-use super::{simd, Real};
+use super::{max_by, simd, sum_by, sum_by2, Real};
 
 /// Query rows per block of causal attention: small enough that a block skips most of the masked
 /// keys.
@@ -22,6 +22,21 @@ const CAUSAL_BLOCK: usize = 32;
 /// fewer, larger matmuls (each small matmul pays gemm's packing and dispatch), while the block's
 /// logits (`rows × seq`) stay in cache.
 const FULL_BLOCK: usize = 128;
+
+/// `dst = srcᵀ` for the `rows × cols` block at the start of `src` (row stride `rs`); `dst` is
+/// `cols × rows`, row-major.
+///
+/// `Q·Kᵀ` and `dO·Vᵀ` read `K` and `V` of a head through their transpose; gemm packs a right
+/// operand stored by columns element by element (a 128×128×64 product took 28.6 µs that way
+/// against 21.4 µs from rows). One transpose per head serves every query block.
+fn transpose<E: Real>(src: &[E], rows: usize, cols: usize, rs: usize, dst: &mut [E]) {
+    for r in 0..rows {
+        let row = &src[r * rs..r * rs + cols];
+        for (d, &v) in dst.chunks_exact_mut(rows).zip(row) {
+            d[r] = v;
+        }
+    }
+}
 
 /// How `q`, `k`, `v` and the output are laid out in memory (row-major either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -132,14 +147,16 @@ pub fn attention_fwd<E: Real>(
                 &k[b * s * w..(b + 1) * s * w],
                 &v[b * s * w..(b + 1) * s * w],
             );
+            let mut kt = vec![E::zero(); dh * s];
             for (h, ph) in pb.chunks_mut(s * s).enumerate() {
+                transpose(&kb[h * hs..], s, dh, rs, &mut kt);
                 for (r0, r1, kend) in sh.blocks(causal) {
                     let rows = r1 - r0;
                     gemm(
                         ViewMut::block(ph, r0 * s, rows, kend, s),
                         false,
                         View::block(qb, r0 * rs + h * hs, rows, dh, rs),
-                        View::block(kb, h * hs, kend, dh, rs).t(),
+                        View::block(&kt, 0, dh, kend, s),
                         logit_scale,
                         Threads::One,
                     );
@@ -150,13 +167,11 @@ pub fn attention_fwd<E: Real>(
                             for i in r0..r1 {
                                 let valid = if causal { i + 1 } else { s };
                                 let row = &mut ph[i * s..(i + 1) * s];
-                                let max = row[..valid]
-                                    .iter()
-                                    .fold(E::neg_infinity(), |m, &x| m.max(x));
+                                let max = max_by(&row[..valid], |x| x);
                                 row[..valid]
                                     .iter_mut()
                                     .for_each(|x| *x = (*x - max).exp_v());
-                                let sum = row[..valid].iter().fold(E::zero(), |s, &x| s + x);
+                                let sum = sum_by(&row[..valid], |x| x);
                                 let inv = E::one() / sum;
                                 row[..valid].iter_mut().for_each(|x| *x *= inv);
                                 row[valid..].iter_mut().for_each(|x| *x = E::zero());
@@ -219,7 +234,9 @@ pub fn attention_bwd_into<E: Real>(
             );
             let pb = &probs[b * sh.heads * s * s..(b + 1) * sh.heads * s * s];
             let mut ds = vec![E::zero(); AttnShape::block_rows(causal).min(s) * s];
+            let mut vt = vec![E::zero(); dh * s];
             for (h, ph) in pb.chunks(s * s).enumerate() {
+                transpose(&vb[h * hs..], s, dh, rs, &mut vt);
                 for (n, (r0, r1, kend)) in sh.blocks(causal).enumerate() {
                     let rows = r1 - r0;
                     // dP = out_scale · dO · Vᵀ  (rows × kend, row stride kend)
@@ -227,7 +244,7 @@ pub fn attention_bwd_into<E: Real>(
                         ViewMut::rows(&mut ds[..rows * kend], rows, kend),
                         false,
                         View::block(gb, r0 * rs + h * hs, rows, dh, rs),
-                        View::block(vb, h * hs, kend, dh, rs).t(),
+                        View::block(&vt, 0, dh, kend, s),
                         out_scale,
                         Threads::One,
                     );
@@ -238,11 +255,7 @@ pub fn attention_bwd_into<E: Real>(
                                 let valid = if causal { r0 + i + 1 } else { s };
                                 let p = &ph[(r0 + i) * s..(r0 + i) * s + kend];
                                 let d = &mut ds[i * kend..(i + 1) * kend];
-                                let dot = p[..valid]
-                                    .iter()
-                                    .zip(&d[..valid])
-                                    .map(|(&p, &d)| p * d)
-                                    .sum::<E>();
+                                let dot = sum_by2(&p[..valid], &d[..valid], |p, d| p * d);
                                 for (d, &p) in d[..valid].iter_mut().zip(p) {
                                     *d = p * (*d - dot);
                                 }

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{rows_per_task, simd, Real};
+use super::{max_by, rows_per_task, simd, sum_by, sum_by2, Real};
 
 /// RMSNorm (`center = false`, spec §4.7) or LayerNorm (`center = true`, biased variance,
 /// spec §4.6) forward over rows of `width`: `mean[r] = center ? mean(x_r) : 0`,
@@ -41,11 +41,11 @@ pub fn norm_fwd<E: Real>(
                         y.chunks_mut(width).zip(x.chunks(width)).zip(inv).zip(mean)
                     {
                         let mu = if center {
-                            x.iter().copied().sum::<E>() / d
+                            sum_by(x, |v| v) / d
                         } else {
                             E::zero()
                         };
-                        let ms = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<E>() / d;
+                        let ms = sum_by(x, |v| (v - mu) * (v - mu)) / d;
                         let r = E::one() / (ms + eps).sqrt();
                         (*inv, *mean) = (r, mu);
                         for (y, &x) in y.iter_mut().zip(x) {
@@ -110,10 +110,10 @@ pub fn norm_bwd<E: Real>(
                             }
                             None => dy,
                         };
-                        let dot = x.iter().zip(dy).map(|(&x, &g)| (x - mu) * g).sum::<E>();
+                        let dot = sum_by2(x, dy, |x, g| (x - mu) * g);
                         let c = r * r * r * dot / d;
                         let m = if center {
-                            r * dy.iter().copied().sum::<E>() / d
+                            r * sum_by(dy, |g| g) / d
                         } else {
                             E::zero()
                         };
@@ -192,11 +192,11 @@ pub fn softmax_fwd<E: Real>(
                         .zip(o.chunks_mut(width))
                         .zip(x.chunks(width))
                     {
-                        let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
+                        let max = max_by(x, |v| mult * v);
                         for (p, &v) in p.iter_mut().zip(x) {
                             *p = (mult * v - max).exp_v();
                         }
-                        let inv = E::one() / p.iter().fold(E::zero(), |s, &e| s + e);
+                        let inv = E::one() / sum_by(p, |e| e);
                         for (p, o) in p.iter_mut().zip(o.iter_mut()) {
                             *p *= inv;
                             *o = scale * *p;
@@ -232,7 +232,7 @@ pub fn softmax_bwd_acc<E: Real>(probs: &[E], dout: &[E], width: usize, coef: E, 
                         .zip(p.chunks(width))
                         .zip(g.chunks(width))
                     {
-                        let dot = p.iter().zip(g).map(|(&p, &g)| p * g).sum::<E>();
+                        let dot = sum_by2(p, g, |p, g| p * g);
                         for ((dx, &p), &g) in dx.iter_mut().zip(p).zip(g) {
                             *dx += coef * p * (g - dot);
                         }
@@ -274,11 +274,11 @@ pub fn cross_entropy_fwd_bwd<E: Real>(
                     for (((dl, loss), x), &t) in
                         dl.chunks_mut(vocab).zip(loss).zip(x.chunks(vocab)).zip(t)
                     {
-                        let max = x.iter().fold(E::neg_infinity(), |m, &v| m.max(mult * v));
+                        let max = max_by(x, |v| mult * v);
                         for (d, &v) in dl.iter_mut().zip(x) {
                             *d = (mult * v - max).exp_v();
                         }
-                        let sum = dl.iter().fold(E::zero(), |s, &e| s + e);
+                        let sum = sum_by(dl, |e| e);
                         let lse = max + sum.ln();
                         *loss = lse - mult * x[t];
                         let inv = E::one() / sum;
