@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{DeviceResultExt, Result};
 use crate::formats::QuantStats;
-use crate::ops::cpu::{gemm, Real, Threads, View, ViewMut};
+use crate::ops::cpu::{gemm, rows_per_task, simd, Real, Threads, View, ViewMut};
 use crate::ops::kernels::{self, Buf};
 use crate::ops::quantise::cpu::{round, rounded_gradient};
 use crate::ops::quantise::Quantise;
@@ -85,11 +85,19 @@ pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> 
     let bs = b.as_ref().map(Buf::of).transpose().dev()?;
     if let Some(bs) = &bs {
         time(Part::Matmuls, || {
-            y.par_chunks_mut(fo.max(1)).for_each(|row| {
-                row.iter_mut()
-                    .zip(bs.iter())
-                    .for_each(|(y, &b)| *y += o * b)
-            })
+            y.par_chunks_mut(rows_per_task(fo) * fo.max(1))
+                .for_each(|rows| {
+                    simd(
+                        #[inline(always)]
+                        || {
+                            for row in rows.chunks_mut(fo.max(1)) {
+                                row.iter_mut()
+                                    .zip(bs.iter())
+                                    .for_each(|(y, &b)| *y += o * b)
+                            }
+                        },
+                    )
+                })
         });
     }
     let y = y.into_tensor(&dev, out_shape).dev()?;
