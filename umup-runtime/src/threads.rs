@@ -14,8 +14,8 @@
 //! for the life of the process. Everything works without it, only slower.
 //!
 //! ```no_run
-//! fn main() -> umup::Result<()> {
-//!     let threads = umup::threads::init(0)?; // 0: RAYON_NUM_THREADS, or one per CPU
+//! fn main() -> umup_runtime::Result<()> {
+//!     let threads = umup_runtime::threads::init(0)?; // 0: RAYON_NUM_THREADS, or one per CPU
 //!     println!("{threads} threads");
 //!     // ... build the model and train on this thread
 //!     Ok(())
