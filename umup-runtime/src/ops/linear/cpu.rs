@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{DeviceResultExt, Result};
 use crate::formats::QuantStats;
-use crate::ops::cpu::{gemm, rows_per_task, simd, Real, Threads, View, ViewMut};
+use crate::ops::cpu::{gemm, rows_per_task, Real, Threads, View, ViewMut};
 use crate::ops::kernels::{self, Buf};
 use crate::ops::quantise::cpu::{round, rounded_gradient};
 use crate::ops::quantise::Quantise;
@@ -87,16 +87,9 @@ pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> 
         time(Part::Matmuls, || {
             y.par_chunks_mut(rows_per_task(fo) * fo.max(1))
                 .for_each(|rows| {
-                    simd(
-                        #[inline(always)]
-                        || {
-                            for row in rows.chunks_mut(fo.max(1)) {
-                                row.iter_mut()
-                                    .zip(bs.iter())
-                                    .for_each(|(y, &b)| *y += o * b)
-                            }
-                        },
-                    )
+                    for row in rows.chunks_mut(fo.max(1)) {
+                        kernels::axpy(row, bs, o);
+                    }
                 })
         });
     }
