@@ -385,6 +385,110 @@ where
     }
 }
 
+/// The fused SwiGLU input side against the composition of the `Cpu` kernels it replaces
+/// (bit for bit: the same matmuls and passes in the same order, `dx`'s two terms included) and
+/// against the device-generic composition of dfdx ops (to the tolerance).
+fn silu_glu_linear<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(13);
+    for (rows, fi, fo) in [(13, 7, 5), (29, 33, 17), (1, 3, 1)] {
+        let x = rig.randn::<_, E>((rows, fi));
+        let wu = rig.randn::<_, E>((fo, fi));
+        let wg = rig.randn::<_, E>((fo, fi));
+        let r = rig.randn::<_, E>((rows, fo));
+        let s = [
+            LinearScales {
+                output: 0.37,
+                grad_input: 1.9,
+                grad_weight: 0.61,
+            },
+            LinearScales {
+                output: 0.83,
+                grad_input: 0.45,
+                grad_weight: 1.3,
+            },
+        ];
+        let (mult, scale) = (1.7, 0.8);
+        let run = |how: u8| {
+            let xt = x.clone().leaky_traced();
+            let y = match how {
+                0 => <Cpu as Backend<E>>::silu_glu_linear_kernel(
+                    xt,
+                    wu.retaped(),
+                    wg.retaped(),
+                    s,
+                    mult,
+                    scale,
+                ),
+                1 => generic::silu_glu_linear(xt, wu.retaped(), wg.retaped(), s, mult, scale),
+                _ => {
+                    let u =
+                        generic::linear(xt.with_empty_tape(), wu.retaped(), None, s[0]).unwrap();
+                    let g = generic::linear(xt, wg.retaped(), None, s[1]).unwrap();
+                    generic::silu_glu(u, g, mult, scale)
+                }
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            vec![out, f64s(&g.get(&x)), f64s(&g.get(&wu)), f64s(&g.get(&wg))]
+        };
+        let fused = run(0);
+        assert_eq!(
+            fused,
+            run(1),
+            "silu_glu_linear: fused vs the kernels' composition"
+        );
+        compare::<E>("silu_glu_linear", &fused, &run(2));
+    }
+}
+
+/// The fused GELU input side against the `Cpu` kernels' composition (bit for bit) and the
+/// device-generic composition (to the tolerance), with and without a bias.
+fn gelu_linear<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(14);
+    for (rows, fi, fo, bias) in [(13, 7, 5, true), (29, 33, 17, false), (1, 3, 1, true)] {
+        let x = rig.randn::<_, E>((rows, fi));
+        let w = rig.randn::<_, E>((fo, fi));
+        let b = rig.randn::<_, E>((fo,));
+        let r = rig.randn::<_, E>((rows, fo));
+        let s = LinearScales {
+            output: 0.37,
+            grad_input: 1.9,
+            grad_weight: 0.61,
+        };
+        let gelu = [1.3, 0.9, 1.4];
+        let run = |how: u8| {
+            let xt = x.clone().leaky_traced();
+            let bt = bias.then(|| b.retaped());
+            let y = match how {
+                0 => <Cpu as Backend<E>>::gelu_linear_kernel(xt, w.retaped(), bt, s, gelu),
+                1 => generic::gelu_linear(xt, w.retaped(), bt, s, gelu),
+                _ => generic::linear(xt, w.retaped(), bt, s)
+                    .and_then(|u| generic::gelu(u, gelu[0], gelu[1], gelu[2])),
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            let mut v = vec![out, f64s(&g.get(&x)), f64s(&g.get(&w))];
+            if bias {
+                v.push(f64s(&g.get(&b)));
+            }
+            v
+        };
+        let fused = run(0);
+        assert_eq!(
+            fused,
+            run(1),
+            "gelu_linear: fused vs the kernels' composition"
+        );
+        compare::<E>("gelu_linear", &fused, &run(2));
+    }
+}
+
 type Unary<E> = fn(
     Tensor<(usize, usize, usize), E, Cpu, OwnedTape<E, Cpu>>,
     f64,
@@ -700,6 +804,8 @@ both!(
     norms,
     add,
     silu_glu,
+    silu_glu_linear,
+    gelu_linear,
     gelu,
     silu,
     softmax,

@@ -15,7 +15,7 @@ use crate::analysis::{tap, ScaleLog};
 use crate::data::TokenBatch;
 use crate::device::TrainDevice;
 use crate::family::{Step, Trainable};
-use crate::nn::{functional::residual_taus, Hyper, Param, UnitLinear};
+use crate::nn::{functional::residual_taus, swiglu_linear, Hyper, Param, UnitLinear};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::rand_distr::{Distribution, StandardNormal};
 use crate::{umup_model, Error, Result};
@@ -209,9 +209,9 @@ where
             })?;
             x = P::residual(x, taus[2 * i + 1], |r| {
                 let h = tap(ops::rms_norm(r, None, NORM_EPS)?, log, || name("mlp.in"))?;
-                let up = lin(&layer.mlp.up, h.with_empty_tape(), &mut quant)?;
-                let gate = lin(&layer.mlp.gate, h, &mut quant)?;
-                let act = tap(P::swiglu(up, gate, hp)?, log, || name("mlp.act"))?;
+                let (up, gate) = (&layer.mlp.up, &layer.mlp.gate);
+                let act = swiglu_linear(up, gate, h, hp, quant.as_deref_mut())?;
+                let act = tap(act, log, || name("mlp.act"))?;
                 tap(lin(&layer.mlp.down, act, &mut quant)?, log, || {
                     name("mlp.out")
                 })

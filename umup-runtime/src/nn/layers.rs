@@ -7,7 +7,7 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{join_path, ConvSpec, LinearRole, Param, UmupModule};
+use super::{functional, join_path, ConvSpec, Hyper, LinearRole, Param, UmupModule};
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::params::{Init, ParamRow, ParamSpec, Parametrization, Role};
@@ -273,6 +273,76 @@ impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Backend<E>, P: 
         quantiser: &mut MatmulQuantiser,
     ) -> Result<Tensor<(B, Const<O>), E, D, T>> {
         linear_forward::<R, P, B, I, O, E, D, T>(x, &self.weight, None, Some(quantiser))
+    }
+}
+
+/// A SwiGLU MLP's input side, `P::swiglu(up(x), gate(x), hp)`, as one op
+/// ([`ops::silu_glu_linear`]: on `Cpu` one kernel that keeps both projections to itself; the
+/// same values and gradients as the three calls). With a quantiser, the two quantised
+/// projections and [`Param::swiglu`].
+pub fn swiglu_linear<B, const I: usize, const O: usize, R, E, D, P, T>(
+    up: &UnitLinear<I, O, R, E, D, P>,
+    gate: &UnitLinear<I, O, R, E, D, P>,
+    x: Tensor<(B, Const<I>), E, D, T>,
+    hp: &Hyper,
+    quantiser: Option<&mut MatmulQuantiser>,
+) -> Result<Tensor<(B, Const<O>), E, D, T>>
+where
+    B: Dim,
+    R: LinearRole,
+    E: Dtype,
+    D: Backend<E>,
+    P: Param,
+    T: Tape<E, D> + Merge<T>,
+{
+    match quantiser {
+        Some(q) => {
+            let u = up.forward_quantised(x.with_empty_tape(), q)?;
+            let g = gate.forward_quantised(x, q)?;
+            P::swiglu(u, g, hp)
+        }
+        None => {
+            let s = linear_layer_scales::<R, P>(x.shape().0.size(), I, O)?;
+            let scale = functional::swiglu_scale::<P>(hp)?;
+            ops::mlp::silu_glu_linear_scaled(
+                x,
+                &up.weight,
+                &gate.weight,
+                [s, s],
+                hp.alpha_ffn_act,
+                scale,
+            )
+        }
+    }
+}
+
+/// A GELU MLP's input side, `ops::gelu(up(x), mult, constraint)`, as one op
+/// ([`ops::gelu_linear`]: on `Cpu` one kernel that keeps the projection to itself; the same
+/// values and gradients as the two calls). With a quantiser, the quantised projection and
+/// [`ops::gelu`].
+pub fn gelu_linear<B, const I: usize, const O: usize, R, E, D, P, T>(
+    up: &UnitLinearBias<I, O, R, E, D, P>,
+    x: Tensor<(B, Const<I>), E, D, T>,
+    mult: f64,
+    constraint: crate::constraint::Constraint,
+    quantiser: Option<&mut MatmulQuantiser>,
+) -> Result<Tensor<(B, Const<O>), E, D, T>>
+where
+    B: Dim,
+    R: LinearRole,
+    E: Dtype,
+    D: Backend<E>,
+    P: Param,
+    T: Tape<E, D> + Merge<T>,
+{
+    match quantiser {
+        Some(q) => ops::gelu(up.forward_quantised(x, q)?, mult, constraint),
+        None => {
+            let s = linear_layer_scales::<R, P>(x.shape().0.size(), I, O)?;
+            let g = scales::gelu(mult)?.constrained(constraint)?;
+            let gelu = [mult, g.output / mult, g.grad_input];
+            ops::mlp::gelu_linear_scaled(x, &up.weight, Some(&up.bias), s, gelu)
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use super::conv::{self, Conv1dGeometry};
 use super::quantise::{self, Plan, Quantise};
-use super::{activation, attention, embedding, linear, loss, norm, scale, sum};
+use super::{activation, attention, embedding, linear, loss, mlp, norm, scale, sum};
 use crate::error::Result;
 use crate::formats::QuantStats;
 use crate::scales::LinearScales;
@@ -229,6 +229,34 @@ pub trait Backend<E: Dtype>: Device<E> {
         activation::silu_glu_generic(x, gate, mult, scale)
     }
 
+    /// `scale · u · g·σ(mult·g)` with `u = s[0].output·x·W_upᵀ`, `g = s[1].output·x·W_gateᵀ`, and
+    /// the gradients of that composition (spec §4.2, §4.9): the input side of a SwiGLU MLP. The
+    /// default composes [`Self::linear_kernel`] twice and [`Self::silu_glu_kernel`]
+    /// (`ops::generic::silu_glu_linear`).
+    fn silu_glu_linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        w_up: Tensor<(O, I), E, Self, T>,
+        w_gate: Tensor<(O, I), E, Self, T>,
+        s: [LinearScales; 2],
+        mult: f64,
+        scale: f64,
+    ) -> Result<Tensor<(R, O), E, Self, T>> {
+        mlp::silu_glu_linear_generic(x, w_up, w_gate, s, mult, scale)
+    }
+
+    /// `gelu[1] · gelu(gelu[0] · u)` with `u = s.output·(x·Wᵀ + b)`, and the gradients of that
+    /// composition (spec §4.2, §4.10): the input side of a GELU MLP. The default composes
+    /// [`Self::linear_kernel`] and [`Self::gelu_kernel`] (`ops::generic::gelu_linear`).
+    fn gelu_linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        weight: Tensor<(O, I), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
+        s: LinearScales,
+        gelu: [f64; 3],
+    ) -> Result<Tensor<(R, O), E, Self, T>> {
+        mlp::gelu_linear_generic(x, weight, bias, s, gelu)
+    }
+
     /// `out_scale · gelu(mult·x)` (exact erf form) with `grad x = grad_scale · gelu′(mult·x) · G`
     /// (spec §4.10).
     fn gelu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
@@ -434,6 +462,27 @@ where
         scale: f64,
     ) -> Result<Tensor<S, E, Self, T>> {
         activation::cpu::silu_glu(x, gate, mult, scale)
+    }
+
+    fn silu_glu_linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        w_up: Tensor<(O, I), E, Self, T>,
+        w_gate: Tensor<(O, I), E, Self, T>,
+        s: [LinearScales; 2],
+        mult: f64,
+        scale: f64,
+    ) -> Result<Tensor<(R, O), E, Self, T>> {
+        mlp::cpu::silu_glu_linear(x, w_up, w_gate, s, mult, scale)
+    }
+
+    fn gelu_linear_kernel<R: Dim, I: Dim, O: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        weight: Tensor<(O, I), E, Self, T>,
+        bias: Option<Tensor<(O,), E, Self, T>>,
+        s: LinearScales,
+        gelu: [f64; 3],
+    ) -> Result<Tensor<(R, O), E, Self, T>> {
+        mlp::cpu::gelu_linear(x, weight, bias, s, gelu)
     }
 
     fn gelu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(

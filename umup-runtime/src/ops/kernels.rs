@@ -43,7 +43,8 @@ static KEEP: AtomicBool = AtomicBool::new(false);
 /// Whether the gradient of every op output is kept until the end of the backward pass (`true`)
 /// or freed as soon as the op that produced the output has used it (`false`, the default).
 ///
-/// With the default, a `Cpu` kernel frees its output's gradient inside its own backward op: every
+/// With the default, a `Cpu` kernel gives its output's gradient back to the device's allocation
+/// cache (frees it, without the cache) inside its own backward op: every
 /// consumer of the output has run by then (dfdx runs backward ops in reverse creation order), so
 /// nothing reads it again during the pass, and the step needs less memory and memory traffic
 /// (one activation-sized buffer per op less at the end of the pass). The gradients of inputs
@@ -60,11 +61,24 @@ pub(crate) fn keeping() -> bool {
 }
 
 /// Ends an op's use of its output gradient `data` (moved out of `slot` by [`take`]): puts it
-/// back when [`keep_intermediate_gradients`] is set, frees it otherwise.
-pub(crate) fn done<E: Dtype>(slot: &mut <Cpu as Storage<E>>::Vec, data: Vec<E>) {
+/// back when [`keep_intermediate_gradients`] is set, hands it to [`recycle`] otherwise.
+pub(crate) fn done<E: Dtype>(dev: &Cpu, slot: &mut <Cpu as Storage<E>>::Vec, data: Vec<E>) {
     if keeping() {
         put::<E>(slot, data);
+    } else {
+        recycle(dev, data);
     }
+}
+
+/// Gives a buffer back to the device's allocation cache, where the next allocation of its size
+/// (often the next op's input gradient, in the same backward pass) takes it; frees it when the
+/// cache is off. Freed to `malloc` instead, an activation-sized buffer above glibc's `mmap`
+/// threshold is unmapped, and the next one of its size is mapped and faulted in again, page by
+/// page.
+pub(crate) fn recycle<E: Dtype>(dev: &Cpu, data: Vec<E>) {
+    let n = data.len();
+    // A tensor built from the vector owns it as a cached buffer: dropping the tensor files it.
+    drop(dev.try_tensor_from_vec(data, (n,)));
 }
 
 /// Moves the data out of a gradient buffer, leaving it empty (see [`put`]).
@@ -127,6 +141,36 @@ pub(crate) fn input<S: Shape, E: Dtype, T: Tape<E, Cpu>>(
     x: Tensor<S, E, Cpu, T>,
 ) -> Result<(Tensor<S, E, Cpu>, T), CpuError> {
     Ok(x.try_contiguous()?.split_tape())
+}
+
+/// A layer's input, weight and optional bias as contiguous inputs (see [`input`]), with their
+/// tapes merged into one.
+#[allow(clippy::type_complexity)]
+pub(crate) fn layer_inputs<X: Shape, W: Shape, B: Shape, E: Dtype, T: Tape<E, Cpu> + Merge<T>>(
+    x: Tensor<X, E, Cpu, T>,
+    weight: Tensor<W, E, Cpu, T>,
+    bias: Option<Tensor<B, E, Cpu, T>>,
+) -> Result<
+    (
+        Tensor<X, E, Cpu>,
+        Tensor<W, E, Cpu>,
+        Option<Tensor<B, E, Cpu>>,
+        T,
+    ),
+    CpuError,
+> {
+    let (x, tape) = input(x)?;
+    let (w, wtape) = input(weight)?;
+    let mut tape = tape.merge(wtape);
+    let b = match bias {
+        Some(b) => {
+            let (b, btape) = input(b)?;
+            tape = tape.merge(btape);
+            Some(b)
+        }
+        None => None,
+    };
+    Ok((x, w, b, tape))
 }
 
 /// A parameter as a contiguous input whose gradient flows through a `T` tape (merge the

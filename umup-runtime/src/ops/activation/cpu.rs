@@ -59,7 +59,7 @@ pub(crate) fn silu_glu<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                     },
                 )?;
             }
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }
@@ -112,7 +112,7 @@ fn unary<S: Shape, E: Real, T: Tape<E, Cpu>>(
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
             time(Part::Activations, || bwd(&xs, &gy, mult, gs, gx));
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }
@@ -149,7 +149,7 @@ pub(crate) fn softmax<R: Dim, K: Dim, E: Real, T: Tape<E, Cpu>>(
             time(Part::Activations, || {
                 softmax_bwd_acc(&probs, &gy, width, coef, gx)
             });
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

@@ -174,7 +174,7 @@ fn run<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                     Ok(())
                 })?;
             }
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(rounded));
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(rounded));
             Ok(())
         });
     }

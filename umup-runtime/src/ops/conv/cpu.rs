@@ -42,17 +42,7 @@ where
     E: Real,
     T: Tape<E, Cpu> + Merge<T>,
 {
-    let (x, tape) = kernels::input(x).dev()?;
-    let (w, wtape) = kernels::input(weight).dev()?;
-    let mut tape = tape.merge(wtape);
-    let b = match bias {
-        Some(b) => {
-            let (b, btape) = kernels::input(b).dev()?;
-            tape = tape.merge(btape);
-            Some(b)
-        }
-        None => None,
-    };
+    let (x, w, b, mut tape) = kernels::layer_inputs(x, weight, bias).dev()?;
     let dev = x.device().clone();
     let [nb, ci, len] = x.shape().concrete();
     let [co, ig, k] = w.shape().concrete();
@@ -171,7 +161,7 @@ where
                         });
                 }
             });
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

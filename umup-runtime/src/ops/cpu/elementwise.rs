@@ -56,14 +56,42 @@ pub fn swiglu_bwd_acc<E: Real>(
                     for ((((dx, dg), &x), &g), &dout) in
                         dx.iter_mut().zip(dg.iter_mut()).zip(x).zip(g).zip(dout)
                     {
-                        let s = sigmoid(mult * g);
-                        let d = scale * dout;
-                        *dx += d * g * s;
-                        *dg += d * x * (s + mult * g * s * (E::one() - s));
+                        let (a, b) = swiglu_grads(x, g, dout, mult, scale);
+                        *dx += a;
+                        *dg += b;
                     }
                 },
             )
         });
+}
+
+/// SwiGLU backward in place: `x` becomes `dx` and `g` becomes `dg` (the formulas of
+/// [`swiglu_bwd_acc`], for a kernel that owns both inputs and needs them no more).
+pub fn swiglu_bwd_in_place<E: Real>(x: &mut [E], g: &mut [E], dout: &[E], mult: E, scale: E) {
+    let n = x.len();
+    assert!(g.len() == n && dout.len() == n, "swiglu_bwd lengths");
+    x.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks_mut(CHUNK))
+        .zip(dout.par_chunks(CHUNK))
+        .for_each(|((x, g), dout)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for ((x, g), &dout) in x.iter_mut().zip(g.iter_mut()).zip(dout) {
+                        (*x, *g) = swiglu_grads(*x, *g, dout, mult, scale);
+                    }
+                },
+            )
+        });
+}
+
+/// One element's SwiGLU gradients `(dx, dg)`: `dx = scale·dout·g·σ(m g)`,
+/// `dg = scale·dout·x·(σ(m g) + m·g·σ(m g)·(1 − σ(m g)))`.
+#[inline(always)]
+fn swiglu_grads<E: Real>(x: E, g: E, dout: E, mult: E, scale: E) -> (E, E) {
+    let s = sigmoid(mult * g);
+    let d = scale * dout;
+    (d * g * s, d * x * (s + mult * g * s * (E::one() - s)))
 }
 
 /// GELU forward (spec §4.10), exact erf form: `out = scale · gelu(mult·x)` with
@@ -94,9 +122,6 @@ pub fn gelu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E
         x.len() == dout.len() && x.len() == dx.len(),
         "gelu_bwd lengths"
     );
-    let r = E::of(std::f64::consts::FRAC_1_SQRT_2);
-    let c = E::of(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
-    let half = E::of(0.5);
     dx.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(dout.par_chunks(CHUNK)))
         .for_each(|(dx, (x, g))| {
@@ -104,14 +129,41 @@ pub fn gelu_bwd_acc<E: Real>(x: &[E], dout: &[E], mult: E, scale: E, dx: &mut [E
                 #[inline(always)]
                 || {
                     for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                        let z = mult * x;
-                        let phi = half * (E::one() + (z * r).erf_v());
-                        let density = c * (-half * z * z).exp_v();
-                        *dx += scale * (phi + z * density) * g;
+                        *dx += gelu_grad(x, g, mult, scale);
                     }
                 },
             )
         });
+}
+
+/// GELU backward in place: `x` becomes `dx` (the formula of [`gelu_bwd_acc`], for a kernel that
+/// owns `x` and needs it no more).
+pub fn gelu_bwd_in_place<E: Real>(x: &mut [E], dout: &[E], mult: E, scale: E) {
+    assert_eq!(x.len(), dout.len(), "gelu_bwd lengths");
+    x.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK))
+        .for_each(|(x, g)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for (x, &g) in x.iter_mut().zip(g) {
+                        *x = gelu_grad(*x, g, mult, scale);
+                    }
+                },
+            )
+        });
+}
+
+/// One element's GELU gradient: `scale · (Φ(z) + z·φ(z)) · dout`, `z = mult·x`.
+#[inline(always)]
+fn gelu_grad<E: Real>(x: E, dout: E, mult: E, scale: E) -> E {
+    let r = E::of(std::f64::consts::FRAC_1_SQRT_2);
+    let c = E::of(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    let half = E::of(0.5);
+    let z = mult * x;
+    let phi = half * (E::one() + (z * r).erf_v());
+    let density = c * (-half * z * z).exp_v();
+    scale * (phi + z * density) * dout
 }
 
 /// SiLU forward (spec §4.10): `out = scale · x·σ(mult·x)`.

@@ -23,8 +23,8 @@ mod rowwise;
 
 pub use attention::{attention_bwd_into, attention_fwd, AttnLayout, AttnShape};
 pub use elementwise::{
-    embedding_bwd, embedding_fwd, gelu_bwd_acc, gelu_fwd, silu_bwd_acc, silu_fwd, swiglu_bwd_acc,
-    swiglu_fwd,
+    embedding_bwd, embedding_fwd, gelu_bwd_acc, gelu_bwd_in_place, gelu_fwd, silu_bwd_acc,
+    silu_fwd, swiglu_bwd_acc, swiglu_bwd_in_place, swiglu_fwd,
 };
 pub use gemm::{gemm, Threads, View, ViewMut};
 pub use rowwise::{

@@ -36,7 +36,7 @@ pub(crate) fn embedding<N: Dim, V: Dim, M: Dim, E: Real, T: Tape<E, Cpu>>(
             time(Part::Embedding, || {
                 embedding_bwd(&gy, width, &ids, scale, gt)
             });
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

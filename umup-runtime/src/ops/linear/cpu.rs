@@ -44,17 +44,7 @@ pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> 
     bwd: Option<Quantise>,
     stats: Arc<Mutex<QuantStats>>,
 ) -> Result<(Tensor<(R, O), E, Cpu, T>, QuantStats)> {
-    let (x, tape) = kernels::input(x).dev()?;
-    let (w, wtape) = kernels::input(weight).dev()?;
-    let mut tape = tape.merge(wtape);
-    let b = match bias {
-        Some(b) => {
-            let (b, btape) = kernels::input(b).dev()?;
-            tape = tape.merge(btape);
-            Some(b)
-        }
-        None => None,
-    };
+    let (x, w, b, mut tape) = kernels::layer_inputs(x, weight, bias).dev()?;
     let dev = x.device().clone();
     let (rows, fi) = (x.shape().0.size(), x.shape().1.size());
     let fo = w.shape().0.size();
@@ -72,26 +62,9 @@ pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> 
         elem::<E>("scale", s.grad_weight)?,
         elem::<E>("scale", s.grad_input)?,
     );
-    time(Part::Matmuls, || {
-        gemm(
-            ViewMut::rows(&mut y, rows, fo),
-            false,
-            View::rows(&xs, rows, fi),
-            View::rows(&ws, fo, fi).t(),
-            o,
-            Threads::All,
-        );
-    });
-    let bs = b.as_ref().map(Buf::of).transpose().dev()?;
-    if let Some(bs) = &bs {
-        time(Part::Matmuls, || {
-            y.par_chunks_mut(rows_per_task(fo) * fo.max(1))
-                .for_each(|rows| {
-                    for row in rows.chunks_mut(fo.max(1)) {
-                        kernels::axpy(row, bs, o);
-                    }
-                })
-        });
+    project(&mut y, &xs, &ws, [rows, fi, fo], o);
+    if let Some(b) = &b {
+        add_bias(&mut y, &Buf::of(b).dev()?, o);
     }
     let y = y.into_tensor(&dev, out_shape).dev()?;
     if T::OWNS_TAPE {
@@ -100,41 +73,108 @@ pub(crate) fn linear_quantised<R: Dim, I: Dim, O: Dim, E: Real, T: Tape<E, Cpu> 
             let taken = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let (rounded, kept) = rounded_gradient(taken, bwd, &stats);
             let gy = &rounded[..];
-            let gw = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&wg)?);
-            time(Part::Matmuls, || {
-                gemm(
-                    ViewMut::rows(gw, fo, fi),
-                    true,
-                    View::rows(gy, rows, fo).t(),
-                    View::rows(&xs, rows, fi),
-                    sw,
-                    Threads::All,
-                )
-            });
+            let dims = [rows, fi, fo];
+            grad_weight(
+                kernels::slice_mut::<E>(grads.get_or_alloc_mut(&wg)?),
+                gy,
+                &xs,
+                dims,
+                sw,
+            );
             if let Some(bg) = &bg {
-                let gb = kernels::slice_mut::<E>(grads.get_or_alloc_mut(bg)?);
-                time(Part::Matmuls, || {
-                    for row in gy.chunks(fo.max(1)) {
-                        kernels::axpy(gb, row, sw);
-                    }
-                });
+                grad_bias(kernels::slice_mut(grads.get_or_alloc_mut(bg)?), gy, sw);
             }
-            let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
-            time(Part::Matmuls, || {
-                gemm(
-                    ViewMut::rows(gx, rows, fi),
-                    true,
-                    View::rows(gy, rows, fo),
-                    View::rows(&ws, fo, fi),
-                    sx,
-                    Threads::All,
-                )
-            });
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(rounded));
+            grad_input(
+                kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?),
+                gy,
+                &ws,
+                dims,
+                sx,
+            );
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(rounded));
             Ok(())
         });
     }
     Ok((y.put_tape(tape), counts))
+}
+
+/// A linear layer's forward matmul: `y[rows, fo] = o·x[rows, fi]·Wᵀ` (`W[fo, fi]`, read
+/// through a transposed view).
+pub(crate) fn project<E: Real>(y: &mut [E], x: &[E], w: &[E], [rows, fi, fo]: [usize; 3], o: E) {
+    time(Part::Matmuls, || {
+        gemm(
+            ViewMut::rows(y, rows, fo),
+            false,
+            View::rows(x, rows, fi),
+            View::rows(w, fo, fi).t(),
+            o,
+            Threads::All,
+        )
+    });
+}
+
+/// A linear layer's bias, added to each row of its output after the matmul: `y[r] += o·b`
+/// (row blocks in parallel).
+pub(crate) fn add_bias<E: Real>(y: &mut [E], b: &[E], o: E) {
+    let fo = b.len().max(1);
+    time(Part::Matmuls, || {
+        y.par_chunks_mut(rows_per_task(fo) * fo).for_each(|rows| {
+            for row in rows.chunks_mut(fo) {
+                kernels::axpy(row, b, o);
+            }
+        })
+    });
+}
+
+/// A linear layer's bias gradient: `grad b += sw·Σ_rows gy` (rows in order).
+pub(crate) fn grad_bias<E: Real>(gb: &mut [E], gy: &[E], sw: E) {
+    time(Part::Matmuls, || {
+        for row in gy.chunks(gb.len().max(1)) {
+            kernels::axpy(gb, row, sw);
+        }
+    });
+}
+
+/// A linear layer's weight gradient from its output gradient `gy[rows, fo]`:
+/// `grad W[fo, fi] += sw·gyᵀ·x`.
+pub(crate) fn grad_weight<E: Real>(
+    gw: &mut [E],
+    gy: &[E],
+    x: &[E],
+    [rows, fi, fo]: [usize; 3],
+    sw: E,
+) {
+    time(Part::Matmuls, || {
+        gemm(
+            ViewMut::rows(gw, fo, fi),
+            true,
+            View::rows(gy, rows, fo).t(),
+            View::rows(x, rows, fi),
+            sw,
+            Threads::All,
+        )
+    });
+}
+
+/// A linear layer's input gradient from its output gradient `gy[rows, fo]`:
+/// `grad x[rows, fi] += sx·gy·W`.
+pub(crate) fn grad_input<E: Real>(
+    gx: &mut [E],
+    gy: &[E],
+    w: &[E],
+    [rows, fi, fo]: [usize; 3],
+    sx: E,
+) {
+    time(Part::Matmuls, || {
+        gemm(
+            ViewMut::rows(gx, rows, fi),
+            true,
+            View::rows(gy, rows, fo),
+            View::rows(w, fo, fi),
+            sx,
+            Threads::All,
+        )
+    });
 }
 
 /// `y = o·left@right`; backward `dleft += s_l·G·rightᵀ`, `dright += s_r·leftᵀ·G`.
@@ -191,7 +231,7 @@ pub(crate) fn matmul<M: Dim, K: Dim, N: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>
                     Threads::All,
                 )
             });
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

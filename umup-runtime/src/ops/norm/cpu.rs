@@ -94,7 +94,7 @@ pub(crate) fn norm<R: Dim, K: Dim, E: Real, T: Tape<E, Cpu> + Merge<T>>(
             if let (Some((ghost, _)), Some(d)) = (&b, dbias) {
                 kernels::put::<E>(grads.get_or_alloc_mut(ghost)?, d);
             }
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

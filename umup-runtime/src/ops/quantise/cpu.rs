@@ -199,7 +199,7 @@ pub(crate) fn quantise<S: Shape, E: Real, T: Tape<E, Cpu>>(
             let bwd = (!q.forward).then_some(q);
             let (gy, kept) = rounded_gradient(taken, bwd, &stats);
             accumulate!(grads, xg, &gy, E::one());
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(gy));
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, kept.unwrap_or(gy));
             Ok(())
         });
     }

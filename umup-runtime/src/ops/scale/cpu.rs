@@ -19,7 +19,7 @@ where
     let (x, mut tape) = x.split_tape();
     let y = time(Part::Scales, || x.clone().try_mul(fwd))?;
     if T::OWNS_TAPE {
-        let (xg, yg) = (x.ghost(), y.ghost());
+        let (xg, yg, dev) = (x.ghost(), y.ghost(), x.device().clone());
         tape.add_backward_op(move |grads| {
             grads.try_alloc_for(&xg)?;
             // dfdx 0.13 lends one gradient buffer at a time: move grad_y out (no copy),
@@ -27,7 +27,7 @@ where
             let gy = kernels::take::<E>(grads.get_or_alloc_mut(&yg)?);
             let gx = kernels::slice_mut::<E>(grads.get_or_alloc_mut(&xg)?);
             time(Part::Scales, || kernels::axpy(gx, &gy, bwd));
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }

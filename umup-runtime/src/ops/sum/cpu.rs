@@ -50,7 +50,7 @@ pub(crate) fn add<S: Shape, E: Real, T: Tape<E, Cpu> + Merge<T>>(
                 accumulate!(grads, bg, &gy, gb);
                 Ok(())
             })?;
-            kernels::done::<E>(grads.get_or_alloc_mut(&yg)?, gy);
+            kernels::done::<E>(&dev, grads.get_or_alloc_mut(&yg)?, gy);
             Ok(())
         });
     }
