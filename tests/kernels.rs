@@ -91,6 +91,23 @@ where
     }
 }
 
+/// Three sets of linear-layer scales, none of them 1, for the layer tests.
+const S1: LinearScales = LinearScales {
+    output: 0.37,
+    grad_input: 1.9,
+    grad_weight: 0.61,
+};
+const S2: LinearScales = LinearScales {
+    output: 0.83,
+    grad_input: 0.45,
+    grad_weight: 1.3,
+};
+const S3: LinearScales = LinearScales {
+    output: 1.21,
+    grad_input: 0.7,
+    grad_weight: 0.52,
+};
+
 fn linear<E: Real>()
 where
     Cpu: Backend<E>,
@@ -101,11 +118,7 @@ where
         let w = rig.randn::<_, E>((fo, fi));
         let b = rig.randn::<_, E>((fo,));
         let r = rig.randn::<_, E>((rows, fo));
-        let s = LinearScales {
-            output: 0.37,
-            grad_input: 1.9,
-            grad_weight: 0.61,
-        };
+        let s = S1;
         let run = |kernel: bool| {
             let xt = x.clone().leaky_traced();
             let bias = bias.then_some(&b);
@@ -398,18 +411,7 @@ where
         let wu = rig.randn::<_, E>((fo, fi));
         let wg = rig.randn::<_, E>((fo, fi));
         let r = rig.randn::<_, E>((rows, fo));
-        let s = [
-            LinearScales {
-                output: 0.37,
-                grad_input: 1.9,
-                grad_weight: 0.61,
-            },
-            LinearScales {
-                output: 0.83,
-                grad_input: 0.45,
-                grad_weight: 1.3,
-            },
-        ];
+        let s = [S1, S2];
         let (mult, scale) = (1.7, 0.8);
         let run = |how: u8| {
             let xt = x.clone().leaky_traced();
@@ -456,11 +458,7 @@ where
         let w = rig.randn::<_, E>((fo, fi));
         let b = rig.randn::<_, E>((fo,));
         let r = rig.randn::<_, E>((rows, fo));
-        let s = LinearScales {
-            output: 0.37,
-            grad_input: 1.9,
-            grad_weight: 0.61,
-        };
+        let s = S1;
         let gelu = [1.3, 0.9, 1.4];
         let run = |how: u8| {
             let xt = x.clone().leaky_traced();
@@ -486,6 +484,99 @@ where
             "gelu_linear: fused vs the kernels' composition"
         );
         compare::<E>("gelu_linear", &fused, &run(2));
+    }
+}
+
+/// The whole SwiGLU MLP against the composition of the `Cpu` kernels it replaces (bit for bit)
+/// and the device-generic composition of dfdx ops (to the tolerance).
+fn swiglu_mlp<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(15);
+    for (rows, fi, fo, n) in [(13, 7, 5, 6), (29, 33, 17, 33), (1, 3, 1, 2)] {
+        let x = rig.randn::<_, E>((rows, fi));
+        let wu = rig.randn::<_, E>((fo, fi));
+        let wg = rig.randn::<_, E>((fo, fi));
+        let wd = rig.randn::<_, E>((n, fo));
+        let r = rig.randn::<_, E>((rows, n));
+        let s = [S1, S2, S3];
+        let (mult, scale) = (1.7, 0.8);
+        let run = |how: u8| {
+            let xt = x.clone().leaky_traced();
+            let w = (wu.retaped(), wg.retaped(), wd.retaped());
+            let y = match how {
+                0 => <Cpu as Backend<E>>::swiglu_mlp_kernel(xt, w, s, mult, scale),
+                1 => generic::swiglu_mlp(xt, w, s, mult, scale),
+                _ => {
+                    let u = generic::linear(xt.with_empty_tape(), w.0, None, s[0]).unwrap();
+                    let g = generic::linear(xt, w.1, None, s[1]).unwrap();
+                    let a = generic::silu_glu(u, g, mult, scale).unwrap();
+                    generic::linear(a, w.2, None, s[2])
+                }
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            let grads = [&wu, &wg].map(|w| f64s(&g.get(w)));
+            vec![
+                out,
+                f64s(&g.get(&x)),
+                grads[0].clone(),
+                grads[1].clone(),
+                f64s(&g.get(&wd)),
+            ]
+        };
+        let fused = run(0);
+        assert_eq!(
+            fused,
+            run(1),
+            "swiglu_mlp: fused vs the kernels' composition"
+        );
+        compare::<E>("swiglu_mlp", &fused, &run(2));
+    }
+}
+
+/// The whole GELU MLP, with and without biases, as [`swiglu_mlp`].
+fn gelu_mlp<E: Real>()
+where
+    Cpu: Backend<E>,
+{
+    let mut rig = Rig::new(16);
+    for (rows, fi, fo, n, bias) in [
+        (13, 7, 5, 6, true),
+        (29, 33, 17, 33, false),
+        (1, 3, 1, 2, true),
+    ] {
+        let x = rig.randn::<_, E>((rows, fi));
+        let (wu, bu) = (rig.randn::<_, E>((fo, fi)), rig.randn::<_, E>((fo,)));
+        let (wd, bd) = (rig.randn::<_, E>((n, fo)), rig.randn::<_, E>((n,)));
+        let r = rig.randn::<_, E>((rows, n));
+        let s = [S1, S3];
+        let gelu = [1.3, 0.9, 1.4];
+        let run = |how: u8| {
+            let xt = x.clone().leaky_traced();
+            let up = (wu.retaped(), bias.then(|| bu.retaped()));
+            let down = (wd.retaped(), bias.then(|| bd.retaped()));
+            let y = match how {
+                0 => <Cpu as Backend<E>>::gelu_mlp_kernel(xt, up, down, s, gelu),
+                1 => generic::gelu_mlp(xt, up, down, s, gelu),
+                _ => {
+                    let u = generic::linear(xt, up.0, up.1, s[0]).unwrap();
+                    let a = generic::gelu(u, gelu[0], gelu[1], gelu[2]).unwrap();
+                    generic::linear(a, down.0, down.1, s[1])
+                }
+            }
+            .unwrap();
+            let (out, g) = backward(y, &r);
+            let mut v = vec![out, f64s(&g.get(&x)), f64s(&g.get(&wu)), f64s(&g.get(&wd))];
+            if bias {
+                v.extend([f64s(&g.get(&bu)), f64s(&g.get(&bd))]);
+            }
+            v
+        };
+        let fused = run(0);
+        assert_eq!(fused, run(1), "gelu_mlp: fused vs the kernels' composition");
+        compare::<E>("gelu_mlp", &fused, &run(2));
     }
 }
 
@@ -806,6 +897,8 @@ both!(
     silu_glu,
     silu_glu_linear,
     gelu_linear,
+    swiglu_mlp,
+    gelu_mlp,
     gelu,
     silu,
     softmax,

@@ -14,7 +14,7 @@ use dfdx::prelude::*;
 use crate::data::{TokenBatch, MASK};
 use crate::device::TrainDevice;
 use crate::family::{Step, Trainable};
-use crate::nn::{functional, gelu_linear, Param};
+use crate::nn::{functional, gelu_mlp, Param};
 use crate::ops::Backend;
 use crate::tape::{Fork, TracedLike};
 use crate::{ops, umup_model, Constraint, Error, Result};
@@ -119,10 +119,11 @@ where
         })?;
         let x = P::residual(x, taus[1], |r| {
             let h = step.tap(self.ln2.try_forward(r)?, || name("mlp.in"))?;
-            let (mult, c) = (hp.alpha_ffn_act, Constraint::ToOutputScale);
-            let act = gelu_linear(&self.up, h, mult, c, step.quant())?;
-            let act = step.tap(act, || name("mlp.act"))?;
-            let out = lin!(self.down, act, step)?;
+            let gelu = (hp.alpha_ffn_act, Constraint::ToOutputScale);
+            let log = step.log;
+            let out = gelu_mlp(&self.up, &self.down, h, gelu, step.quant(), log, || {
+                name("mlp.act")
+            })?;
             step.tap(out, || name("mlp.out"))
         })?;
         step.tap(x, || name("residual"))

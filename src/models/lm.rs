@@ -15,7 +15,7 @@ use crate::analysis::{tap, ScaleLog};
 use crate::data::TokenBatch;
 use crate::device::TrainDevice;
 use crate::family::{Step, Trainable};
-use crate::nn::{functional::residual_taus, swiglu_linear, Hyper, Param, UnitLinear};
+use crate::nn::{functional::residual_taus, swiglu_mlp, Hyper, Param, UnitLinear};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::rand_distr::{Distribution, StandardNormal};
 use crate::{umup_model, Error, Result};
@@ -209,12 +209,10 @@ where
             })?;
             x = P::residual(x, taus[2 * i + 1], |r| {
                 let h = tap(ops::rms_norm(r, None, NORM_EPS)?, log, || name("mlp.in"))?;
-                let (up, gate) = (&layer.mlp.up, &layer.mlp.gate);
-                let act = swiglu_linear(up, gate, h, hp, quant.as_deref_mut())?;
-                let act = tap(act, log, || name("mlp.act"))?;
-                tap(lin(&layer.mlp.down, act, &mut quant)?, log, || {
-                    name("mlp.out")
-                })
+                let m = &layer.mlp;
+                let q = quant.as_deref_mut();
+                let out = swiglu_mlp([&m.up, &m.gate], &m.down, h, hp, q, log, || name("mlp.act"))?;
+                tap(out, log, || name("mlp.out"))
             })?;
             x = tap(x, log, || name("residual"))?;
         }

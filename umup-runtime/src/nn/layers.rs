@@ -8,6 +8,7 @@ use dfdx::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::{functional, join_path, ConvSpec, Hyper, LinearRole, Param, UmupModule};
+use crate::analysis::{tap, ScaleLog};
 use crate::error::{DeviceResultExt, Error, Result};
 use crate::ops::{self, Backend, MatmulQuantiser};
 use crate::params::{Init, ParamRow, ParamSpec, Parametrization, Role};
@@ -344,6 +345,91 @@ where
             ops::mlp::gelu_linear_scaled(x, &up.weight, Some(&up.bias), s, gelu)
         }
     }
+}
+
+/// A whole SwiGLU MLP, `down(P::swiglu(up(x), gate(x), hp))`, as one op
+/// ([`ops::swiglu_mlp`]: on `Cpu` one kernel that keeps the projections and the activation to
+/// itself; the same values and gradients as the calls composed). With a quantiser (it rounds
+/// per matmul) or a scale log (it records the activation, as `act_name`), the composition:
+/// [`swiglu_linear`], the tap, `down`.
+#[allow(clippy::too_many_arguments)]
+pub fn swiglu_mlp<B, const I: usize, const F: usize, const O: usize, R, R2, E, D, P, T>(
+    [up, gate]: [&UnitLinear<I, F, R, E, D, P>; 2],
+    down: &UnitLinear<F, O, R2, E, D, P>,
+    x: Tensor<(B, Const<I>), E, D, T>,
+    hp: &Hyper,
+    quantiser: Option<&mut MatmulQuantiser>,
+    log: Option<&ScaleLog>,
+    act_name: impl FnOnce() -> String,
+) -> Result<Tensor<(B, Const<O>), E, D, T>>
+where
+    B: Dim,
+    R: LinearRole,
+    R2: LinearRole,
+    E: Dtype,
+    D: Backend<E>,
+    P: Param,
+    T: Tape<E, D> + Merge<T>,
+{
+    if quantiser.is_none() && log.is_none() {
+        let rows = x.shape().0.size();
+        let s = linear_layer_scales::<R, P>(rows, I, F)?;
+        let s = [s, s, linear_layer_scales::<R2, P>(rows, F, O)?];
+        let (mult, scale) = (hp.alpha_ffn_act, functional::swiglu_scale::<P>(hp)?);
+        let w = [&up.weight, &gate.weight];
+        return ops::mlp::swiglu_mlp_scaled(x, w, &down.weight, s, mult, scale);
+    }
+    let mut q = quantiser;
+    let act = tap(
+        swiglu_linear(up, gate, x, hp, q.as_deref_mut())?,
+        log,
+        act_name,
+    )?;
+    linear_forward::<R2, P, B, F, O, E, D, T>(act, &down.weight, None, q)
+}
+
+/// A whole GELU MLP, `down(ops::gelu(up(x), mult, constraint))`, as one op
+/// ([`ops::gelu_mlp`]; see [`swiglu_mlp`] for the quantiser and the scale log).
+#[allow(clippy::too_many_arguments)]
+pub fn gelu_mlp<B, const I: usize, const F: usize, const O: usize, R, R2, E, D, P, T>(
+    up: &UnitLinearBias<I, F, R, E, D, P>,
+    down: &UnitLinearBias<F, O, R2, E, D, P>,
+    x: Tensor<(B, Const<I>), E, D, T>,
+    (mult, constraint): (f64, crate::constraint::Constraint),
+    quantiser: Option<&mut MatmulQuantiser>,
+    log: Option<&ScaleLog>,
+    act_name: impl FnOnce() -> String,
+) -> Result<Tensor<(B, Const<O>), E, D, T>>
+where
+    B: Dim,
+    R: LinearRole,
+    R2: LinearRole,
+    E: Dtype,
+    D: Backend<E>,
+    P: Param,
+    T: Tape<E, D> + Merge<T>,
+{
+    if quantiser.is_none() && log.is_none() {
+        let rows = x.shape().0.size();
+        let s = [
+            linear_layer_scales::<R, P>(rows, I, F)?,
+            linear_layer_scales::<R2, P>(rows, F, O)?,
+        ];
+        let g = scales::gelu(mult)?.constrained(constraint)?;
+        let gelu = [mult, g.output / mult, g.grad_input];
+        let (up, down) = (
+            (&up.weight, Some(&up.bias)),
+            (&down.weight, Some(&down.bias)),
+        );
+        return ops::mlp::gelu_mlp_scaled(x, up, down, s, gelu);
+    }
+    let mut q = quantiser;
+    let act = tap(
+        gelu_linear(up, x, mult, constraint, q.as_deref_mut())?,
+        log,
+        act_name,
+    )?;
+    linear_forward::<R2, P, B, F, O, E, D, T>(act, &down.weight, Some(&down.bias), q)
 }
 
 impl<const I: usize, const O: usize, R: LinearRole, E: Dtype, D: Backend<E>, P: Param>

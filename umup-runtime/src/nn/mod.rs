@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 
 pub use layers::{
-    conv_layer_scales, embedding_grad_scale, gelu_linear, linear_layer_scales, swiglu_linear,
-    Stack, UnitConv1d, UnitConv1dBias, UnitEmbedding, UnitLayerNorm, UnitLinear, UnitLinearBias,
-    UnitRmsNorm,
+    conv_layer_scales, embedding_grad_scale, gelu_linear, gelu_mlp, linear_layer_scales,
+    swiglu_linear, swiglu_mlp, Stack, UnitConv1d, UnitConv1dBias, UnitEmbedding, UnitLayerNorm,
+    UnitLinear, UnitLinearBias, UnitRmsNorm,
 };
 
 use dfdx::nn::tensor_collection::TensorCollection;

@@ -257,6 +257,35 @@ pub trait Backend<E: Dtype>: Device<E> {
         mlp::gelu_linear_generic(x, weight, bias, s, gelu)
     }
 
+    /// A whole SwiGLU MLP: [`Self::silu_glu_linear_kernel`] with `s[0]`, `s[1]`, then the down
+    /// projection `w.2` with `s[2]`, and the gradients of that composition (the default).
+    #[allow(clippy::type_complexity)]
+    fn swiglu_mlp_kernel<R: Dim, I: Dim, O: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        w: (
+            Tensor<(O, I), E, Self, T>,
+            Tensor<(O, I), E, Self, T>,
+            Tensor<(N, O), E, Self, T>,
+        ),
+        s: [LinearScales; 3],
+        mult: f64,
+        scale: f64,
+    ) -> Result<Tensor<(R, N), E, Self, T>> {
+        mlp::swiglu_mlp_generic(x, w, s, mult, scale)
+    }
+
+    /// A whole GELU MLP: [`Self::gelu_linear_kernel`] with `s[0]`, then the down projection with
+    /// `s[1]`, and the gradients of that composition (the default).
+    fn gelu_mlp_kernel<R: Dim, I: Dim, O: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        up: mlp::LayerTaped<O, I, E, Self, T>,
+        down: mlp::LayerTaped<N, O, E, Self, T>,
+        s: [LinearScales; 2],
+        gelu: [f64; 3],
+    ) -> Result<Tensor<(R, N), E, Self, T>> {
+        mlp::gelu_mlp_generic(x, up, down, s, gelu)
+    }
+
     /// `out_scale · gelu(mult·x)` (exact erf form) with `grad x = grad_scale · gelu′(mult·x) · G`
     /// (spec §4.10).
     fn gelu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(
@@ -483,6 +512,31 @@ where
         gelu: [f64; 3],
     ) -> Result<Tensor<(R, O), E, Self, T>> {
         mlp::cpu::gelu_linear(x, weight, bias, s, gelu)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn swiglu_mlp_kernel<R: Dim, I: Dim, O: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        (wu, wg, wd): (
+            Tensor<(O, I), E, Self, T>,
+            Tensor<(O, I), E, Self, T>,
+            Tensor<(N, O), E, Self, T>,
+        ),
+        s: [LinearScales; 3],
+        mult: f64,
+        scale: f64,
+    ) -> Result<Tensor<(R, N), E, Self, T>> {
+        mlp::cpu::swiglu_mlp(x, wu, wg, wd, s, mult, scale)
+    }
+
+    fn gelu_mlp_kernel<R: Dim, I: Dim, O: Dim, N: Dim, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<(R, I), E, Self, T>,
+        up: mlp::LayerTaped<O, I, E, Self, T>,
+        down: mlp::LayerTaped<N, O, E, Self, T>,
+        s: [LinearScales; 2],
+        gelu: [f64; 3],
+    ) -> Result<Tensor<(R, N), E, Self, T>> {
+        mlp::cpu::gelu_mlp(x, up, down, s, gelu)
     }
 
     fn gelu_kernel<S: Shape, T: Tape<E, Self> + Merge<T>>(

@@ -41,7 +41,7 @@ pub use embedding::{check_ids, embedding};
 pub use kernels::keep_intermediate_gradients;
 pub use linear::{linear, linear_readout, matmul, matmul_batched};
 pub use loss::{check_targets, cross_entropy, cross_entropy_plain, mse_loss, Reduction};
-pub use mlp::{gelu_linear, silu_glu_linear};
+pub use mlp::{gelu_linear, gelu_mlp, silu_glu_linear, swiglu_mlp, LayerRef, LayerTaped};
 pub use norm::{layer_norm, rms_norm};
 pub use pool::mean_pool;
 pub use quantise::{MatmulQuantiser, Quantise};
@@ -65,7 +65,9 @@ pub mod generic {
     pub use super::linear::matmul_generic as matmul;
     pub use super::loss::cross_entropy_generic as cross_entropy;
     pub use super::mlp::gelu_linear_generic as gelu_linear;
+    pub use super::mlp::gelu_mlp_generic as gelu_mlp;
     pub use super::mlp::silu_glu_linear_generic as silu_glu_linear;
+    pub use super::mlp::swiglu_mlp_generic as swiglu_mlp;
     pub use super::norm::layer_norm_generic as layer_norm;
     pub use super::norm::rms_norm_generic as rms_norm;
     pub use super::quantise::quantise_generic as quantise;

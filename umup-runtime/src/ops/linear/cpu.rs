@@ -158,8 +158,19 @@ pub(crate) fn grad_weight<E: Real>(
 
 /// A linear layer's input gradient from its output gradient `gy[rows, fo]`:
 /// `grad x[rows, fi] += sx·gy·W`.
-pub(crate) fn grad_input<E: Real>(
+pub(crate) fn grad_input<E: Real>(gx: &mut [E], gy: &[E], w: &[E], dims: [usize; 3], sx: E) {
+    input_gradient(gx, true, gy, w, dims, sx);
+}
+
+/// [`grad_input`] into a buffer it overwrites: `gx = sx·gy·W` (the same sums as adding to
+/// zeros).
+pub(crate) fn grad_input_into<E: Real>(gx: &mut [E], gy: &[E], w: &[E], dims: [usize; 3], sx: E) {
+    input_gradient(gx, false, gy, w, dims, sx);
+}
+
+fn input_gradient<E: Real>(
     gx: &mut [E],
+    accumulate: bool,
     gy: &[E],
     w: &[E],
     [rows, fi, fo]: [usize; 3],
@@ -168,7 +179,7 @@ pub(crate) fn grad_input<E: Real>(
     time(Part::Matmuls, || {
         gemm(
             ViewMut::rows(gx, rows, fi),
-            true,
+            accumulate,
             View::rows(gy, rows, fo),
             View::rows(w, fo, fi),
             sx,
